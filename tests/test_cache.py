@@ -1,0 +1,145 @@
+"""kdbench.cache: bit-exact round trip, verification, staleness, resume, top-k fidelity.
+
+    .venv/bin/python -m pytest tests/test_cache.py -v
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kdbench import KdbenchError
+from kdbench import cache as cache_mod
+from kdbench.cache import CacheConfig, Capture, TeacherCache, reconstruction_kl, topk_targets, write_cache
+from kdbench.io import read_json
+from kdbench.models import ArchConfig, build_model, forward_taps
+
+V, T, N = 61, 12, 10
+CAPTURE = Capture(layers=(1, 3), hidden=True, attentions=True, qkv=True)
+CFG = CacheConfig(top_k=8, shard_seqs=4, batch_size=3)
+IDENTITY = {"teacher_sha256": "t" * 64, "tokenizer_sha256": "k" * 64, "tokens_sha256": "d" * 64,
+            "teacher_layers": 3, "teacher_width": 16}
+
+
+def teacher():
+    return build_model(ArchConfig(n_layer=3, d_model=16, n_head=2), V, T, 0, seed=0)
+
+
+@pytest.fixture
+def tokens():
+    return np.random.default_rng(0).integers(0, V, size=(N, T)).astype(np.uint8)
+
+
+def write(tmp_path, tokens, name="cache", cfg=CFG, capture=CAPTURE):
+    return write_cache(teacher(), tokens, IDENTITY, cfg, capture, tmp_path / name, tmp_path / f"work-{name}")
+
+
+def test_round_trip_is_bit_exact(tmp_path, tokens):
+    write(tmp_path, tokens)
+    cache = TeacherCache(tmp_path / "cache", verify=True)
+    model = teacher().eval()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():  # same batches as the writer: results must not depend on batching luck
+        chunks = [forward_taps(model, torch.from_numpy(tokens[b : b + 3].astype(np.int64)), (1, 3), True, True, True)
+                  for b in range(0, N, 3)]
+    taps = type(chunks[0])(**{f: torch.cat([getattr(c, f) for c in chunks]) for f in ("logits", "hidden", "attentions", "qkv")})
+    values, ids, tail = topk_targets(taps.logits, 8)
+    idx = np.arange(N)
+    assert np.array_equal(cache.gather("input_ids", idx), tokens)
+    assert np.array_equal(cache.gather("topk_logprobs", idx), values.half().numpy())
+    assert np.array_equal(cache.gather("topk_ids", idx), ids.numpy().astype(np.uint8))
+    assert np.array_equal(cache.gather("tail_logprob", idx), tail.numpy())
+    assert np.array_equal(cache.gather("hidden", idx), taps.hidden.bfloat16().view(torch.uint16).numpy())
+    assert np.array_equal(cache.gather("attentions", idx), taps.attentions.half().numpy())
+    assert np.array_equal(cache.gather("qkv", idx), taps.qkv.bfloat16().view(torch.uint16).numpy())
+    batch = cache.batch(np.array([7, 2, 5]))  # crosses shards, keeps the requested order
+    assert torch.equal(batch.input_ids, torch.from_numpy(tokens[[7, 2, 5]].astype(np.int64)))
+    assert torch.equal(batch.hidden, taps.hidden[[7, 2, 5]].bfloat16().float())
+    assert batch.hidden.shape == (3, 2, T, 16) and batch.attentions.shape == (3, 2, 2, T, T)
+
+
+def test_manifest_records_identity_and_sizes(tmp_path, tokens):
+    m = write(tmp_path, tokens)
+    assert m["teacher_sha256"] == IDENTITY["teacher_sha256"] and m["top_k"] == 8
+    assert m["settings"]["layers"] == [1, 3] and len(m["shards"]) == math.ceil(N / 4)
+    logit_bytes = sum(m["bytes_per_token"][c] for c in ("topk_logprobs", "topk_ids", "tail_logprob"))
+    assert logit_bytes <= 4 * 8 + 8
+    fid = read_json(tmp_path / "cache" / "fidelity.json")
+    assert fid["kl_topk_mean"] > 0 and 0 < fid["tail_mass_mean"] < 1
+
+
+def test_flipped_byte_is_detected_by_verify(tmp_path, tokens):
+    write(tmp_path, tokens)
+    shard = tmp_path / "cache" / "00001.hidden.npy"
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    TeacherCache(tmp_path / "cache")  # sizes still match: only the hash can tell
+    with pytest.raises(KdbenchError, match=r"shard 00001 \(00001.hidden.npy\): sha256 mismatch"):
+        TeacherCache(tmp_path / "cache", verify=True)
+
+
+def test_truncated_shard_and_missing_manifest(tmp_path, tokens):
+    write(tmp_path, tokens)
+    shard = tmp_path / "cache" / "00000.topk_ids.npy"
+    shard.write_bytes(shard.read_bytes()[:-3])
+    with pytest.raises(KdbenchError, match="00000.topk_ids.npy.*size"):
+        TeacherCache(tmp_path / "cache")
+    (tmp_path / "cache" / "manifest.json").unlink()
+    with pytest.raises(KdbenchError, match="no manifest.json"):
+        TeacherCache(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("expect", [{"teacher_sha256": "x" * 64}, {"top_k": 16}, {"tokenizer_sha256": "y"}])
+def test_stale_cache_is_refused(tmp_path, tokens, expect):
+    write(tmp_path, tokens)
+    key = next(iter(expect))
+    with pytest.raises(KdbenchError, match=f"stale: {key}"):
+        TeacherCache(tmp_path / "cache", expect=expect)
+
+
+def test_interrupted_write_resumes_and_matches(tmp_path, tokens, monkeypatch):
+    reference = write(tmp_path, tokens, "reference")
+    real = cache_mod._write_shard
+    calls = []
+
+    def dying(work_dir, index, start, arrays):
+        if index == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(index)
+        return real(work_dir, index, start, arrays)
+
+    monkeypatch.setattr(cache_mod, "_write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path, tokens)
+    assert not (tmp_path / "cache").exists()  # nothing that looks complete
+    monkeypatch.setattr(cache_mod, "_write_shard", lambda *a: calls.append(a[1]) or real(*a))
+    resumed = write(tmp_path, tokens)
+    assert calls == [0, 1, 2]  # shards 0 and 1 were not recomputed
+    strip = lambda m: [{k: f["sha256"] for k, f in s["files"].items()} for s in m["shards"]]
+    assert strip(resumed) == strip(reference)
+
+
+def test_work_dir_of_another_teacher_is_discarded(tmp_path, tokens):
+    write(tmp_path, tokens, cfg=CacheConfig(top_k=4, shard_seqs=4))
+    m = write(tmp_path, tokens)  # k changed: old shards must not be reused
+    assert m["top_k"] == 8 and TeacherCache(tmp_path / "cache", verify=True).gather("topk_ids", np.arange(2)).shape[-1] == 8
+
+
+def test_topk_equal_vocab_is_lossless():
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    values, ids, tail = topk_targets(logits, 7)
+    assert torch.all(tail == float("-inf"))
+    assert torch.allclose(values.exp().sum(-1), torch.ones(2, 5))
+    assert torch.all(reconstruction_kl(logits, 7) == 0)
+    full = torch.log_softmax(logits, -1)
+    assert torch.allclose(full.gather(-1, ids), values)
+
+
+def test_tail_mass_matches_complement():
+    logits = torch.randn(3, 4, 50, generator=torch.Generator().manual_seed(1))
+    values, _, tail = topk_targets(logits, 5)
+    assert torch.allclose(tail.exp(), 1 - values.exp().sum(-1), atol=1e-6)
+    assert torch.all(reconstruction_kl(logits, 5) >= 0)

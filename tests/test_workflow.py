@@ -1,0 +1,87 @@
+"""The Snakemake workflow: dry run and lint of the default, and the smoke preset end to end.
+
+    .venv/bin/python -m pytest tests/test_workflow.py -v      (the smoke run takes a few minutes)
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdbench.cache import TeacherCache
+from kdbench.io import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+SMOKE = REPO / "config" / "presets" / "smoke.yaml"
+
+
+def snakemake(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(cwd), *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[1].splitlines()[3:]
+    return {parts[0]: int(parts[1]) for parts in (line.split() for line in table) if len(parts) == 2 and parts[1].isdigit()}
+
+
+def test_default_dry_run_has_every_arm_and_seed(tmp_path):
+    out = snakemake("-n", "--cores", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    counts = job_counts(out.stdout)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert counts["train_student"] == len(config["arms"]) * len(config["seeds"])
+    assert counts["train_teacher"] == counts["cache_teacher"] == 1
+    assert counts["evaluate_model"] == 1 + 3 + counts["train_student"]
+
+
+def test_lint_is_clean():
+    out = snakemake("--lint", cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_invalid_config_fails_at_parse_time_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("arms:\n  logit:\n    terms: {ce: 1.0, kl: 1.0}\n")
+    out = snakemake("-n", "--cores", "1", "--configfile", str(bad), cwd=tmp_path)
+    assert out.returncode != 0 and "arms.logit.terms: unknown loss 'kl'" in out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("smoke")
+    out = snakemake("--cores", "2", "--configfile", str(SMOKE), cwd=root)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root / "results" / "smoke"
+
+
+@pytest.mark.slow
+def test_smoke_run_produces_tables_figures_and_provenance(smoke_run):
+    rows = list(csv.DictReader(open(smoke_run / "summary.csv")))
+    assert {"model", "arm", "seed", "task", "metric", "value", "chance"} <= set(rows[0])
+    arms = {r["arm"] for r in rows}
+    assert {"teacher", "init", "ce", "logit", "logit_hidden"} <= arms
+    tasks = {r["task"] for r in rows}
+    assert len(tasks) >= 6
+    assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows)
+    assert "logit_hidden" in (smoke_run / "table.md").read_text()
+    for fig in ("accuracy", "paired", "curves"):
+        assert (smoke_run / "figures" / f"{fig}.png").stat().st_size > 1000
+    for record in ("tokenizer", "teacher", "cache", "students/logit_hidden/seed1", "eval/teacher/results.json",
+                   "summary.csv"):
+        prov = read_json(smoke_run / f"{record}.prov.json")
+        assert prov["outputs"] and prov["code"] and prov["environment"]["packages"]["torch"]
+    TeacherCache(smoke_run / "cache", verify=True)
+
+
+@pytest.mark.slow
+def test_smoke_rerun_has_nothing_to_do(smoke_run):
+    out = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke_run.parents[1])
+    assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr

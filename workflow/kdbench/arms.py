@@ -1,0 +1,84 @@
+"""Arms of the experiment: named loss configurations, and what each needs from the teacher.
+
+An arm is data (`ArmConfig`): loss terms with weights plus the hyperparameters they share.
+From the arms and the two depths follow the layer pairs of each arm and the union of
+teacher activations the cache must hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+from kdbench import KdbenchError
+from kdbench.cache import Capture
+from kdbench.layermap import layer_map, teacher_layers
+from kdbench.losses import LOSSES
+
+RESERVED = ("teacher", "init")           # model names that are not arms
+TEACHER_TERMS = {"fkl", "rkl", "jsd", "tvd", "hidden_mse", "hidden_cos", "attn_kl", "relation"}
+HIDDEN_TERMS = {"hidden_mse", "hidden_cos"}
+ATTENTION_TERMS = {"attn_kl"}
+QKV_TERMS = {"relation"}
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    terms: dict[str, float] = field(default_factory=lambda: {"ce": 1.0})  # loss name -> weight
+    temperature: float = 1.0        # softens both distributions in the logit terms (with T^2 scaling)
+    beta: float = 0.5               # JSD mixing weight
+    relation_heads: int = 4         # MiniLM relation heads (independent of attention heads)
+    layer_map: str | tuple[tuple[int, ...], ...] = "uniform"  # uniform | last | skip:N | [[s, t], ...]
+    projection: Literal["linear", "identity"] = "linear"       # student width -> teacher width
+
+    @property
+    def hyper(self) -> dict:
+        return {"temperature": self.temperature, "beta": self.beta, "relation_heads": self.relation_heads}
+
+    @property
+    def uses_teacher(self) -> bool:
+        return bool(TEACHER_TERMS & set(self.terms))
+
+    @property
+    def uses_layers(self) -> bool:
+        return bool((HIDDEN_TERMS | ATTENTION_TERMS | QKV_TERMS) & set(self.terms))
+
+    def pairs(self, n_student: int, n_teacher: int) -> tuple[tuple[int, int], ...]:
+        """(student layer, teacher layer) pairs; empty for arms without layer terms."""
+        return layer_map(self.layer_map, n_student, n_teacher) if self.uses_layers else ()
+
+
+def check_arms(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int | None) -> None:
+    """Fail early, naming the arm, on reserved names, unknown losses, bad weights or layer maps.
+
+    `n_teacher` is None while a pretrained teacher's depth is unknown; its layer maps are
+    then checked by the cache job, which loads the teacher.
+    """
+    if not arms:
+        raise KdbenchError("arms: at least one arm is required")
+    for name, arm in arms.items():
+        if name in RESERVED or "/" in name:
+            raise KdbenchError(f"arms.{name}: reserved or invalid arm name; not allowed: {', '.join(RESERVED)} or '/'")
+        if not arm.terms:
+            raise KdbenchError(f"arms.{name}.terms: at least one loss term is required")
+        for term, weight in arm.terms.items():
+            if term not in LOSSES:
+                raise KdbenchError(f"arms.{name}.terms: unknown loss {term!r}; known losses: {', '.join(sorted(LOSSES))}")
+            if weight < 0:
+                raise KdbenchError(f"arms.{name}.terms.{term}: weight {weight} is negative")
+        if arm.temperature <= 0:
+            raise KdbenchError(f"arms.{name}.temperature: must be > 0, got {arm.temperature}")
+        if n_teacher is None:
+            continue
+        try:
+            arm.pairs(n_student, n_teacher)
+        except KdbenchError as e:
+            raise KdbenchError(f"arms.{name}: {e}") from e
+
+
+def capture_for(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int) -> Capture:
+    """The teacher activations the cache must hold so that every arm can train from it."""
+    used = set().union(*(arm.terms for arm in arms.values()))
+    layers = teacher_layers(arm.pairs(n_student, n_teacher) for arm in arms.values())
+    return Capture(layers=layers, hidden=bool(HIDDEN_TERMS & used),
+                   attentions=bool(ATTENTION_TERMS & used), qkv=bool(QKV_TERMS & used))

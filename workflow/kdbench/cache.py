@@ -1,0 +1,296 @@
+"""Teacher activation cache: memory-mapped, checksummed shards written once, read by every student.
+
+Layout of a cache directory::
+
+    manifest.json              identity (teacher, tokenizer, tokens, capture settings), shapes, sha256 per file
+    fidelity.json              bytes per token per component, KL(full || top-k reconstruction), tail mass
+    00000.input_ids.npy        (S, T)        token ids, narrowest unsigned dtype
+    00000.topk_logprobs.npy    (S, T, k)     teacher log-probs of the next token, float16
+    00000.topk_ids.npy         (S, T, k)     their ids, narrowest unsigned dtype
+    00000.tail_logprob.npy     (S, T)        log of the mass outside the top-k, float32
+    00000.hidden.npy           (S, L, T, D)  mapped layers' outputs, bfloat16 stored as uint16
+    00000.attentions.npy       (S, L, H, T, T) optional, float16
+    00000.qkv.npy              (S, L, 3, T, D) optional, bfloat16 stored as uint16
+
+Plain `.npy` files load without pickle or code execution and memory-map, so a batch is a
+few slices. Shards are built in a work directory and kept across interruptions: a restarted
+job resumes at the first missing shard when the identity still matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from kdbench import KdbenchError
+from kdbench.data import token_dtype
+from kdbench.io import atomic_path, read_json, sha256_file, write_json
+from kdbench.losses import Targets
+
+FORMAT = "kdbench-cache/1"
+COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
+_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    top_k: int = 32                 # 4k + 4 bytes/token of logits; KL to the full distribution in fidelity.json
+    hidden_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # bf16 keeps the range of activations
+    shard_seqs: int = 256           # sequences per shard: the unit of resume and of checksums
+    batch_size: int = 32            # teacher forward batch
+    forward_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 autocast on GPUs
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Which teacher activations the arms need (derived from the arms, not set by hand)."""
+    layers: tuple[int, ...] = ()
+    hidden: bool = False
+    attentions: bool = False
+    qkv: bool = False
+
+
+def _storage(arr_dtype: str) -> np.dtype:
+    """bfloat16 has no numpy dtype: store its bits as uint16."""
+    return np.dtype(np.uint16) if arr_dtype == "bfloat16" else np.dtype(arr_dtype)
+
+
+def _to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
+    t = t.detach().to(_TORCH[dtype]).cpu()
+    return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy()
+
+
+def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
+
+
+def topk_targets(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T, V) logits -> top-k log-probs (B, T, k), ids (B, T, k), tail log-mass (B, T)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    values, ids = logp.topk(k, dim=-1)
+    tail = torch.logsumexp(logp.scatter(-1, ids, float("-inf")), dim=-1)  # exact, no 1 - sum cancellation
+    return values, ids, tail
+
+
+def reconstruction_kl(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-position KL(full teacher || top-k + uniform tail reconstruction), in nats."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    values, ids, tail = topk_targets(logits, k)
+    v = logits.shape[-1]
+    if k >= v:
+        return torch.zeros(logits.shape[:-1])
+    q_tail = (tail - math.log(v - k)).unsqueeze(-1).expand_as(logp)
+    logq = q_tail.scatter(-1, ids, values)
+    return torch.where(logp > float("-inf"), logp.exp() * (logp - logq), 0.0).sum(-1)
+
+
+def write_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, capture: Capture,
+                out_dir: Path, work_dir: Path, device: str = "cpu") -> dict:
+    """Run the teacher once over `tokens` (N, T) and write the cache into `out_dir`.
+
+    `identity` holds the hashes that make a cache valid for a consumer (teacher, tokenizer,
+    tokens). Shards accumulate in `work_dir`; on success it is renamed to `out_dir`.
+    """
+    settings = {**asdict(cfg), **asdict(capture)}
+    settings.pop("batch_size")  # does not change the contents
+    identity = json.loads(json.dumps({**identity, "settings": settings}))  # as it reads back from disk
+    work_dir = Path(work_dir)
+    if work_dir.exists() and (not (work_dir / "identity.json").exists() or read_json(work_dir / "identity.json") != identity):
+        shutil.rmtree(work_dir)
+    write_json(work_dir / "identity.json", identity)
+    teacher.eval().to(device)
+    if capture.attentions:
+        teacher.set_attn_implementation("eager")
+    n, seq_len = tokens.shape
+    vocab = teacher.config.vocab_size
+    k = min(cfg.top_k, vocab)
+    shards, pending, fid = [], [], {"kl": [], "tail": []}
+    started, done_tokens = time.perf_counter(), 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for index, start in enumerate(range(0, n, cfg.shard_seqs)):
+            stop = min(start + cfg.shard_seqs, n)
+            meta_path = work_dir / f"{index:05d}.json"
+            if meta_path.exists():
+                shards.append(read_json(meta_path))
+                continue
+            arrays = _forward_shard(teacher, tokens[start:stop], k, cfg, capture, device, fid if index == 0 else None)
+            pending.append(pool.submit(_write_shard, work_dir, index, start, arrays))
+            while len(pending) > 1:  # bound memory: at most one shard in flight while computing the next
+                shards.append(pending.pop(0).result())
+            done_tokens += (stop - start) * seq_len
+            rate = done_tokens / (time.perf_counter() - started)
+            print(f"cache: shard {index} seqs {stop}/{n} {rate:,.0f} tok/s", flush=True)
+        shards.extend(f.result() for f in pending)
+    shards.sort(key=lambda s: s["index"])
+    manifest = {
+        "format": FORMAT, **identity, "n_seqs": n, "seq_len": seq_len, "vocab_size": vocab, "top_k": k,
+        "shards": shards, "bytes_per_token": _bytes_per_token(shards, n * seq_len),
+    }
+    write_json(work_dir / "manifest.json", manifest)
+    if fid["kl"]:
+        write_json(work_dir / "fidelity.json", {
+            "top_k": k, "bytes_per_token": manifest["bytes_per_token"],
+            "kl_topk_mean": float(np.mean(fid["kl"])), "tail_mass_mean": float(np.mean(fid["tail"])),
+            "n_positions": len(fid["kl"]),
+        })
+    (work_dir / "identity.json").unlink()
+    if Path(out_dir).exists():
+        shutil.rmtree(out_dir)
+    work_dir.rename(out_dir)
+    return manifest
+
+
+@torch.no_grad()
+def _forward_shard(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
+                   fidelity: dict | None) -> dict[str, tuple[np.ndarray, str]]:
+    from kdbench.models import forward_taps
+
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in COMPONENTS}
+    id_dtype = str(token_dtype(teacher.config.vocab_size))
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=cfg.forward_dtype == "bfloat16")
+    for b in range(0, len(seqs), cfg.batch_size):
+        ids = torch.from_numpy(seqs[b : b + cfg.batch_size].astype(np.int64)).to(device)
+        with autocast:
+            taps = forward_taps(teacher, ids, capture.layers, hidden=capture.hidden,
+                                attentions=capture.attentions, qkv=capture.qkv)
+        values, top_ids, tail = topk_targets(taps.logits, k)
+        if fidelity is not None and b == 0:
+            fidelity["kl"].extend(reconstruction_kl(taps.logits, k).flatten().tolist())
+            fidelity["tail"].extend(tail.exp().flatten().tolist())
+        parts["input_ids"].append(seqs[b : b + cfg.batch_size])
+        parts["topk_logprobs"].append(_to_numpy(values, "float16"))
+        parts["topk_ids"].append(top_ids.cpu().numpy().astype(id_dtype))
+        parts["tail_logprob"].append(_to_numpy(tail, "float32"))
+        for name, dtype in (("hidden", cfg.hidden_dtype), ("attentions", "float16"), ("qkv", cfg.hidden_dtype)):
+            if getattr(taps, name) is not None:
+                parts[name].append(_to_numpy(getattr(taps, name), dtype))
+    dtypes = {"topk_logprobs": "float16", "tail_logprob": "float32", "topk_ids": id_dtype,
+              "input_ids": str(seqs.dtype), "hidden": cfg.hidden_dtype, "attentions": "float16",
+              "qkv": cfg.hidden_dtype}
+    return {c: (np.concatenate(v), dtypes[c]) for c, v in parts.items() if v}
+
+
+def _write_shard(work_dir: Path, index: int, start: int, arrays: dict[str, tuple[np.ndarray, str]]) -> dict:
+    files = {}
+    for name, (arr, dtype) in arrays.items():
+        path = work_dir / f"{index:05d}.{name}.npy"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        files[name] = {"file": path.name, "shape": list(arr.shape), "dtype": dtype,
+                       "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    meta = {"index": index, "start": start, "n_seqs": len(arrays["input_ids"][0]), "files": files}
+    write_json(work_dir / f"{index:05d}.json", meta)
+    return meta
+
+
+def _bytes_per_token(shards: list[dict], n_tokens: int) -> dict[str, float]:
+    total: dict[str, int] = {}
+    for s in shards:
+        for name, f in s["files"].items():
+            total[name] = total.get(name, 0) + int(np.prod(f["shape"])) * _storage(f["dtype"]).itemsize
+    return {name: b / n_tokens for name, b in total.items()}
+
+
+class TeacherCache:
+    """Read side: checks the manifest on open, memory-maps shards, serves `Targets` batches."""
+
+    def __init__(self, path: Path, expect: dict | None = None, verify: bool = False):
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.exists():
+            raise KdbenchError(f"cache {self.path}: no manifest.json (incomplete or not a cache); rerun cache_teacher")
+        self.manifest = m = read_json(manifest_path)
+        if m.get("format") != FORMAT:
+            raise KdbenchError(f"cache {self.path}: format {m.get('format')!r}, expected {FORMAT!r}")
+        for key, want in (expect or {}).items():
+            have = m.get(key, m["settings"].get(key))
+            if have != want:
+                raise KdbenchError(f"cache {self.path} is stale: {key} is {_short(have)} but expected {_short(want)}; rerun cache_teacher")
+        self.n_seqs, self.seq_len, self.vocab_size = m["n_seqs"], m["seq_len"], m["vocab_size"]
+        self._starts = np.array([s["start"] for s in m["shards"]])
+        self._arrays: list[dict[str, np.ndarray]] = []
+        for shard in m["shards"]:
+            arrays = {}
+            for name, f in shard["files"].items():
+                arrays[name] = self._open(shard, name, f, verify)
+            self._arrays.append(arrays)
+        self.components = tuple(self._arrays[0]) if self._arrays else ()
+        self._dtypes = {name: f["dtype"] for name, f in m["shards"][0]["files"].items()} if m["shards"] else {}
+
+    def _open(self, shard: dict, name: str, f: dict, verify: bool) -> np.ndarray:
+        path = self.path / f["file"]
+        where = f"cache shard {shard['index']:05d} ({f['file']})"
+        if not path.exists():
+            raise KdbenchError(f"{where}: file missing")
+        if path.stat().st_size != f["bytes"]:
+            raise KdbenchError(f"{where}: size {path.stat().st_size} bytes, manifest says {f['bytes']}")
+        if verify and sha256_file(path) != f["sha256"]:
+            raise KdbenchError(f"{where}: sha256 mismatch, the file is corrupt or was replaced")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise KdbenchError(f"{where}: unreadable ({e})") from e
+        if list(arr.shape) != f["shape"] or arr.dtype != _storage(f["dtype"]):
+            raise KdbenchError(f"{where}: shape/dtype {arr.shape}/{arr.dtype} differ from the manifest")
+        return arr
+
+    def gather(self, name: str, idx: np.ndarray) -> np.ndarray:
+        """Rows `idx` of one component, in the given order."""
+        shard = np.searchsorted(self._starts, idx, side="right") - 1
+        local = idx - self._starts[shard]
+        return np.stack([self._arrays[s][name][i] for s, i in zip(shard, local)])
+
+    def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
+        """The `Targets` for sequences `idx`; float components become float32 on `device`."""
+        def get(name: str) -> torch.Tensor | None:
+            if name not in self.components:
+                return None
+            t = _to_torch(self.gather(name, idx), self._dtypes[name])
+            t = t.long() if name in ("input_ids", "topk_ids") else t.float()
+            return t.to(device, non_blocking=True)
+        return Targets(**{name: get(name) for name in COMPONENTS})
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 24 else s[:20] + "...'"
+
+
+def cache_teacher(teacher_dir: Path, data_dir: Path, cfg: CacheConfig, arms: dict, n_student_layers: int,
+                  student_tokens: int, out_dir: Path, work_dir: Path) -> dict:
+    """Cache what the arms need from the teacher over the sequences a student's token budget covers.
+
+    That is the first ceil(student_tokens / seq_len) training sequences (all of them if fewer);
+    students then draw seeded permutations of exactly these.
+    """
+    from kdbench.arms import capture_for
+    from kdbench.data import load_tokens
+    from kdbench.models import blocks, load_model, load_tokenizer, tokenizer_sha256, weights_sha256, width
+    from kdbench.train import device_for_rank
+
+    teacher = load_model(teacher_dir)
+    tokens = load_tokens(Path(data_dir) / "train.npy")
+    tokens = tokens[: math.ceil(student_tokens / tokens.shape[1])]
+    n_teacher = len(blocks(teacher))
+    capture = capture_for(arms, n_student_layers, n_teacher)
+    identity = {
+        "teacher_sha256": weights_sha256(teacher_dir),
+        "tokenizer_sha256": tokenizer_sha256(load_tokenizer(teacher_dir)),
+        "tokens_sha256": hashlib.sha256(np.ascontiguousarray(tokens).tobytes()).hexdigest(),
+        "teacher_layers": n_teacher, "teacher_width": width(teacher),
+    }
+    return write_cache(teacher, np.ascontiguousarray(tokens), identity, cfg, capture, out_dir, work_dir,
+                       device_for_rank())

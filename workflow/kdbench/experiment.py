@@ -1,0 +1,66 @@
+"""The whole experiment config as one typed object, checked once before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from kdbench import KdbenchError
+from kdbench.arms import ATTENTION_TERMS, HIDDEN_TERMS, QKV_TERMS, ArmConfig, check_arms
+from kdbench.cache import CacheConfig
+from kdbench.config import build
+from kdbench.data import DataConfig
+from kdbench.evaluate import EvalConfig
+from kdbench.report import StatsConfig
+from kdbench.student import StudentConfig
+from kdbench.teacher import TeacherConfig
+from kdbench.tokenizer import TokenizerConfig
+from kdbench.world import WorldConfig
+
+
+@dataclass(frozen=True)
+class Experiment:
+    experiment: str = "default"   # results/<experiment>/: presets never overwrite each other
+    world: WorldConfig = field(default_factory=WorldConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    seeds: tuple[int, ...] = (0, 1, 2)  # at least 3 for seed-level statistics
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    arms: dict[str, ArmConfig] = field(default_factory=lambda: {"ce": ArmConfig()})
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    gpus: int = 0                 # GPUs per training/caching/evaluation job; 0 on CPU-only machines
+
+    @property
+    def trains_teacher(self) -> bool:
+        return self.teacher.source == "train"
+
+    @property
+    def synthetic_suite(self) -> bool:
+        return "synthetic" in self.evaluation.tasks
+
+
+def load_experiment(config: Mapping[str, Any]) -> Experiment:
+    """Build and cross-check the experiment; every error names the config key."""
+    exp = build(Experiment, config)
+    if not exp.experiment or "/" in exp.experiment:
+        raise KdbenchError(f"experiment: {exp.experiment!r} must be a non-empty name without '/'")
+    if not exp.seeds or len(set(exp.seeds)) != len(exp.seeds):
+        raise KdbenchError(f"seeds: need distinct seeds, got {list(exp.seeds)}")
+    if exp.synthetic_suite and exp.data.source != "world":
+        raise KdbenchError("evaluation.tasks: 'synthetic' needs data.source 'world' (the suite comes from the world)")
+    check_arms(exp.arms, exp.student.arch.n_layer, exp.teacher.arch.n_layer if exp.trains_teacher else None)
+    return exp
+
+
+def capture_spec(exp: Experiment) -> dict[str, dict]:
+    """The part of each arm that decides what the cache holds (so loss weights never rerun the cache)."""
+    layer_terms = HIDDEN_TERMS | ATTENTION_TERMS | QKV_TERMS
+    spec = {}
+    for name, arm in exp.arms.items():
+        terms = sorted(layer_terms & set(arm.terms))
+        if terms:
+            spec[name] = {"terms": {t: 1.0 for t in terms}, "layer_map": arm.layer_map}
+    return spec

@@ -1,0 +1,326 @@
+"""Distillation losses behind one registry and one call signature.
+
+Every loss is ``fn(student, targets, mask, **hyper) -> scalar``, so the trainer can sum
+an arm's terms without knowing what each one needs. Arithmetic is fp32 whatever the
+cache dtype, positions where `mask` is False never contribute, and a batch without a
+counted position gives exactly 0 (still connected to the graph) instead of 0/0.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdbench import KdbenchError
+
+# Empty buckets have log-prob -inf; flooring them to a finite value far below any real
+# log-prob makes 0 * log 0 terms exactly 0 and keeps gradients free of inf - inf.
+_LOG_FLOOR = -1e30
+
+
+@dataclass
+class Targets:
+    """What the student is trained against for one batch (from data and the teacher cache)."""
+
+    input_ids: Tensor  # (B, T) tokens; CE predicts input_ids[:, 1:] from logits[:, :-1]
+    topk_logprobs: Tensor | None = None  # (B, T, k) teacher log-probs (temperature 1) of the next token
+    topk_ids: Tensor | None = None  # (B, T, k) int ids of those tokens
+    tail_logprob: Tensor | None = None  # (B, T) log of the teacher mass outside the top-k; -inf when k == V
+    hidden: Tensor | None = None  # (B, L, T, D_t) teacher hidden states of the mapped layers
+    attentions: Tensor | None = None  # (B, L, H_t, T, T) teacher attention probabilities of the mapped layers
+    qkv: Tensor | None = None  # (B, L, 3, T, D_t) teacher query/key/value vectors of the mapped layers
+
+
+@dataclass
+class StudentOutputs:
+    """The student's side of one batch, in the layout of `Targets`."""
+
+    logits: Tensor  # (B, T, V)
+    hidden: Tensor | None = None  # (B, L, T, D_t) mapped layers, already projected to teacher width
+    attentions: Tensor | None = None  # (B, L, H_s, T, T)
+    qkv: Tensor | None = None  # (B, L, 3, T, D_s)
+
+
+LossFn = Callable[..., Tensor]
+LOSSES: dict[str, LossFn] = {}
+
+
+def register(name: str) -> Callable[[LossFn], LossFn]:
+    """Add a loss to `LOSSES` under `name`.
+
+    Hyperparameters must be keyword-only: that is how `loss_kwargs` tells them apart.
+    """
+
+    def add(fn: LossFn) -> LossFn:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        params = list(inspect.signature(fn).parameters.values())
+        if len(params) < 3 or any(p.kind is not p.KEYWORD_ONLY for p in params[3:]):
+            raise ValueError(f"loss {name!r}: expected fn(student, targets, mask, *, hyper...)")
+        LOSSES[name] = fn
+        return fn
+
+    return add
+
+
+def get_loss(name: str) -> LossFn:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise KdbenchError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}") from None
+
+
+def loss_kwargs(name: str, hyper: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of an arm-wide hyperparameter dict that loss `name` accepts."""
+    params = inspect.signature(get_loss(name)).parameters.values()
+    accepted = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    return {key: value for key, value in hyper.items() if key in accepted}
+
+
+class HiddenProjector(nn.Module):
+    """Maps student hidden states to the teacher width, one map per mapped layer.
+
+    Layers at different depths carry differently scaled features, so each gets its own
+    linear map; `kind="identity"` compares raw states when the widths already agree.
+    """
+
+    def __init__(
+        self, n_layers: int, d_student: int, d_teacher: int, kind: Literal["linear", "identity"] = "linear"
+    ) -> None:
+        super().__init__()
+        if kind not in ("linear", "identity"):
+            raise KdbenchError(f"hidden projector kind {kind!r} is not allowed; allowed: 'linear', 'identity'")
+        if kind == "identity" and d_student != d_teacher:
+            raise KdbenchError(
+                f"hidden projector 'identity' needs equal widths, got student {d_student} and teacher {d_teacher}; "
+                "use 'linear'"
+            )
+        self.n_layers, self.d_student, self.kind = n_layers, d_student, kind
+        n_maps = n_layers if kind == "linear" else 0
+        self.maps = nn.ModuleList(nn.Linear(d_student, d_teacher) for _ in range(n_maps))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(B, L, T, D_s) -> (B, L, T, D_t)."""
+        if hidden.ndim != 4 or hidden.shape[1] != self.n_layers or hidden.shape[-1] != self.d_student:
+            raise KdbenchError(
+                f"hidden projector expects (B, {self.n_layers}, T, {self.d_student}), got {tuple(hidden.shape)}"
+            )
+        if self.kind == "identity":
+            return hidden
+        return torch.stack([proj(hidden[:, i]) for i, proj in enumerate(self.maps)], dim=1)
+
+
+# --- shared pieces -------------------------------------------------------------------
+
+
+def _need(name: str, value: Tensor | None, what: str) -> Tensor:
+    if value is None:
+        raise KdbenchError(f"loss {name!r} needs {what}")
+    return value
+
+
+def _match(name: str, what: str, student: Tensor, teacher: Tensor, free_dim: int | None = None) -> None:
+    """Student and teacher shapes agree on every dim except `free_dim`."""
+    s, t = list(student.shape), list(teacher.shape)
+    if free_dim is not None and len(s) == len(t):
+        s[free_dim] = t[free_dim] = -1
+    if s != t:
+        raise KdbenchError(
+            f"loss {name!r}: student {what} of shape {tuple(student.shape)} does not match "
+            f"teacher {tuple(teacher.shape)}"
+        )
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of per-position `values` (B, T) where `mask` is True; exactly 0 if there is none."""
+    if values.shape != mask.shape:
+        raise ValueError(f"per-position values {tuple(values.shape)} do not match mask {tuple(mask.shape)}")
+    mask = mask.bool()
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1)
+
+
+def _kl(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p || q) along the last dim from log-probs; entries with p == 0 count 0."""
+    logp, logq = logp.clamp_min(_LOG_FLOOR), logq.clamp_min(_LOG_FLOOR)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def _log(p: Tensor) -> Tensor:
+    """log p with -inf at zeros, and a zero (not NaN) gradient there."""
+    return torch.where(p > 0, p.clamp_min(torch.finfo(p.dtype).tiny).log(), -math.inf)
+
+
+# --- logit distillation on top-k buckets ---------------------------------------------
+
+
+def _buckets(name: str, student: StudentOutputs, targets: Targets, temperature: float) -> tuple[Tensor, Tensor]:
+    """Teacher and student log-probs over k + 1 buckets: the teacher's top-k ids, then the rest.
+
+    The cache keeps only the teacher's top-k, so the tempered teacher tail assumes its
+    mass is spread evenly over the V - k other tokens: log(tail^(1/T) (V-k)^(1-1/T)).
+    That is exact at T = 1 and at k = V, where the tail bucket is empty.
+    """
+    if not temperature > 0:
+        raise KdbenchError(f"loss {name!r}: temperature must be > 0, got {temperature}")
+    top = _need(name, targets.topk_logprobs, "teacher top-k log-probs in the cache").float()  # (B, T, k)
+    ids = _need(name, targets.topk_ids, "teacher top-k ids in the cache").long()  # (B, T, k)
+    logits = student.logits.float()  # (B, T, V)
+    vocab, k = logits.shape[-1], ids.shape[-1]
+    if top.shape != ids.shape or ids.shape[:2] != logits.shape[:2] or k > vocab:
+        raise KdbenchError(
+            f"loss {name!r}: teacher top-k {tuple(top.shape)} / ids {tuple(ids.shape)} do not fit "
+            f"student logits {tuple(logits.shape)}"
+        )
+    s_all = torch.log_softmax(logits / temperature, dim=-1)  # (B, T, V)
+    s_top = s_all.gather(-1, ids)  # (B, T, k)
+    if k == vocab:
+        t_tail = s_tail = torch.full_like(s_top[..., 0], -math.inf)  # (B, T)
+    else:
+        tail = _need(name, targets.tail_logprob, "the teacher tail log-prob in the cache").float()  # (B, T)
+        t_tail = tail / temperature + (1 - 1 / temperature) * math.log(vocab - k)
+        s_tail = torch.logsumexp(s_all.scatter(-1, ids, -math.inf), dim=-1)  # (B, T)
+    t_log = torch.log_softmax(torch.cat([top / temperature, t_tail[..., None]], dim=-1), dim=-1)  # (B, T, k+1)
+    s_log = torch.cat([s_top, s_tail[..., None]], dim=-1)  # (B, T, k+1)
+    return t_log, s_log
+
+
+def _bucketed(
+    name: str,
+    student: StudentOutputs,
+    targets: Targets,
+    mask: Tensor,
+    temperature: float,
+    divergence: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """T^2 * mean over counted positions of divergence(teacher buckets, student buckets)."""
+    t_log, s_log = _buckets(name, student, targets, temperature)
+    return temperature**2 * _masked_mean(divergence(t_log, s_log), mask)
+
+
+@register("fkl")
+def forward_kl(student: StudentOutputs, targets: Targets, mask: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """KL(teacher || student): mass-covering, the classic distillation term."""
+    return _bucketed("fkl", student, targets, mask, temperature, _kl)
+
+
+@register("rkl")
+def reverse_kl(student: StudentOutputs, targets: Targets, mask: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """KL(student || teacher): mode-seeking, lets a small student ignore teacher modes."""
+    return _bucketed("rkl", student, targets, mask, temperature, lambda t, s: _kl(s, t))
+
+
+@register("jsd")
+def jensen_shannon(
+    student: StudentOutputs, targets: Targets, mask: Tensor, *, temperature: float = 1.0, beta: float = 0.5
+) -> Tensor:
+    """Generalised JSD: beta KL(t || m) + (1 - beta) KL(s || m) with m = beta t + (1 - beta) s.
+
+    Bounded; tends to forward KL as beta -> 0 and to reverse KL as beta -> 1 (up to scale).
+    """
+    if not 0 < beta < 1:
+        raise KdbenchError(f"loss 'jsd': beta must lie strictly between 0 and 1, got {beta}")
+
+    def jsd(t_log: Tensor, s_log: Tensor) -> Tensor:
+        log_m = torch.logaddexp(
+            t_log.clamp_min(_LOG_FLOOR) + math.log(beta), s_log.clamp_min(_LOG_FLOOR) + math.log1p(-beta)
+        )
+        return beta * _kl(t_log, log_m) + (1 - beta) * _kl(s_log, log_m)
+
+    return _bucketed("jsd", student, targets, mask, temperature, jsd)
+
+
+@register("tvd")
+def total_variation(student: StudentOutputs, targets: Targets, mask: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """Total variation 1/2 sum |t - s|: bounded, and symmetric in teacher and student."""
+    return _bucketed(
+        "tvd", student, targets, mask, temperature, lambda t, s: 0.5 * (t.exp() - s.exp()).abs().sum(-1)
+    )
+
+
+# --- data and intermediate-representation losses -------------------------------------
+
+
+@register("ce")
+def cross_entropy(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tensor:
+    """Next-token cross-entropy on the data; a pair counts when both its tokens are real."""
+    mask = mask.bool()
+    counted = mask[:, 1:] & mask[:, :-1]  # (B, T-1)
+    labels = torch.where(counted, targets.input_ids[:, 1:], 0)  # (B, T-1); padding ids may be out of range
+    nll = F.cross_entropy(student.logits[:, :-1].float().transpose(1, 2), labels, reduction="none")  # (B, T-1)
+    return _masked_mean(nll, counted)
+
+
+def _hidden(name: str, student: StudentOutputs, targets: Targets) -> tuple[Tensor, Tensor]:
+    s = _need(name, student.hidden, "student hidden states").float()  # (B, L, T, D_t)
+    t = _need(name, targets.hidden, "teacher hidden states in the cache").float()  # (B, L, T, D_t)
+    _match(name, "hidden states (projected to teacher width with HiddenProjector)", s, t)
+    return s, t
+
+
+@register("hidden_mse")
+def hidden_mse(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tensor:
+    """Mean squared error over mapped layers, features and counted positions."""
+    s, t = _hidden("hidden_mse", student, targets)
+    return _masked_mean((s - t).square().mean(dim=(1, 3)), mask)
+
+
+@register("hidden_cos")
+def hidden_cos(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tensor:
+    """1 - cosine similarity: matches directions and ignores the scale of each state."""
+    s, t = _hidden("hidden_cos", student, targets)
+    return _masked_mean((1 - F.cosine_similarity(s, t, dim=-1)).mean(dim=1), mask)
+
+
+@register("attn_kl")
+def attention_kl(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tensor:
+    """TinyBERT-style KL(teacher row || student row) of attention maps.
+
+    Averaged over mapped layers, heads and counted query positions. When head counts
+    differ, both sides are first averaged over heads, since heads do not correspond.
+    """
+    s = _need("attn_kl", student.attentions, "student attention maps").float()  # (B, L, H_s, T, T)
+    t = _need("attn_kl", targets.attentions, "teacher attention maps in the cache").float()  # (B, L, H_t, T, T)
+    _match("attn_kl", "attention maps", s, t, free_dim=2)
+    if s.shape[2] != t.shape[2]:
+        s, t = s.mean(dim=2, keepdim=True), t.mean(dim=2, keepdim=True)  # (B, L, 1, T, T)
+    return _masked_mean(_kl(_log(t), _log(s)).mean(dim=(1, 2)), mask)
+
+
+def _relations(name: str, side: str, x: Tensor, heads: int, keep: Tensor) -> Tensor:
+    """Log self-relations softmax(X X^T / sqrt(d)) of q, k and v: (B, L, 3, T, D) -> (B, L, 3, R, T, T)."""
+    width = x.shape[-1]
+    if width % heads:
+        raise KdbenchError(f"loss {name!r}: {side} q/k/v width {width} is not divisible by relation_heads={heads}")
+    x = x.unflatten(-1, (heads, width // heads)).transpose(-3, -2)  # (B, L, 3, R, T, d)
+    scores = x @ x.transpose(-1, -2) / math.sqrt(width // heads)  # (B, L, 3, R, T, T)
+    return torch.log_softmax(scores.masked_fill(~keep, -math.inf), dim=-1)
+
+
+@register("relation")
+def relation(student: StudentOutputs, targets: Targets, mask: Tensor, *, relation_heads: int = 4) -> Tensor:
+    """MiniLMv2-style self-attention relation transfer (QQ, KK, VV).
+
+    Splitting each side's width into the same number of relation heads gives (T, T)
+    relations on both sides whatever the head counts and widths, so any teacher fits
+    any student. KL(teacher || student) is averaged over q/k/v, relation heads, mapped
+    layers and counted query rows; rows see only earlier real tokens (and themselves).
+    """
+    if not (isinstance(relation_heads, int) and relation_heads > 0):
+        raise KdbenchError(f"loss 'relation': relation_heads must be a positive integer, got {relation_heads!r}")
+    s = _need("relation", student.qkv, "student query/key/value vectors").float()  # (B, L, 3, T, D_s)
+    t = _need("relation", targets.qkv, "teacher query/key/value vectors in the cache").float()  # (B, L, 3, T, D_t)
+    _match("relation", "q/k/v", s, t, free_dim=-1)
+    mask = mask.bool()
+    steps = mask.shape[1]
+    causal = torch.ones(steps, steps, dtype=torch.bool, device=mask.device).tril()  # (T, T)
+    diagonal = torch.eye(steps, dtype=torch.bool, device=mask.device)  # (T, T)
+    keep = (causal & (mask[:, None, :] | diagonal))[:, None, None, None]  # (B, 1, 1, 1, T, T)
+    t_rel = _relations("relation", "teacher", t, relation_heads, keep)
+    s_rel = _relations("relation", "student", s, relation_heads, keep)
+    return _masked_mean(_kl(t_rel, s_rel).mean(dim=(1, 2, 3)), mask)

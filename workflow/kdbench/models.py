@@ -1,0 +1,181 @@
+"""Causal LMs: build from an architecture config, load from the hub or disk, save, and run with taps.
+
+Every model is a plain Hugging Face causal LM, so lm-eval, `save_pretrained` and any
+downstream tool load it without this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    PreTrainedModel,
+)
+
+from kdbench import KdbenchError
+from kdbench.io import sha256_file
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    family: Literal["gpt2", "llama", "gpt_neox"] = "gpt2"  # GPT-2 is the smallest well-supported causal LM
+    n_layer: int = 2
+    d_model: int = 128
+    n_head: int = 2
+    d_ff: int | None = None  # None: 4 x d_model, the usual ratio
+
+
+def build_model(arch: ArchConfig, vocab_size: int, max_len: int, eos_id: int, seed: int) -> PreTrainedModel:
+    """A randomly initialised causal LM; the same (arch, seed) always gives the same weights."""
+    if arch.d_model % arch.n_head:
+        raise KdbenchError(f"arch: d_model {arch.d_model} is not divisible by n_head {arch.n_head}")
+    d_ff = arch.d_ff or 4 * arch.d_model
+    common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    if arch.family == "gpt2":
+        cfg = GPT2Config(n_positions=max_len, n_embd=arch.d_model, n_layer=arch.n_layer, n_head=arch.n_head,
+                         n_inner=d_ff, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    elif arch.family == "llama":
+        cfg = LlamaConfig(hidden_size=arch.d_model, intermediate_size=d_ff, num_hidden_layers=arch.n_layer,
+                          num_attention_heads=arch.n_head, num_key_value_heads=arch.n_head,
+                          max_position_embeddings=max_len, tie_word_embeddings=True, **common)
+    else:
+        cfg = GPTNeoXConfig(hidden_size=arch.d_model, intermediate_size=d_ff, num_hidden_layers=arch.n_layer,
+                            num_attention_heads=arch.n_head, max_position_embeddings=max_len,
+                            hidden_dropout=0.0, attention_dropout=0.0, **common)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+def load_model(source: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a causal LM from a local directory or a hub id (offline mode is honoured)."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise KdbenchError(f"cannot load model {str(source)!r}: {str(e).splitlines()[0]}") from e
+
+
+def load_tokenizer(source: str | Path):
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as e:
+        raise KdbenchError(f"cannot load tokenizer {str(source)!r}: {str(e).splitlines()[0]}") from e
+
+
+def save_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) -> None:
+    """Write weights (safetensors) and the tokenizer into `out_dir` (callers make it atomic)."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    load_tokenizer(tokenizer_dir).save_pretrained(out_dir)
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """Content hash of a saved model's weights and config (lm-eval leaves it empty for local models)."""
+    h = hashlib.sha256()
+    files = sorted(Path(model_dir).glob("*.safetensors")) + [Path(model_dir) / "config.json"]
+    if not files[:-1]:
+        raise KdbenchError(f"{model_dir}: no *.safetensors weights")
+    for f in files:
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def blocks(model: PreTrainedModel) -> nn.ModuleList:
+    """The list of transformer blocks, whatever the family calls it."""
+    base = model.base_model
+    for name in ("h", "layers"):
+        if isinstance(getattr(base, name, None), nn.ModuleList):
+            return getattr(base, name)
+    raise KdbenchError(f"unsupported architecture {model.config.model_type!r}: no transformer blocks found")
+
+
+def width(model: PreTrainedModel) -> int:
+    return model.get_input_embeddings().embedding_dim
+
+
+def _qkv_module(model: PreTrainedModel, layer: int) -> tuple[nn.Module, ...]:
+    block = blocks(model)[layer - 1]
+    kind = model.config.model_type
+    if kind == "gpt2":
+        return (block.attn.c_attn,)
+    if kind == "gpt_neox":
+        return (block.attention.query_key_value,)
+    attn = getattr(block, "self_attn", None)
+    if attn is not None and all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj")):
+        return attn.q_proj, attn.k_proj, attn.v_proj
+    raise KdbenchError(f"relation loss: cannot find query/key/value projections in {kind!r} models")
+
+
+def _split_qkv(model: PreTrainedModel, outs: list[Tensor]) -> Tensor:
+    """Projection outputs -> (B, 3, T, D)."""
+    if len(outs) == 3:
+        return torch.stack(outs, dim=1)
+    (fused,) = outs  # (B, T, 3D)
+    b, t, three_d = fused.shape
+    if model.config.model_type == "gpt_neox":  # per-head interleaved: (B, T, H, 3, hd)
+        h = model.config.num_attention_heads
+        fused = fused.view(b, t, h, 3, three_d // (3 * h)).permute(0, 3, 1, 2, 4).reshape(b, 3, t, three_d // 3)
+        return fused
+    return fused.view(b, t, 3, three_d // 3).transpose(1, 2)
+
+
+@dataclass
+class Taps:
+    """What one forward pass exposes for distillation."""
+    logits: Tensor                  # (B, T, V)
+    hidden: Tensor | None = None    # (B, L, T, D) outputs of the requested blocks
+    attentions: Tensor | None = None  # (B, L, H, T, T)
+    qkv: Tensor | None = None       # (B, L, 3, T, D)
+
+
+@contextmanager
+def _capture_qkv(model: PreTrainedModel, layers: tuple[int, ...]) -> Iterator[list[list[Tensor]]]:
+    store: list[list[Tensor]] = [[] for _ in layers]
+    handles = []
+    for slot, layer in zip(store, layers):
+        for module in _qkv_module(model, layer):
+            handles.append(module.register_forward_hook(lambda _m, _i, out, slot=slot: slot.append(out)))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward_taps(model: PreTrainedModel, input_ids: Tensor, layers: tuple[int, ...],
+                 hidden: bool = False, attentions: bool = False, qkv: bool = False) -> Taps:
+    """Run the model once and collect logits plus the requested per-layer activations.
+
+    `layers` are 1-based block indices (`hidden_states[l]` is the output of block l).
+    Attentions need the eager attention kernel; the caller switches it on.
+    """
+    want = bool(layers)
+    with _capture_qkv(model, layers if qkv and want else ()) as store:
+        out = model(input_ids=input_ids, output_hidden_states=hidden and want,
+                    output_attentions=attentions and want, use_cache=False)
+    taps = Taps(logits=out.logits)
+    if hidden and want:
+        taps.hidden = torch.stack([out.hidden_states[l] for l in layers], dim=1)
+    if attentions and want:
+        taps.attentions = torch.stack([out.attentions[l - 1] for l in layers], dim=1)
+    if qkv and want:
+        taps.qkv = torch.stack([_split_qkv(model, outs) for outs in store], dim=1)
+    return taps
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """Semantic hash of a tokenizer (vocabulary + special tokens), independent of file formatting."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    specials = sorted((k, str(v)) for k, v in tokenizer.special_tokens_map.items())
+    return hashlib.sha256(json.dumps([vocab, specials]).encode()).hexdigest()

@@ -1,0 +1,46 @@
+"""Glue between Snakemake `script:` jobs and the library: logging, errors, threads, provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from kdbench import KdbenchError
+from kdbench.provenance import write_record
+
+
+def _named(files) -> dict[str, list[Path]]:
+    """Snakemake's Namedlist -> {name: [paths]}; unnamed entries are keyed by position."""
+    owner = {}
+    for name, (start, end) in files._names.items():
+        for i in range(start, start + 1 if end is None else end):
+            owner[i] = name
+    out: dict[str, list[Path]] = {}
+    for i, f in enumerate(files):
+        out.setdefault(owner.get(i, str(i)), []).append(Path(f))
+    return out
+
+
+def run_job(smk: Any, work: Callable[[], None]) -> None:
+    """Run `work` with stdout/stderr in the job's log; one-line errors; provenance on success."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(max(1, int(smk.threads)))
+    transformers.utils.logging.disable_progress_bar()
+    started = datetime.now(timezone.utc)
+    log_path = Path(smk.log[0])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", buffering=1) as log:
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                work()
+        except KdbenchError as e:
+            print(f"error: {e}", file=log)
+            print(f"kdbench error in rule {smk.rule}: {e}", file=sys.stderr)
+            sys.exit(1)
+    write_record(_named(smk.output), rule=smk.rule, params=dict(smk.params.items()),
+                 wildcards=dict(smk.wildcards.items()), inputs=_named(smk.input), started=started)

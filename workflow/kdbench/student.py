@@ -1,0 +1,102 @@
+"""Students: one saved initialisation per seed, then one training run per (arm, seed) from the cache.
+
+Every arm of a seed loads the same saved initial weights and draws the same batches, so the
+arms differ only in their loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kdbench import KdbenchError
+from kdbench.arms import ArmConfig
+from kdbench.cache import TeacherCache
+from kdbench.config import as_dict
+from kdbench.data import load_tokens
+from kdbench.io import atomic_dir, read_json, write_json
+from kdbench.layermap import layer_map
+from kdbench.models import (ArchConfig, blocks, build_model, load_model, load_tokenizer, save_model,
+                            tokenizer_sha256, width)
+from kdbench.provenance import fingerprint
+from kdbench.train import Objective, TokenSource, TrainConfig, device_for_rank, train, write_curve
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    init: str = "random"  # "random", "teacher_layers" (DistilBERT-style copy), or a pretrained model id/dir
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def init_student(cfg: StudentConfig, seed: int, tokenizer_dir: Path, seq_len: int, teacher_dir: Path | None,
+                 out_dir: Path) -> None:
+    """Save the initial weights of the seed's students (the untrained floor is evaluated too)."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if cfg.init in ("random", "teacher_layers"):
+        model = build_model(cfg.arch, len(tokenizer), seq_len, tokenizer.eos_token_id, seed)
+        if cfg.init == "teacher_layers":
+            if teacher_dir is None:
+                raise KdbenchError("student.init 'teacher_layers' needs the teacher")
+            copy_teacher_layers(model, load_model(teacher_dir))
+    else:
+        check_same_tokenizer(load_tokenizer(cfg.init), tokenizer, cfg.init)
+        model = load_model(cfg.init)
+    with atomic_dir(out_dir) as tmp:
+        save_model(model, tokenizer_dir, tmp)
+
+
+def check_same_tokenizer(student_tok, teacher_tok, what: str) -> None:
+    """Distillation compares token distributions: both sides must share one vocabulary."""
+    if tokenizer_sha256(student_tok) != tokenizer_sha256(teacher_tok):
+        raise KdbenchError(
+            f"tokenizer mismatch: {what} has a vocabulary of {len(student_tok)} tokens, the teacher's has "
+            f"{len(teacher_tok)}, and they differ; logit distillation needs one shared tokenizer")
+
+
+def copy_teacher_layers(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    """Initialise the student from the teacher: embeddings, head and uniformly chosen blocks."""
+    if student.config.model_type != teacher.config.model_type or width(student) != width(teacher):
+        raise KdbenchError("student.init 'teacher_layers' needs the teacher's architecture family and width "
+                           f"(student {student.config.model_type}/{width(student)}, "
+                           f"teacher {teacher.config.model_type}/{width(teacher)})")
+    pairs = layer_map("uniform", len(blocks(student)), len(blocks(teacher)))
+    t_state = teacher.state_dict()
+    prefix = next(n for n, m in student.named_modules() if m is blocks(student)) + "."
+    source = {s - 1: t - 1 for s, t in pairs}
+    state = {}
+    for key, value in student.state_dict().items():
+        src = key
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            src = f"{prefix}{source[int(index)]}.{rest}"
+        if src not in t_state or t_state[src].shape != value.shape:
+            raise KdbenchError(f"student.init 'teacher_layers': teacher has no tensor {src!r} of shape {tuple(value.shape)}")
+        state[key] = t_state[src].clone()
+    student.load_state_dict(state)
+
+
+def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, cache_dir: Path,
+                  data_dir: Path, out_dir: Path, work_dir: Path) -> None:
+    """Train one arm for one seed from the teacher cache and save the student."""
+    model = load_model(init_dir)
+    tokenizer = load_tokenizer(init_dir)
+    cache = TeacherCache(cache_dir, expect={"vocab_size": model.config.vocab_size,
+                                            "tokenizer_sha256": tokenizer_sha256(tokenizer)})
+    settings = cache.manifest["settings"]
+    pairs = arm.pairs(len(blocks(model)), cache.manifest["teacher_layers"])
+    d_teacher = cache.manifest["teacher_width"]
+    objective = Objective(arm, pairs, tuple(settings["layers"]), model, d_teacher, seed)
+    key = fingerprint(arm_name, as_dict(arm), as_dict(cfg), seed, cache.manifest["tokens_sha256"],
+                      cache.manifest["teacher_sha256"], read_json(init_dir / "config.json"))
+    val = TokenSource(load_tokens(data_dir / "val.npy"))
+    curve, summary = train(model, objective, cache, cfg, seed, work_dir / "checkpoint.pt", key, val=val,
+                           device=device_for_rank(), label=f"{arm_name}/seed{seed}")
+    with atomic_dir(out_dir) as tmp:
+        save_model(model.cpu(), init_dir, tmp)
+        write_curve(curve, tmp / "curve.csv")
+        write_json(tmp / "train.json", {**summary, "arm": arm_name, "seed": seed, "config": as_dict(cfg),
+                                        "arm_config": as_dict(arm), "layer_pairs": pairs})
+    (work_dir / "checkpoint.pt").unlink(missing_ok=True)

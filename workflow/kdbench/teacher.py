@@ -1,0 +1,52 @@
+"""The teacher: trained inside the DAG on the corpus, or imported from the hub or a local directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdbench.arms import ArmConfig
+from kdbench.config import as_dict
+from kdbench.data import load_tokens
+from kdbench.io import atomic_dir, read_json, write_json
+from kdbench.models import ArchConfig, build_model, load_model, load_tokenizer, save_model, width
+from kdbench.train import Objective, TokenSource, TrainConfig, device_for_rank, train, write_curve
+from kdbench.provenance import fingerprint
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    source: str = "train"  # "train": trained here on the corpus; else a HF hub id or a local model directory
+    arch: ArchConfig = field(default_factory=lambda: ArchConfig(n_layer=4, d_model=256, n_head=4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(tokens=2_000_000, lr=1e-3))
+    seed: int = 0          # initialisation and data order of the teacher
+
+
+def train_teacher(cfg: TeacherConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path, work_dir: Path) -> None:
+    """Train a causal LM with cross-entropy on the packed corpus and save it with `save_pretrained`."""
+    tokens, val = load_tokens(data_dir / "train.npy"), load_tokens(data_dir / "val.npy")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = build_model(cfg.arch, len(tokenizer), tokens.shape[1], tokenizer.eos_token_id, cfg.seed)
+    objective = Objective(ArmConfig(terms={"ce": 1.0}), (), (), model, width(model), cfg.seed)
+    key = fingerprint(as_dict(cfg), read_json(data_dir / "data.json"))
+    curve, summary = train(model, objective, TokenSource(tokens), cfg.train, cfg.seed, work_dir / "checkpoint.pt",
+                           key, val=TokenSource(val), device=device_for_rank(), label="teacher")
+    with atomic_dir(out_dir) as tmp:
+        save_model(model.cpu(), tokenizer_dir, tmp)
+        write_curve(curve, tmp / "curve.csv")
+        write_json(tmp / "train.json", {**summary, "config": as_dict(cfg)})
+    (work_dir / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def import_teacher(source: str, out_dir: Path) -> None:
+    """Copy a pretrained causal LM (hub id or directory) into the results tree, so it is hashed like any model."""
+    model = load_model(source)
+    with atomic_dir(out_dir) as tmp:
+        save_model(model, Path(source) if Path(source).exists() else source, tmp)
+
+
+def import_tokenizer(source: str, out_dir: Path) -> None:
+    """Save the tokenizer of a pretrained teacher; the corpus is tokenised with it."""
+    tokenizer = load_tokenizer(source)
+    with atomic_dir(out_dir) as tmp:
+        tokenizer.save_pretrained(tmp)

@@ -1,0 +1,220 @@
+"""The training loop shared by the teacher and every student arm.
+
+Batches are a pure function of (seed, step) (`data.batch_indices`), the model starts from a
+saved initialisation, and checkpoints hold model, projector and optimizer state, so an
+interrupted job resumes at its last checkpoint and reaches the same weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kdbench import KdbenchError
+from kdbench.arms import ATTENTION_TERMS, HIDDEN_TERMS, QKV_TERMS, ArmConfig
+from kdbench.data import batch_indices
+from kdbench.io import atomic_path
+from kdbench.losses import HiddenProjector, StudentOutputs, Targets, get_loss, loss_kwargs
+from kdbench.models import forward_taps, width
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    tokens: int = 1_000_000      # token budget: identical for every arm of a comparison
+    batch_size: int = 32         # sequences per step
+    lr: float = 2e-3             # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1    # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 30       # linear warm-up
+    weight_decay: float = 0.1    # on matrices only
+    grad_clip: float = 1.0       # max global grad norm
+    autocast: bool = True        # bfloat16 autocast: 1.6x on CPU here, standard on GPUs
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    log_every_s: float = 5.0     # seconds between progress lines
+    curve_every: int = 10        # steps between recorded curve points
+    val_seqs: int = 64           # validation sequences for the held-out loss
+
+    def steps(self, seq_len: int) -> int:
+        return max(1, self.tokens // (self.batch_size * seq_len))
+
+
+class BatchSource(Protocol):
+    n_seqs: int
+    seq_len: int
+
+    def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets: ...
+
+
+class TokenSource:
+    """Plain token sequences (no teacher): the data for CE training and validation."""
+
+    def __init__(self, tokens: np.ndarray):
+        self.tokens = tokens
+        self.n_seqs, self.seq_len = tokens.shape
+
+    def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
+        return Targets(input_ids=torch.from_numpy(self.tokens[idx].astype(np.int64)).to(device))
+
+
+class Objective(nn.Module):
+    """Weighted sum of an arm's loss terms; owns the learned hidden-state projection."""
+
+    def __init__(self, arm: ArmConfig, pairs: tuple[tuple[int, int], ...], cache_layers: tuple[int, ...],
+                 student: nn.Module, d_teacher: int, seed: int):
+        super().__init__()
+        self.arm, self.terms = arm, dict(arm.terms)
+        self.student_layers = tuple(s for s, _ in pairs)
+        missing = [t for _, t in pairs if t not in cache_layers]
+        if missing:
+            raise KdbenchError(f"teacher layers {missing} are not in the cache (it holds {list(cache_layers)})")
+        self.register_buffer("rows", torch.tensor([cache_layers.index(t) for _, t in pairs], dtype=torch.long),
+                             persistent=False)
+        used = set(self.terms)
+        self.want = {"hidden": bool(HIDDEN_TERMS & used), "attentions": bool(ATTENTION_TERMS & used),
+                     "qkv": bool(QKV_TERMS & used)}
+        self.projector = None
+        if self.want["hidden"]:
+            with torch.random.fork_rng(devices=[]):  # never disturbs the student's own initialisation
+                torch.manual_seed(seed)
+                self.projector = HiddenProjector(len(pairs), width(student), d_teacher, arm.projection)
+
+    def forward(self, model: nn.Module, targets: Targets, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        taps = forward_taps(model, targets.input_ids, self.student_layers, **self.want)
+        student = StudentOutputs(
+            logits=taps.logits,
+            hidden=self.projector(taps.hidden) if self.projector is not None else None,
+            attentions=taps.attentions, qkv=taps.qkv)
+        picked = _pick_layers(targets, self.rows)
+        values = {n: get_loss(n)(student, picked, mask, **loss_kwargs(n, self.arm.hyper)) for n in self.terms}
+        total = sum(w * values[n] for n, w in self.terms.items())
+        return total, values
+
+
+def _pick_layers(t: Targets, rows: Tensor) -> Targets:
+    """Select the arm's teacher layers from the cache's union of layers."""
+    pick = lambda x: None if x is None else x.index_select(1, rows.to(x.device))
+    return Targets(input_ids=t.input_ids, topk_logprobs=t.topk_logprobs, topk_ids=t.topk_ids,
+                   tail_logprob=t.tail_logprob, hidden=pick(t.hidden), attentions=pick(t.attentions),
+                   qkv=pick(t.qkv))
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def device_for_rank() -> str:
+    """cuda:LOCAL_RANK when CUDA is there (torchrun sets LOCAL_RANK), else cpu."""
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, val: TokenSource, n: int, batch_size: int, device: str) -> float:
+    """Mean next-token cross-entropy on the first `n` validation sequences."""
+    ce = get_loss("ce")
+    losses = []
+    for start in range(0, min(n, val.n_seqs), batch_size):
+        t = val.batch(np.arange(start, min(n, val.n_seqs, start + batch_size)), device)
+        logits = model(input_ids=t.input_ids, use_cache=False).logits
+        losses.append(float(ce(StudentOutputs(logits=logits), t, torch.ones_like(t.input_ids, dtype=torch.bool))))
+    return float(np.mean(losses))
+
+
+def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: TrainConfig, seed: int,
+          ckpt_path: Path, fingerprint: str, val: TokenSource | None = None, device: str = "cpu",
+          label: str = "train") -> tuple[list[dict], dict]:
+    """Train `model` in place; returns the curve rows and a summary.
+
+    `fingerprint` identifies the job (config, data, init): a checkpoint with another
+    fingerprint is ignored rather than resumed.
+    """
+    model.to(device).train()
+    objective.to(device)
+    params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
+    opt = _optimizer(params, cfg)
+    total_steps = cfg.steps(source.seq_len)
+    step, curve, elapsed = 0, [], 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if state["fingerprint"] == fingerprint:
+            model.load_state_dict(state["model"])
+            objective.load_state_dict(state["objective"])
+            opt.load_state_dict(state["optimizer"])
+            step, curve, elapsed = state["step"], state["curve"], state["elapsed"]
+            print(f"{label}: resumed from checkpoint at step {step}", flush=True)
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.autocast)
+    tokens_per_step = cfg.batch_size * source.seq_len
+    t0, last_log = time.perf_counter() - elapsed, time.perf_counter()
+    run_start, run_step = time.perf_counter(), step
+    while step < total_steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total_steps, cfg)
+        targets = source.batch(batch_indices(source.n_seqs, cfg.batch_size, step, seed), device)
+        mask = torch.ones_like(targets.input_ids, dtype=torch.bool)
+        with autocast:
+            loss, terms = objective(model, targets, mask)
+        terms = {n: v.detach() for n, v in terms.items()}
+        if not torch.isfinite(loss):
+            bad = next((n for n, v in terms.items() if not torch.isfinite(v)), "total")
+            raise KdbenchError(f"{label}: non-finite loss at step {step}: term {bad!r} = {float(terms.get(bad, loss))}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        step += 1
+        now = time.perf_counter()
+        rate = (step - run_step) * tokens_per_step / max(now - run_start, 1e-9)
+        if step % cfg.curve_every == 0 or step == total_steps:
+            curve.append({"step": step, "tokens": step * tokens_per_step, "lr": opt.param_groups[0]["lr"],
+                          "loss": float(loss.detach()), "tokens_per_s": rate,
+                          **{f"loss_{n}": float(v) for n, v in terms.items()}})
+        if now - last_log >= cfg.log_every_s or step == total_steps:
+            last_log = now
+            parts = " ".join(f"{n} {float(v):.4f}" for n, v in terms.items())
+            print(f"{label}: step {step}/{total_steps} tok/s {rate:,.0f} loss {float(loss.detach()):.4f} ({parts})",
+                  flush=True)
+        if step % cfg.checkpoint_every == 0 and step < total_steps:
+            _checkpoint(ckpt_path, model, objective, opt, step, curve, now - t0, fingerprint)
+    summary = {"steps": total_steps, "tokens": total_steps * tokens_per_step, "seconds": time.perf_counter() - t0,
+               "final_loss": curve[-1]["loss"] if curve else None}
+    if val is not None:
+        model.eval()
+        summary["val_loss"] = validation_loss(model, val, cfg.val_seqs, cfg.batch_size, device)
+        print(f"{label}: validation loss {summary['val_loss']:.4f}", flush=True)
+    return curve, summary
+
+
+def _checkpoint(path: Path, model, objective, opt, step, curve, elapsed, fingerprint) -> None:
+    state = {"model": model.state_dict(), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
+             "step": step, "curve": curve, "elapsed": elapsed, "fingerprint": fingerprint}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def write_curve(rows: list[dict], path: Path) -> None:
+    """Curve rows -> CSV (columns: step, tokens, lr, loss, tokens_per_s, loss_<term>...)."""
+    if not rows:
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,22 @@
+rule cache_teacher:
+    input:
+        teacher=f"{R}/teacher",
+        train=f"{R}/data/train.npy",
+        info=f"{R}/data/data.json",
+    output:
+        directory(f"{R}/cache"),
+    log:
+        f"{LOGS}/cache_teacher.log",
+    benchmark:
+        f"{BENCH}/cache_teacher.tsv"
+    params:
+        cache=config["cache"],
+        capture=capture_spec(EXP),
+        student_layers=EXP.student.arch.n_layer,
+        student_tokens=EXP.student.train.tokens,
+        work=f"{WORK}/cache",
+    threads: workflow.cores
+    resources:
+        gpu=GPUS,
+    script:
+        "../scripts/cache_teacher.py"

@@ -1,0 +1,44 @@
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from kdbench.experiment import capture_spec, load_experiment
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+EXP = load_experiment(config)  # strict: unknown keys, types, arms and layer maps fail here
+
+R = f"results/{EXP.experiment}"  # every output of this experiment
+WORK = f"{R}/.work"  # resumable state (checkpoints, partial caches), never a declared output
+LOGS = f"logs/{EXP.experiment}"
+BENCH = f"benchmarks/{EXP.experiment}"
+ARMS = list(EXP.arms)
+SEEDS = list(EXP.seeds)
+STUDENTS = [f"students/{arm}/seed{seed}" for arm in ARMS for seed in SEEDS]
+FLOORS = [f"students/init/seed{seed}" for seed in SEEDS]
+MODELS = ["teacher", *FLOORS, *STUDENTS]
+
+
+wildcard_constraints:
+    arm="|".join(ARMS),
+    seed=r"\d+",
+    model=r"teacher|students/[A-Za-z0-9_.-]+/seed\d+",
+
+
+def corpus_files(wildcards):
+    """The corpus file the data step reads: the world's, a local file, or none (a hub dataset)."""
+    if EXP.data.source == "world":
+        return [f"{R}/world/corpus.jsonl"]
+    return [EXP.data.source] if Path(EXP.data.source).exists() else []
+
+
+def teacher_for_init(wildcards):
+    return [f"{R}/teacher"] if EXP.student.init == "teacher_layers" else []
+
+
+def student_section():
+    """The student section without the training settings: what decides the initial weights."""
+    return {k: v for k, v in config["student"].items() if k != "train"}
+
+
+GPUS = EXP.gpus  # GPUs per training, caching and evaluation job (0: CPU); the SLURM profile turns it into --gpus

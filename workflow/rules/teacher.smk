@@ -1,0 +1,36 @@
+if EXP.trains_teacher:
+
+    rule train_teacher:
+        input:
+            tokenizer=f"{R}/tokenizer",
+            train=f"{R}/data/train.npy",
+            val=f"{R}/data/val.npy",
+            info=f"{R}/data/data.json",
+        output:
+            directory(f"{R}/teacher"),
+        log:
+            f"{LOGS}/train_teacher.log",
+        benchmark:
+            f"{BENCH}/train_teacher.tsv"
+        params:
+            teacher=config["teacher"],
+            work=f"{WORK}/teacher",
+        threads: workflow.cores
+        resources:
+            gpu=GPUS,
+        script:
+            "../scripts/train_teacher.py"
+
+else:
+
+    rule import_teacher:
+        output:
+            directory(f"{R}/teacher"),
+        log:
+            f"{LOGS}/import_teacher.log",
+        benchmark:
+            f"{BENCH}/import_teacher.tsv"
+        params:
+            source=config["teacher"]["source"],
+        script:
+            "../scripts/import_teacher.py"

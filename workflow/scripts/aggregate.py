@@ -1,0 +1,10 @@
+"""Snakemake job: turn every evaluation into tables, statistics and figures."""
+from pathlib import Path
+
+from kdbench.config import build
+from kdbench.report import StatsConfig, aggregate, model_evals
+from kdbench.snake import run_job
+
+p = snakemake.params
+cfg = build(StatsConfig, p.stats, "stats")
+run_job(snakemake, lambda: aggregate(model_evals(Path(p.out), p.models), cfg, Path(p.out)))

@@ -1,0 +1,13 @@
+"""Snakemake job: run the teacher once and cache what the arms need."""
+from pathlib import Path
+
+from kdbench.arms import ArmConfig
+from kdbench.cache import CacheConfig, cache_teacher
+from kdbench.config import build
+from kdbench.snake import run_job
+
+p = snakemake.params
+cfg = build(CacheConfig, p.cache, "cache")
+arms = {name: build(ArmConfig, spec, f"arms.{name}") for name, spec in p.capture.items()}
+run_job(snakemake, lambda: cache_teacher(Path(snakemake.input.teacher), Path(snakemake.input.info).parent, cfg, arms,
+                                         p.student_layers, p.student_tokens, Path(snakemake.output[0]), Path(p.work)))

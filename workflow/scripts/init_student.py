@@ -1,0 +1,13 @@
+"""Snakemake job: save the seed's initial student weights (shared by every arm)."""
+from pathlib import Path
+
+from kdbench.config import build
+from kdbench.io import read_json
+from kdbench.snake import run_job
+from kdbench.student import StudentConfig, init_student
+
+cfg = build(StudentConfig, snakemake.params.student, "student")
+teacher = Path(snakemake.input.teacher[0]) if snakemake.input.teacher else None
+seq_len = read_json(snakemake.input.info)["seq_len"]
+run_job(snakemake, lambda: init_student(cfg, int(snakemake.wildcards.seed), Path(snakemake.input.tokenizer), seq_len,
+                                        teacher, Path(snakemake.output[0])))

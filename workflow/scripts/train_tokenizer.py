@@ -1,0 +1,12 @@
+"""Snakemake job: train the byte-level BPE tokenizer on the corpus."""
+from pathlib import Path
+
+from kdbench.config import build
+from kdbench.data import DataConfig, read_texts
+from kdbench.snake import run_job
+from kdbench.tokenizer import TokenizerConfig, train_tokenizer
+
+data = build(DataConfig, snakemake.params.data, "data")
+cfg = build(TokenizerConfig, snakemake.params.tokenizer, "tokenizer")
+corpus = Path(snakemake.input.corpus[0]) if snakemake.input.corpus else None
+run_job(snakemake, lambda: train_tokenizer(read_texts(data, corpus), cfg, Path(snakemake.output[0])))
