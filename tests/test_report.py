@@ -1,0 +1,159 @@
+"""Aggregation: fake evaluation JSONs (teacher, init and 3 KD arms x 3 seeds x 2 tasks) -> all outputs.
+
+The fake results are written in evaluate_model's format with a planted +35-point gain of
+`logit_hidden` over `logit` on one task. Checks that every file is written and non-empty,
+summary.csv has the documented columns and one row per model x task x metric, the
+headline names both arms and a number and finds the planted task, chance comes from the
+per-item choice counts, reruns are byte-identical, and inconsistent inputs are refused.
+
+Run: .venv/bin/python -m pytest tests/test_report.py -q   (CPU, ~20 s)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdbench import KdbenchError
+from kdbench.evaluate import FORMAT
+from kdbench.io import read_json, write_json
+from kdbench.report import ModelEval, StatsConfig, aggregate, model_evals
+
+TASKS = {"kdb_alpha": 4, "kdb_beta": 2}  # task -> choices per item
+N_ITEMS = 80
+RATES = {"teacher": (0.9, 0.9), "init": (0.25, 0.5), "ce": (0.4, 0.6), "logit": (0.5, 0.7), "logit_hidden": (0.85, 0.7)}
+OUTPUTS = ["summary.csv", "table.md", "table.csv", "table.tex", "comparison.csv", "comparison.md", "comparison.tex",
+           "headline.txt"] + [f"figures/{f}.{e}" for f in ("accuracy", "paired", "curves") for e in ("png", "pdf")]
+
+
+def _fake_eval(path: Path, rates: tuple[float, float], rng: np.random.Generator) -> None:
+    tasks, samples = {}, {}
+    for (task, k), rate in zip(TASKS.items(), rates):
+        correct = (rng.random(N_ITEMS) < rate).astype(float)
+        samples[task] = [{"doc_id": i, "id": f"{task}-{i}", "acc": c, "acc_norm": c, "n_choices": k, "label": 0,
+                          "loglik": [-1.0 + c] + [-1.0] * (k - 1)} for i, c in enumerate(correct)]
+        tasks[task] = {"acc": correct.mean(), "acc_stderr": 0.05, "acc_norm": correct.mean(), "acc_norm_stderr": 0.05,
+                       "n": N_ITEMS, "task_sha256": "0" * 64, "version": "1.0"}
+    write_json(path, {"format": FORMAT, "model_sha256": "0" * 64, "tasks": tasks, "samples": samples})
+
+
+def _fake_curve(path: Path, arm: str, seed: int) -> None:
+    steps = np.arange(0, 100, 10)
+    loss = 5.0 * np.exp(-steps / 50) + 0.1 * seed
+    frame = pd.DataFrame({"step": steps, "tokens": steps * 512, "lr": 1e-3, "loss": loss, "tokens_per_s": 1e4,
+                          "loss_ce": loss / 2})
+    if arm != "ce":
+        frame["loss_fkl"] = loss / 2
+    if arm == "logit_hidden":
+        frame["loss_hidden_mse"] = loss / 4
+    frame["val_loss"] = np.where(steps % 50 == 0, loss + 0.2, np.nan)
+    frame.to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> list[ModelEval]:
+    root = tmp_path_factory.mktemp("evals")
+    rng = np.random.default_rng(3)
+    out = [ModelEval("teacher", "teacher", None, root / "teacher.json")]
+    _fake_eval(out[0].eval_path, RATES["teacher"], rng)
+    for arm in ("init", "ce", "logit", "logit_hidden"):
+        for seed in range(3):
+            name = f"init/seed{seed}" if arm == "init" else f"students/{arm}/seed{seed}"
+            curve = None if arm == "init" else root / f"{arm}{seed}.csv"
+            m = ModelEval(name, arm, seed, root / f"{arm}{seed}.json", curve)
+            _fake_eval(m.eval_path, RATES[arm], rng)
+            if curve:
+                _fake_curve(curve, arm, seed)
+            out.append(m)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    aggregate(models, StatsConfig(n_boot=1000), out)
+    return out
+
+
+def test_writes_every_output(report):
+    for name in OUTPUTS:
+        assert (report / name).stat().st_size > 100, name
+    assert (report / "figures/accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (report / "figures/paired.pdf").read_bytes()[:5] == b"%PDF-"
+    tex = (report / "table.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and "logit\\_hidden" in tex
+
+
+def test_summary_columns_rows_and_chance(models, report):
+    summary = pd.read_csv(report / "summary.csv")
+    assert list(summary.columns) == ["model", "arm", "seed", "task", "metric", "value", "chance", "n"]
+    assert len(summary) == len(models) * len(TASKS) * 2
+    assert set(summary["metric"]) == {"acc", "acc_norm"}
+    chance = summary.groupby("task")["chance"].unique()
+    assert list(chance["kdb_alpha"]) == [0.25] and list(chance["kdb_beta"]) == [0.5]
+    assert summary.loc[summary["arm"] == "teacher", "seed"].isna().all()
+
+
+def test_tables_and_headline(report):
+    headline = (report / "headline.txt").read_text().strip()
+    assert "logit_hidden" in headline and "(logit)" in headline and re.search(r"[+-]\d+\.\d", headline)
+    assert headline.startswith("Experiment 2 (logit_hidden) beats Experiment 1 (logit)")
+    assert "better on alpha" in headline
+    table_md = (report / "table.md").read_text()
+    assert table_md.startswith(headline)
+    rows = [line.split("|")[1].strip() for line in table_md.splitlines() if line.startswith("| ")]
+    assert rows == ["arm", "teacher", "init", "ce", "logit", "logit_hidden", "chance"]
+    header = [c.strip() for c in table_md.splitlines()[2].split("|")[1:-1]]
+    assert header == ["arm", "seeds", "alpha", "beta", "overall"]
+    table = pd.read_csv(report / "table.csv")
+    assert set(table["arm"]) == {"teacher", "init", "ce", "logit", "logit_hidden", "chance"}
+    assert table.loc[(table["arm"] == "chance") & (table["task"] == "overall"), "mean"].item() == pytest.approx(37.5)
+    comp = pd.read_csv(report / "comparison.csv")
+    assert set(comp["arm"]) == {"ce", "logit_hidden"} and set(comp["reference"]) == {"logit"}
+    alpha = comp[(comp["arm"] == "logit_hidden") & (comp["task"] == "kdb_alpha")].iloc[0]
+    assert alpha["diff"] > 10 and alpha["p_holm"] < 0.05
+
+
+def test_rerun_is_byte_identical(models, report, tmp_path):
+    aggregate(models, StatsConfig(n_boot=1000), tmp_path)
+    for name in OUTPUTS:
+        assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
+
+
+def test_missing_candidate_and_no_curves(models, tmp_path):
+    kept = [m for m in models if m.arm != "logit_hidden"]
+    kept = [ModelEval(m.model, m.arm, m.seed, m.eval_path) for m in kept]
+    aggregate(kept, StatsConfig(n_boot=200), tmp_path)
+    assert "cannot be compared" in (tmp_path / "headline.txt").read_text()
+    assert not (tmp_path / "figures/curves.png").exists()
+    assert (tmp_path / "figures/paired.png").stat().st_size > 100
+
+
+def test_refuses_inconsistent_inputs(models, tmp_path):
+    short = tmp_path / "short.json"
+    _fake_eval(short, (0.5, 0.5), np.random.default_rng(0))
+    data = read_json(short)
+    data["samples"]["kdb_beta"] = data["samples"]["kdb_beta"][:10]
+    write_json(short, data)
+    with pytest.raises(KdbenchError, match="other items of kdb_beta"):
+        aggregate([*models, ModelEval("students/x/seed0", "x", 0, short)], StatsConfig(n_boot=100), tmp_path)
+    with pytest.raises(KdbenchError, match="listed twice"):
+        aggregate([*models, models[-1]], StatsConfig(n_boot=100), tmp_path)
+    with pytest.raises(KdbenchError, match="metric"):
+        aggregate(models, StatsConfig(metric="f1"), tmp_path)
+
+
+def test_model_evals_follow_the_pipeline_layout(tmp_path):
+    (tmp_path / "students/logit/seed1").mkdir(parents=True)
+    (tmp_path / "students/logit/seed1/curve.csv").write_text("step,tokens,loss\n")
+    found = model_evals(tmp_path, ["teacher", "students/init/seed0", "students/logit/seed1", "students/ce/seed2"])
+    assert [(m.arm, m.seed) for m in found] == [("teacher", None), ("init", 0), ("logit", 1), ("ce", 2)]
+    assert found[2].eval_path == tmp_path / "eval/students/logit/seed1/results.json"
+    assert found[2].curve_path == tmp_path / "students/logit/seed1/curve.csv"
+    assert found[3].curve_path is None and found[0].curve_path is None
+    with pytest.raises(KdbenchError, match="arm and seed"):
+        model_evals(tmp_path, ["students/logit"])

@@ -1,0 +1,194 @@
+"""Benchmarks, measured side by side in one process on the same tokens.
+
+    python -m kdbench.bench cache   # cache writing vs bare teacher forward; batch read vs training step; k sweep
+    python -m kdbench.bench train   # tokens/s: plain CE vs cache-fed KD vs online KD (teacher in the loop)
+
+Sizes follow config/config.yaml (teacher, student, seq_len). Results print as a table and go to
+results/benchmarks/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from kdbench.arms import ArmConfig, capture_for
+from kdbench.cache import CacheConfig, TeacherCache, reconstruction_kl, topk_targets, write_cache
+from kdbench.experiment import Experiment, load_experiment
+from kdbench.io import write_json
+from kdbench.losses import Targets
+from kdbench.models import build_model, forward_taps, load_model, width
+from kdbench.train import Objective, TokenSource, TrainConfig, _optimizer
+from kdbench.data import batch_indices
+
+REPO = Path(__file__).resolve().parents[2]
+VOCAB = 1024
+
+
+def _experiment() -> Experiment:
+    return load_experiment(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+
+
+def _teacher(exp: Experiment, path: Path | None):
+    """A trained teacher when given (realistic top-k tails), else a random one of the configured size."""
+    if path is not None:
+        return load_model(path).eval()
+    return build_model(exp.teacher.arch, VOCAB, exp.data.seq_len, 0, seed=0).eval()
+
+
+def _tokens(n_seqs: int, seq_len: int, vocab: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, vocab, size=(n_seqs, seq_len)).astype(np.uint16)
+
+
+def _rate(fn, n_tokens: int, repeat: int = 3) -> float:
+    """Best-of-`repeat` tokens/s of `fn` (one warm-up call first)."""
+    fn()
+    best = min(_timed(fn) for _ in range(repeat))
+    return n_tokens / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class OnlineTeacher:
+    """A batch source that runs the teacher inside the training loop (online KD, no cache)."""
+
+    def __init__(self, teacher, tokens: np.ndarray, k: int, layers: tuple[int, ...]):
+        self.teacher, self.tokens, self.k, self.layers = teacher, tokens, k, layers
+        self.n_seqs, self.seq_len = tokens.shape
+
+    @torch.no_grad()
+    def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
+        ids = torch.from_numpy(self.tokens[idx].astype(np.int64)).to(device)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            taps = forward_taps(self.teacher, ids, self.layers, hidden=True)
+        values, top, tail = topk_targets(taps.logits, self.k)
+        return Targets(input_ids=ids, topk_logprobs=values, topk_ids=top, tail_logprob=tail, hidden=taps.hidden.float())
+
+
+def _step_rate(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher: int, cache_layers, steps: int):
+    """Tokens/s of `steps` training steps of a fresh student on `source` (bf16 autocast, as configured)."""
+    cfg: TrainConfig = exp.student.train
+    model = build_model(exp.student.arch, VOCAB, exp.data.seq_len, 0, seed=0).train()
+    objective = Objective(arm, arm.pairs(exp.student.arch.n_layer, n_teacher), cache_layers, model, d_teacher, 0)
+    params = list(model.parameters()) + list(objective.parameters())
+    opt = _optimizer(params, cfg)
+    mask = torch.ones(cfg.batch_size, exp.data.seq_len, dtype=torch.bool)
+
+    def run(n: int) -> None:
+        for step in range(n):
+            targets = source.batch(batch_indices(source.n_seqs, cfg.batch_size, step, 0))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast):
+                loss, _ = objective(model, targets, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    run(2)
+    seconds = _timed(lambda: run(steps))
+    return steps * cfg.batch_size * exp.data.seq_len / seconds
+
+
+def bench_cache(teacher_path: Path | None, n_seqs: int) -> dict:
+    exp = _experiment()
+    teacher = _teacher(exp, teacher_path)
+    vocab = teacher.config.vocab_size
+    tokens = _tokens(n_seqs, exp.data.seq_len, vocab)
+    capture = capture_for(exp.arms, exp.student.arch.n_layer, exp.teacher.arch.n_layer)
+    cfg = exp.cache
+    n_tokens = tokens.size
+    tmp = Path(tempfile.mkdtemp(prefix="kdbench-bench-"))
+    try:
+        @torch.no_grad()
+        def forward() -> None:
+            for b in range(0, n_seqs, cfg.batch_size):
+                ids = torch.from_numpy(tokens[b : b + cfg.batch_size].astype(np.int64))
+                taps = forward_taps(teacher, ids, capture.layers, hidden=capture.hidden)
+                topk_targets(taps.logits, cfg.top_k)
+
+        def write() -> None:
+            write_cache(teacher, tokens, {"teacher_sha256": "bench"}, cfg, capture, tmp / "cache", tmp / "work")
+
+        forward_rate, write_rate = _rate(forward, n_tokens), _rate(write, n_tokens)
+        cache = TeacherCache(tmp / "cache")
+        bytes_pt = cache.manifest["bytes_per_token"]
+        logit_bytes = sum(bytes_pt[c] for c in ("topk_logprobs", "topk_ids", "tail_logprob"))
+        batch = exp.student.train.batch_size
+        idx = batch_indices(cache.n_seqs, batch, 0, 0)
+        read_s = min(_timed(lambda: cache.batch(idx)) for _ in range(20))
+        arm = exp.arms["logit_hidden"]
+        step_rate = _step_rate(exp, arm, cache, exp.teacher.arch.n_layer, width(teacher), capture.layers, steps=5)
+        step_s = batch * exp.data.seq_len / step_rate
+        with torch.no_grad():
+            logits = teacher(input_ids=torch.from_numpy(tokens[:16].astype(np.int64))).logits
+        sweep = []
+        for k in (8, 16, 32, 64, 128):
+            _, _, tail = topk_targets(logits, k)
+            sweep.append({"k": k, "logit_bytes_per_token": 4 * k + 4,
+                          "kl_topk": float(reconstruction_kl(logits, k).mean()),
+                          "tail_mass": float(tail.exp().mean())})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kl = next(s["kl_topk"] for s in sweep if s["k"] == cfg.top_k) if cfg.top_k in (8, 16, 32, 64, 128) else None
+    return {
+        "teacher": str(teacher_path) if teacher_path else "random init (pass --teacher for realistic KL)",
+        "tokens": n_tokens, "k": cfg.top_k, "forward_tokens_per_s": forward_rate, "write_tokens_per_s": write_rate,
+        "write_over_forward": write_rate / forward_rate, "bytes_per_token": bytes_pt,
+        "logit_bytes_per_token": logit_bytes, "read_batch_s": read_s, "train_step_s": step_s,
+        "read_share_of_step": read_s / step_s, "kl_topk": kl, "k_sweep": sweep,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def bench_train(teacher_path: Path | None, n_seqs: int, steps: int) -> dict:
+    exp = _experiment()
+    teacher = _teacher(exp, teacher_path)
+    vocab = teacher.config.vocab_size
+    tokens = _tokens(n_seqs, exp.data.seq_len, vocab)
+    arm = exp.arms["logit_hidden"]
+    n_teacher = exp.teacher.arch.n_layer
+    capture = capture_for({"logit_hidden": arm}, exp.student.arch.n_layer, n_teacher)
+    tmp = Path(tempfile.mkdtemp(prefix="kdbench-bench-"))
+    try:
+        write_cache(teacher, tokens, {"teacher_sha256": "bench"}, exp.cache, capture, tmp / "cache", tmp / "work")
+        cache = TeacherCache(tmp / "cache")
+        d_t = width(teacher)
+        ce = _step_rate(exp, ArmConfig(terms={"ce": 1.0}), TokenSource(tokens), n_teacher, d_t, (), steps)
+        cached = _step_rate(exp, arm, cache, n_teacher, d_t, capture.layers, steps)
+        online = _step_rate(exp, arm, OnlineTeacher(teacher, tokens, exp.cache.top_k, capture.layers),
+                            n_teacher, d_t, capture.layers, steps)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"arm": "logit_hidden", "steps": steps, "ce_tokens_per_s": ce, "cached_kd_tokens_per_s": cached,
+            "online_kd_tokens_per_s": online, "cached_kd_over_ce": cached / ce,
+            "cached_kd_over_online_kd": cached / online, "threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m kdbench.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=("cache", "train"))
+    parser.add_argument("--teacher", type=Path, help="a trained teacher directory (default: random init)")
+    parser.add_argument("--seqs", type=int, default=256, help="sequences of seq_len tokens to process")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per variant (train)")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
+    args = parser.parse_args(argv)
+    result = bench_cache(args.teacher, args.seqs) if args.name == "cache" else bench_train(args.teacher, args.seqs, args.steps)
+    for key, value in result.items():
+        if not isinstance(value, (dict, list)):
+            print(f"{key:>28}  {value:,.4g}" if isinstance(value, float) else f"{key:>28}  {value}")
+    write_json(args.out / f"{args.name}.json", result)
+    print(f"wrote {args.out / f'{args.name}.json'}")
+
+
+if __name__ == "__main__":
+    main()

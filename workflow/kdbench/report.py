@@ -1,0 +1,243 @@
+"""Aggregation: evaluation JSONs of all models -> tables, paired comparison, headline, figures.
+
+Outputs in `out_dir` (all written atomically, identical on rerun):
+
+- ``summary.csv``: one row per (model, arm, seed, task, metric) as reported by lm-eval.
+- ``table.{md,csv,tex}``: arm means with 95% CIs per task and overall, in points.
+- ``comparison.{md,csv,tex}``: each arm minus the reference arm, paired over items and seeds.
+- ``headline.txt``: the answer to the research question in one sentence.
+- ``figures/{accuracy,paired,curves}.{png,pdf}`` (curves only when training curves are given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from kdbench import KdbenchError, plots, stats
+from kdbench.evaluate import FORMAT
+from kdbench.io import atomic_path, read_json
+from kdbench.stats import OVERALL, StatsConfig, task_label
+
+__all__ = ["ModelEval", "StatsConfig", "aggregate", "model_evals"]
+
+FIXED_ARMS = ("teacher", "init")  # reference points, not KD arms: never paired against the reference
+METRICS = ("acc", "acc_norm")
+SUMMARY_COLUMNS = ["model", "arm", "seed", "task", "metric", "value", "chance", "n"]
+
+
+@dataclass(frozen=True)
+class ModelEval:
+    model: str  # e.g. "teacher", "students/init/seed0", "students/logit/seed1"
+    arm: str  # "teacher", "init", or the arm name
+    seed: int | None  # None for the single teacher
+    eval_path: Path  # the evaluate_model JSON
+    curve_path: Path | None = None  # the student's curve.csv
+
+
+def model_evals(results_dir: Path, models: Sequence[str]) -> list[ModelEval]:
+    """ModelEvals for the pipeline's layout: `<results>/eval/<model>/results.json`, curves in `<results>/<model>/`.
+
+    Model names are "teacher", "students/init/seed<N>" (the untrained floor) and
+    "students/<arm>/seed<N>"; a student's curve.csv is used when it exists.
+    """
+    results_dir = Path(results_dir)
+    out = []
+    for model in models:
+        parts = model.split("/")
+        if parts == ["teacher"]:
+            arm, seed = "teacher", None
+        elif len(parts) == 3 and parts[0] == "students" and parts[2].startswith("seed") and parts[2][4:].isdigit():
+            arm, seed = parts[1], int(parts[2][4:])
+        else:
+            raise KdbenchError(f"report: cannot tell arm and seed from model name {model!r}")
+        curve = results_dir / model / "curve.csv"
+        out.append(ModelEval(model, arm, seed, results_dir / "eval" / model / "results.json",
+                             curve if arm not in FIXED_ARMS and curve.is_file() else None))
+    return out
+
+
+def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path) -> None:
+    """Write every table, the headline and the figures for `models` into `out_dir`."""
+    if not models:
+        raise KdbenchError("report: no evaluated models")
+    if cfg.metric not in METRICS:
+        raise KdbenchError(f"report: metric {cfg.metric!r} is not one of {', '.join(METRICS)}")
+    out_dir = Path(out_dir)
+    evals = [_load(m) for m in models]
+    tasks = _check_tasks(models, evals)
+    arms = _arm_order(models)
+    chance = {t: float(np.mean([1.0 / s["n_choices"] for s in evals[0]["samples"][t]])) for t in tasks}
+    chance[OVERALL] = float(np.mean(list(chance.values())))
+
+    items = _items(models, evals, tasks, cfg.metric)
+    means = stats.arm_means(items, arms, cfg)
+    comparisons = stats.paired_comparisons(items, [a for a in arms if a not in FIXED_ARMS], cfg)
+    headline = stats.headline(comparisons, cfg)
+
+    _write_csv(out_dir / "summary.csv", _summary(models, evals, tasks, chance))
+    _write_csv(out_dir / "table.csv", pd.concat([means, _chance_rows(chance)], ignore_index=True))
+    _write_csv(out_dir / "comparison.csv", comparisons)
+    _write_text(out_dir / "headline.txt", headline + "\n")
+    wide = _wide_table(means, chance, arms, tasks)
+    _write_text(out_dir / "table.md", f"{headline}\n\n{_markdown(wide)}")
+    _write_text(out_dir / "table.tex", _latex(wide, rule_before_last=True))
+    narrow = _comparison_table(comparisons)
+    _write_text(out_dir / "comparison.md", _markdown(narrow) if len(narrow) else f"{headline}\n")
+    _write_text(out_dir / "comparison.tex", _latex(narrow) if len(narrow) else f"% {headline}\n")
+
+    figures = out_dir / "figures"
+    plots.accuracy_figure(means, chance, arms, cfg.metric, figures / "accuracy")
+    plots.paired_figure(comparisons, arms, cfg.reference_arm, 1.0 - cfg.ci, figures / "paired")
+    curves = _curves(models)
+    if curves is not None:
+        plots.curves_figure(curves, arms, figures / "curves")
+
+
+def _load(m: ModelEval) -> dict:
+    path = Path(m.eval_path)
+    if not path.is_file():
+        raise KdbenchError(f"report: evaluation of {m.model} missing ({path})")
+    data = read_json(path)
+    if data.get("format") != FORMAT:
+        raise KdbenchError(f"report: {path} is not a kdbench evaluation (format {data.get('format')!r})")
+    return data
+
+
+def _check_tasks(models: Sequence[ModelEval], evals: list[dict]) -> list[str]:
+    """The common task list; every model must have scored the same items, or nothing pairs."""
+    tasks = list(evals[0]["tasks"])
+    first = {t: [s["doc_id"] for s in evals[0]["samples"][t]] for t in tasks}
+    seen = set()
+    for m, e in zip(models, evals):
+        if (m.arm, m.seed) in seen:
+            raise KdbenchError(f"report: arm {m.arm!r} seed {m.seed} listed twice")
+        seen.add((m.arm, m.seed))
+        if sorted(e["tasks"]) != sorted(tasks):
+            raise KdbenchError(f"report: {m.model} was evaluated on {sorted(e['tasks'])}, {models[0].model} on {sorted(tasks)}")
+        for t in tasks:
+            if [s["doc_id"] for s in e["samples"][t]] != first[t]:
+                raise KdbenchError(f"report: {m.model} scored other items of {t} than {models[0].model} (different limit?)")
+    return tasks
+
+
+def _arm_order(models: Sequence[ModelEval]) -> list[str]:
+    """teacher, init, then the KD arms in the order given."""
+    given = list(dict.fromkeys(m.arm for m in models))
+    return [a for a in FIXED_ARMS if a in given] + [a for a in given if a not in FIXED_ARMS]
+
+
+def _items(models: Sequence[ModelEval], evals: list[dict], tasks: list[str], metric: str) -> pd.DataFrame:
+    frames = []
+    for m, e in zip(models, evals):
+        for t in tasks:
+            samples = e["samples"][t]
+            frames.append(pd.DataFrame({
+                "arm": m.arm,
+                "seed": -1 if m.seed is None else m.seed,  # a seedless model is its arm's only seed
+                "task": t,
+                "doc_id": [s["doc_id"] for s in samples],
+                "value": [s[metric] for s in samples],
+            }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _summary(models: Sequence[ModelEval], evals: list[dict], tasks: list[str], chance: dict) -> pd.DataFrame:
+    rows = [[m.model, m.arm, m.seed, t, metric, e["tasks"][t][metric], chance[t], e["tasks"][t]["n"]]
+            for m, e in zip(models, evals) for t in tasks for metric in METRICS]
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    frame["seed"] = frame["seed"].astype("Int64")
+    return frame
+
+
+def _chance_rows(chance: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame([{"arm": "chance", "task": t, "mean": 100 * c} for t, c in chance.items()])
+
+
+def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], tasks: list[str]) -> pd.DataFrame:
+    """Rows: arms then chance; columns: seeds, each task, overall; cells 'mean [lo, hi]'."""
+    columns = tasks + [OVERALL]
+    rows = []
+    for arm in arms:
+        cells = means[means["arm"] == arm].set_index("task")
+        rows.append([arm, str(int(cells["n_seeds"].iloc[0]))]
+                    + [f"{cells.at[t, 'mean']:.1f} [{cells.at[t, 'ci_lo']:.1f}, {cells.at[t, 'ci_hi']:.1f}]" for t in columns])
+    rows.append(["chance", ""] + [f"{100 * chance[t]:.1f}" for t in columns])
+    return pd.DataFrame(rows, columns=["arm", "seeds"] + [task_label(t) for t in columns])
+
+
+def _comparison_table(comparisons: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "arm": comparisons["arm"],
+        "vs": comparisons["reference"],
+        "task": comparisons["task"].map(task_label),
+        "diff [95% CI]": [f"{r.diff:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" for r in comparisons.itertuples()],
+        "p": comparisons["p"].map(_fmt_p),
+        "p (Holm)": comparisons["p_holm"].map(_fmt_p),
+        "Cohen's h": comparisons["cohen_h"].map("{:+.2f}".format),
+        "seeds": comparisons["n_seeds"].astype(str),
+    })
+
+
+def _fmt_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _latex(table: pd.DataFrame, rule_before_last: bool = False) -> str:
+    """booktabs tabular, ready to paste (needs \\usepackage{booktabs})."""
+    body = [" & ".join(_tex(c) for c in row) + r" \\" for row in table.itertuples(index=False)]
+    if rule_before_last:
+        body.insert(len(body) - 1, r"\midrule")
+    return "\n".join([
+        r"\begin{tabular}{l" + "r" * (len(table.columns) - 1) + "}",
+        r"\toprule",
+        " & ".join(_tex(c) for c in table.columns) + r" \\",
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]) + "\n"
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "<": r"$<$"}
+
+
+def _tex(value: object) -> str:
+    return "".join(_TEX_ESCAPES.get(char, char) for char in str(value))
+
+
+def _curves(models: Sequence[ModelEval]) -> pd.DataFrame | None:
+    frames = []
+    for m in models:
+        if m.curve_path is None:
+            continue
+        path = Path(m.curve_path)
+        if not path.is_file():
+            raise KdbenchError(f"report: training curve of {m.model} missing ({path})")
+        curve = pd.read_csv(path)
+        missing = {"step", "tokens", "loss"} - set(curve.columns)
+        if missing:
+            raise KdbenchError(f"report: {path} lacks column(s) {', '.join(sorted(missing))}")
+        frames.append(curve.assign(arm=m.arm, seed=m.seed))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
