@@ -22,10 +22,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# Snakemake touches this marker inside directory outputs after a job ends: not content.
+IGNORED = {".snakemake_timestamp"}
+
+
 def sha256_dir(path: Path) -> str:
     """Hex sha256 over (relative path, file hash) of every file below `path`, in sorted order."""
     h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name not in IGNORED):
         h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
 
