@@ -146,3 +146,21 @@ def test_cache_with_another_tokenizer_is_refused(student_setup, tmp_path_factory
         (init / f).write_bytes((other / f).read_bytes())
     with pytest.raises(KdbenchError, match="stale: (vocab_size|tokenizer_sha256)"):
         _train(student_setup, "bad")
+
+
+def test_two_process_ddp_matches_single_process_curve(student_setup):
+    """torchrun with 2 gloo processes (each half of every batch) follows the 1-process loss curve."""
+    import csv
+
+    from kdbench.student import train_student_distributed
+
+    _train(student_setup, "single")
+    arm = ArmConfig(terms={"ce": 0.5, "fkl": 0.5, "hidden_mse": 1.0}, temperature=2.0)
+    root = student_setup
+    train_student_distributed(2, "logit_hidden", arm, SMALL, 0, root / "init", root / "cache", root / "data",
+                              root / "ddp", root / "work-ddp")
+    curve = lambda name: [float(r["loss"]) for r in csv.DictReader(open(root / name / "curve.csv"))]
+    single, ddp = curve("single"), curve("ddp")
+    assert len(single) == len(ddp) == 8
+    assert np.allclose(single, ddp, rtol=1e-3), (single, ddp)
+    assert '"processes": 2' in (root / "ddp" / "train.json").read_text()

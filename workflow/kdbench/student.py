@@ -6,6 +6,8 @@ arms differ only in their loss.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,14 +16,14 @@ import torch
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig
 from kdbench.cache import TeacherCache
-from kdbench.config import as_dict
+from kdbench.config import as_dict, build
 from kdbench.data import load_tokens
 from kdbench.io import atomic_dir, read_json, write_json
 from kdbench.layermap import layer_map
 from kdbench.models import (ArchConfig, blocks, build_model, load_model, load_tokenizer, save_model,
                             tokenizer_sha256, width)
 from kdbench.provenance import fingerprint
-from kdbench.train import Objective, TokenSource, TrainConfig, device_for_rank, train, write_curve
+from kdbench.train import Objective, TokenSource, TrainConfig, device_for_rank, train, world, write_curve
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,38 @@ def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, in
     val = TokenSource(load_tokens(data_dir / "val.npy"))
     curve, summary = train(model, objective, cache, cfg, seed, work_dir / "checkpoint.pt", key, val=val,
                            device=device_for_rank(), label=f"{arm_name}/seed{seed}")
+    if world()[0] != 0:
+        return
     with atomic_dir(out_dir) as tmp:
         save_model(model.cpu(), init_dir, tmp)
         write_curve(curve, tmp / "curve.csv")
         write_json(tmp / "train.json", {**summary, "arm": arm_name, "seed": seed, "config": as_dict(cfg),
                                         "arm_config": as_dict(arm), "layer_pairs": pairs})
     (work_dir / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def train_student_distributed(processes: int, arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int,
+                              init_dir: Path, cache_dir: Path, data_dir: Path, out_dir: Path, work_dir: Path) -> None:
+    """Run `train_student` under torchrun with `processes` processes (DDP; nccl on GPUs, gloo on CPU)."""
+    if processes <= 1:
+        return train_student(arm_name, arm, cfg, seed, init_dir, cache_dir, data_dir, out_dir, work_dir)
+    job = Path(work_dir) / "job.json"
+    write_json(job, {"arm_name": arm_name, "arm": as_dict(arm), "train": as_dict(cfg), "seed": seed,
+                     "paths": [str(p) for p in (init_dir, cache_dir, data_dir, out_dir, work_dir)]})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", "kdbench.student", str(job)]
+    done = subprocess.run(cmd, stdout=sys.stdout, stderr=sys.stderr)
+    if done.returncode:
+        raise KdbenchError(f"distributed training of {arm_name}/seed{seed} failed (torchrun exit {done.returncode})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """torchrun entry point: `python -m kdbench.student JOB.json`."""
+    job = read_json(Path((argv or sys.argv[1:])[0]))
+    arm = build(ArmConfig, job["arm"], f"arms.{job['arm_name']}")
+    train_student(job["arm_name"], arm, build(TrainConfig, job["train"], "student.train"), job["seed"],
+                  *map(Path, job["paths"]))
+
+
+if __name__ == "__main__":
+    main()

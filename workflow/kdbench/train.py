@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdbench import KdbenchError
@@ -120,6 +121,25 @@ def device_for_rank() -> str:
     return "cpu"
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun with several processes."""
+    size = int(os.environ.get("WORLD_SIZE", 1))
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), size) if size > 1 else (0, 1)
+
+
+class _Net(nn.Module):
+    """Model + objective as one module, so DistributedDataParallel syncs the projector's gradients too."""
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, targets: Targets, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.objective(self.model, targets, mask)
+
+
 def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]
@@ -147,9 +167,15 @@ def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: Trai
     `fingerprint` identifies the job (config, data, init): a checkpoint with another
     fingerprint is ignored rather than resumed.
     """
+    rank, size = world()
+    if cfg.batch_size % size:
+        raise KdbenchError(f"batch_size {cfg.batch_size} is not divisible by the {size} processes")
     model.to(device).train()
     objective.to(device)
-    params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
+    net = _Net(model, objective)
+    if size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    params = [p for p in net.parameters() if p.requires_grad]
     opt = _optimizer(params, cfg)
     total_steps = cfg.steps(source.seq_len)
     step, curve, elapsed = 0, [], 0.0
@@ -168,14 +194,16 @@ def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: Trai
     while step < total_steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total_steps, cfg)
-        targets = source.batch(batch_indices(source.n_seqs, cfg.batch_size, step, seed), device)
+        idx = batch_indices(source.n_seqs, cfg.batch_size, step, seed)[rank::size]  # this process's share
+        targets = source.batch(idx, device)
         mask = torch.ones_like(targets.input_ids, dtype=torch.bool)
         with autocast:
-            loss, terms = objective(model, targets, mask)
-        terms = {n: v.detach() for n, v in terms.items()}
-        if not torch.isfinite(loss):
+            loss, terms = net(targets, mask)
+        terms = _mean_over_processes({n: v.detach() for n, v in terms.items()}, size)
+        total = sum(w * terms[n] for n, w in objective.terms.items())  # over all processes
+        if not torch.isfinite(total):
             bad = next((n for n, v in terms.items() if not torch.isfinite(v)), "total")
-            raise KdbenchError(f"{label}: non-finite loss at step {step}: term {bad!r} = {float(terms.get(bad, loss))}")
+            raise KdbenchError(f"{label}: non-finite loss at step {step}: term {bad!r} = {float(terms.get(bad, total))}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -185,22 +213,32 @@ def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: Trai
         rate = (step - run_step) * tokens_per_step / max(now - run_start, 1e-9)
         if step % cfg.curve_every == 0 or step == total_steps:
             curve.append({"step": step, "tokens": step * tokens_per_step, "lr": opt.param_groups[0]["lr"],
-                          "loss": float(loss.detach()), "tokens_per_s": rate,
+                          "loss": float(total), "tokens_per_s": rate,
                           **{f"loss_{n}": float(v) for n, v in terms.items()}})
         if now - last_log >= cfg.log_every_s or step == total_steps:
             last_log = now
             parts = " ".join(f"{n} {float(v):.4f}" for n, v in terms.items())
-            print(f"{label}: step {step}/{total_steps} tok/s {rate:,.0f} loss {float(loss.detach()):.4f} ({parts})",
-                  flush=True)
-        if step % cfg.checkpoint_every == 0 and step < total_steps:
+            print(f"{label}: step {step}/{total_steps} tok/s {rate:,.0f} loss {float(total):.4f} ({parts})", flush=True)
+        if step % cfg.checkpoint_every == 0 and step < total_steps and rank == 0:
             _checkpoint(ckpt_path, model, objective, opt, step, curve, now - t0, fingerprint)
-    summary = {"steps": total_steps, "tokens": total_steps * tokens_per_step, "seconds": time.perf_counter() - t0,
+    if size > 1:
+        dist.barrier()
+    summary = {"steps": total_steps, "processes": size, "tokens": total_steps * tokens_per_step, "seconds": time.perf_counter() - t0,
                "final_loss": curve[-1]["loss"] if curve else None}
-    if val is not None:
+    if val is not None and rank == 0:
         model.eval()
         summary["val_loss"] = validation_loss(model, val, cfg.val_seqs, cfg.batch_size, device)
         print(f"{label}: validation loss {summary['val_loss']:.4f}", flush=True)
     return curve, summary
+
+
+def _mean_over_processes(terms: dict[str, Tensor], size: int) -> dict[str, Tensor]:
+    """Average logged loss terms over processes, so curves do not depend on the process count."""
+    if size == 1:
+        return terms
+    stacked = torch.stack(list(terms.values()))
+    dist.all_reduce(stacked)
+    return dict(zip(terms, stacked / size))
 
 
 def _checkpoint(path: Path, model, objective, opt, step, curve, elapsed, fingerprint) -> None:

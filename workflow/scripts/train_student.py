@@ -1,15 +1,15 @@
-"""Snakemake job: train one arm for one seed from the teacher cache."""
+"""Snakemake job: train one arm for one seed from the teacher cache (torchrun when gpu > 1)."""
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
 from kdbench.config import build
 from kdbench.snake import run_job
-from kdbench.student import train_student
+from kdbench.student import train_student_distributed
 from kdbench.train import TrainConfig
 
 w, p = snakemake.wildcards, snakemake.params
 arm = build(ArmConfig, p.arm, f"arms.{w.arm}")
 cfg = build(TrainConfig, p.train, "student.train")
-run_job(snakemake, lambda: train_student(w.arm, arm, cfg, int(w.seed), Path(snakemake.input.init),
-                                         Path(snakemake.input.cache), Path(snakemake.input.val).parent,
-                                         Path(snakemake.output[0]), Path(p.work)))
+run_job(snakemake, lambda: train_student_distributed(
+    snakemake.resources.gpu, w.arm, arm, cfg, int(w.seed), Path(snakemake.input.init), Path(snakemake.input.cache),
+    Path(snakemake.input.val).parent, Path(snakemake.output[0]), Path(p.work)))
