@@ -19,6 +19,12 @@ include: "workflow/rules/eval.smk"
 include: "workflow/rules/stats.smk"
 
 
+localrules:
+    all,
+    paper,
+    render_tasks,
+
+
 rule all:
     input:
         rules.aggregate.output,

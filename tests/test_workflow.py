@@ -85,3 +85,24 @@ def test_smoke_run_produces_tables_figures_and_provenance(smoke_run):
 def test_smoke_rerun_has_nothing_to_do(smoke_run):
     out = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke_run.parents[1])
     assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_paper_target_regenerates_without_training(smoke_run):
+    root = smoke_run.parents[1]
+    out = snakemake("paper", "--cores", "2", "--configfile", str(SMOKE), cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = job_counts(out.stdout + out.stderr)
+    assert counts.get("paper") == 1 and set(counts) <= {"paper", "total"}
+    paper = smoke_run / "paper"
+    assert (paper / "summary.csv").read_text() == (smoke_run / "summary.csv").read_text()
+    assert (paper / "figures" / "paired.pdf").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_html_report_builds(smoke_run):
+    root = smoke_run.parents[1]
+    out = snakemake("--report", str(root / "report.html"), "--configfile", str(SMOKE), cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    html = (root / "report.html").read_text(errors="ignore")
+    assert "Figures" in html and "Tables" in html

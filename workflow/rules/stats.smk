@@ -21,6 +21,29 @@ rule aggregate:
     params:
         stats=config["stats"],
         models=MODELS,
-        out=R,
+        results=R,
+    script:
+        "../scripts/aggregate.py"
+
+
+rule paper:
+    """Regenerate every table and figure into results/<experiment>/paper/ from finished evaluations.
+
+    Inputs are `ancient`: timestamps of models and evaluations never trigger retraining here.
+    """
+    input:
+        evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=MODELS)),
+        models=ancient([f"{R}/{m}" for m in MODELS]),
+    output:
+        summary=f"{R}/paper/summary.csv",
+        figures=directory(f"{R}/paper/figures"),
+    log:
+        f"{LOGS}/paper.log",
+    benchmark:
+        f"{BENCH}/paper.tsv"
+    params:
+        stats=config["stats"],
+        models=MODELS,
+        results=R,
     script:
         "../scripts/aggregate.py"

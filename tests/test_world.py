@@ -1,0 +1,178 @@
+"""Checks the synthetic world generator: determinism, held-out splits, leakage and item correctness.
+
+Every item's answer is recomputed here from world.json or from the item text itself, and the
+hold-outs are checked against the corpus text rather than against generator internals.
+Run: .venv/bin/python -m pytest tests/test_world.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from kdbench import KdbenchError
+from kdbench.config import build
+from kdbench.io import sha256_dir, sha256_file
+from kdbench.world import FAMILIES, PLACES, SUBJECTS, WorldConfig, generate_world
+
+SMALL = dict(n_docs=1500, items_per_task=60)
+
+
+def _load(root: Path) -> dict:
+    docs = [json.loads(line)["text"] for line in (root / "corpus.jsonl").read_text().splitlines()]
+    items = {f: [json.loads(line) for line in (root / "tasks" / f"{f}.jsonl").read_text().splitlines()]
+             for f in FAMILIES}
+    return {"docs": docs, "text": "\n".join(docs), "items": items,
+            "suite": json.loads((root / "tasks" / "suite.json").read_text()),
+            "world": json.loads((root / "world.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def default(tmp_path_factory) -> dict:
+    """The default world, at full size (~1M tokens), generated once for the module."""
+    root = tmp_path_factory.mktemp("default")
+    generate_world(WorldConfig(), root)
+    return _load(root)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        generate_world(WorldConfig(seed=seed, **SMALL), tmp_path / name)
+    assert sha256_dir(tmp_path / "a") == sha256_dir(tmp_path / "b")
+    assert sha256_file(tmp_path / "a" / "corpus.jsonl") != sha256_file(tmp_path / "c" / "corpus.jsonl")
+    assert sha256_file(tmp_path / "a" / "world.json") != sha256_file(tmp_path / "c" / "world.json")
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+
+
+def test_more_items_leave_the_corpus_unchanged(tmp_path):
+    generate_world(WorldConfig(**SMALL), tmp_path / "a")
+    generate_world(WorldConfig(n_docs=SMALL["n_docs"], items_per_task=90), tmp_path / "b")
+    assert sha256_file(tmp_path / "a" / "corpus.jsonl") == sha256_file(tmp_path / "b" / "corpus.jsonl")
+    assert sha256_file(tmp_path / "a" / "tasks" / "fact_qa.jsonl") != sha256_file(tmp_path / "b" / "tasks" / "fact_qa.jsonl")
+
+
+def test_item_schema_and_suite(default):
+    assert set(default["suite"]) == set(FAMILIES)
+    for family, items in default["items"].items():
+        meta = default["suite"][family]
+        assert meta["n_items"] == len(items) >= 200, family
+        assert meta["chance"] == pytest.approx(1 / meta["n_choices"])
+        assert meta["skill"]
+        for n, it in enumerate(items):
+            assert list(it) == ["id", "family", "context", "choices", "label"]
+            assert it["id"] == f"{family}-{n}" and it["family"] == family
+            assert len(it["choices"]) == meta["n_choices"] == len(set(it["choices"]))
+            assert all(c.startswith(" ") and not c.startswith("  ") for c in it["choices"])
+            assert it["context"] == it["context"].rstrip() and it["context"]
+            assert isinstance(it["label"], int) and 0 <= it["label"] < meta["n_choices"]
+        positions = Counter(it["label"] for it in items)
+        assert min(positions[i] for i in range(meta["n_choices"])) > 0.5 * len(items) / meta["n_choices"], family
+        texts = [it["context"] + it["choices"][it["label"]] for it in items]
+        assert len(set(texts)) == len(texts), family
+
+
+def test_no_item_text_occurs_in_the_corpus(default):
+    leaks = [it["id"] for items in default["items"].values() for it in items
+             if it["context"] + it["choices"][it["label"]] in default["text"]]
+    assert leaks == []
+
+
+def test_fact_answers_match_the_ground_truth(default):
+    world = default["world"]
+    people, test_half = world["people"], set(world["qa_test"])
+    assert not test_half & set(world["qa_train"]) and len(test_half) == len(people) // 2
+    for family in ("fact_qa", "fact_negation"):
+        for it in default["items"][family]:
+            name = re.search(r"([A-Z][a-z]+)(?:'s)? ", it["context"].removeprefix("Q: Wh")).group(1)
+            assert name in test_half, it
+            stripped = [c.strip(" .") for c in it["choices"]]
+            attrs = [a for a, vals in world["attributes"].items() if set(stripped) <= set(vals)]
+            true = {people[name][a] for a in attrs}
+            correct = stripped[it["label"]]
+            if family == "fact_qa":
+                assert correct in true, it
+            else:  # the distractor is the true value, the answer a false one
+                assert correct not in true and set(stripped) - {correct} <= true, it
+
+
+def test_corpus_statements_are_true(default):
+    people = default["world"]["people"]
+    lives = re.findall(r"\b([A-Z][a-z]+) lives in ([A-Z][a-z]+)\.", default["text"])
+    known = [(n, c) for n, c in lives if n in people]
+    assert len(known) > 1000 and all(people[n]["city"] == c for n, c in known)
+    negated = re.findall(r"\b([A-Z][a-z]+) does not live in ([A-Z][a-z]+)\.", default["text"])
+    assert len(negated) > 100 and all(people[n]["city"] != c for n, c in negated)
+
+
+def test_every_fact_is_stated_often(default):
+    people = default["world"]["people"]
+    counts = Counter()
+    for doc in default["docs"]:
+        for sentence in re.split(r"(?<=\.) ", doc):
+            if " not " not in sentence and not sentence.startswith("Q:"):
+                for n in set(re.findall(r"[A-Z][a-z]+", sentence)) & set(people):
+                    counts.update((n, v) for v in people[n].values() if re.search(rf"\b{v}\b", sentence))
+    facts = [(n, v) for n, attrs in people.items() for v in attrs.values()]
+    assert min(counts[f] for f in facts) >= 100
+
+
+def test_held_out_people_have_no_qa_or_negation_documents(default):
+    world = default["world"]
+    lines = [line for doc in default["docs"] for line in re.split(r"(?<=\.) |\n", doc)]
+    qa_names = Counter(n for line in lines if line.startswith("Q: ") for n in re.findall(r"[A-Z][a-z]+", line))
+    neg_names = Counter(n for line in lines if " not " in line for n in re.findall(r"[A-Z][a-z]+", line))
+    assert not set(world["qa_test"]) & (set(qa_names) | set(neg_names))
+    assert set(world["qa_train"]) <= set(qa_names) and set(world["qa_train"]) <= set(neg_names)
+
+
+def test_context_names_in_items_never_occur_in_the_corpus(default):
+    world = default["world"]
+    test_pool, corpus_pool = set(world["nonce_names"]["test"]), set(world["nonce_names"]["corpus"])
+    assert not test_pool & corpus_pool
+    corpus_words = set(re.findall(r"[A-Za-z]+", default["text"]))
+    for it in default["items"]["context_qa"]:
+        passage = it["context"].split("\nQ:")[0]
+        names = set(re.findall(r"(?:^|\. )([A-Z][a-z]+)", passage))
+        assert names and names <= test_pool, it
+        assert not names & corpus_words, it
+        asked = re.search(r"Q: \w+ \w+ (?:\w+ )?([A-Z][a-z]+)", it["context"]).group(1)
+        value = re.search(rf"{asked}\W[^.]*?(\w+)\.", it["context"]).group(1)
+        assert it["choices"][it["label"]] == f" {value}", it
+
+
+def test_in_context_answers_are_correct(default):
+    for it in default["items"]["induction"]:
+        seq, prefix = re.fullmatch(r"Sequence: ([a-z ]+)\. Repeat: ([a-z ]+)", it["context"]).groups()
+        seq, prefix = seq.split(), prefix.split()
+        assert seq[:len(prefix)] == prefix and it["choices"][it["label"]] == f" {seq[len(prefix)]}"
+        assert {c.strip() for c in it["choices"]} <= set(seq)
+    for it in default["items"]["comparison"]:
+        a, na, b, nb, q = re.fullmatch(r"(\w+) has (\d+) \w+\. (\w+) has (\d+) \w+\. Who has (more|fewer) \w+\?\nA:",
+                                       it["context"]).groups()
+        want = a if (int(na) > int(nb)) == (q == "more") else b
+        assert it["choices"][it["label"]] == f" {want}" and sorted(it["choices"]) == sorted([f" {a}", f" {b}"])
+    plural = {p for _, p in SUBJECTS + PLACES}
+    for it in default["items"]["agreement"]:
+        words = it["context"].split()
+        subject = next(w for w in words[1:] if any(w in pair for pair in SUBJECTS))
+        place = next(w for w in words[words.index(subject):] if any(w in pair for pair in PLACES))
+        assert (subject in plural) != (place in plural), it  # the attractor always has the other number
+        assert it["choices"][it["label"]] in ((" are", " were") if subject in plural else (" is", " was")), it
+
+
+@pytest.mark.parametrize("mapping, key", [
+    ({"mix": {"bio": 1.0, "poems": 1.0}}, "poems"),
+    ({"mix": {"bio": -1.0}}, "mix.bio"),
+    ({"mix": {"bio": 0.0}}, "mix"),
+    ({"n_entities": 4}, "n_entities"),
+    ({"n_entities": 500}, "n_entities"),
+    ({"n_docs": 0}, "n_docs"),
+    ({"colour": 1}, "colour"),
+])
+def test_bad_config_names_the_key(mapping, key):
+    with pytest.raises(KdbenchError, match=re.escape(key)):
+        build(WorldConfig, mapping, "world")
