@@ -42,6 +42,16 @@ def test_default_dry_run_has_every_arm_and_seed(tmp_path):
     assert counts["evaluate_model"] == 1 + 3 + counts["train_student"]
 
 
+def test_tuning_adds_one_search_per_teacher_arm(tmp_path):
+    preset = tmp_path / "tuning.yaml"
+    preset.write_text("tuning: {enabled: true, trials: 2}\n")
+    out = snakemake("-n", "--cores", "2", "--configfile", str(preset), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    teacher_arms = [a for a, spec in config["arms"].items() if set(spec["terms"]) != {"ce"}]
+    assert job_counts(out.stdout)["tune_arm"] == len(teacher_arms)
+
+
 def test_lint_is_clean():
     out = snakemake("--lint", cwd=REPO)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -105,6 +105,8 @@ def bench_cache(teacher_path: Path | None, n_seqs: int) -> dict:
     vocab = teacher.config.vocab_size
     tokens = _tokens(n_seqs, exp.data.seq_len, vocab)
     capture = capture_for(exp.arms, exp.student.arch.n_layer, exp.teacher.arch.n_layer)
+    if capture.attentions:  # the same kernel the cache writer uses
+        teacher.set_attn_implementation("eager")
     cfg = exp.cache
     n_tokens = tokens.size
     tmp = Path(tempfile.mkdtemp(prefix="kdbench-bench-"))
@@ -113,8 +115,8 @@ def bench_cache(teacher_path: Path | None, n_seqs: int) -> dict:
         def forward() -> None:
             for b in range(0, n_seqs, cfg.batch_size):
                 ids = torch.from_numpy(tokens[b : b + cfg.batch_size].astype(np.int64))
-                taps = forward_taps(teacher, ids, capture.layers, hidden=capture.hidden)
-                topk_targets(taps.logits, cfg.top_k)
+                forward_taps(teacher, ids, capture.layers, hidden=capture.hidden, attentions=capture.attentions,
+                             qkv=capture.qkv)
 
         def write() -> None:
             write_cache(teacher, tokens, {"teacher_sha256": "bench"}, cfg, capture, tmp / "cache", tmp / "work")

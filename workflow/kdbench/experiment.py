@@ -15,6 +15,7 @@ from kdbench.report import StatsConfig
 from kdbench.student import StudentConfig
 from kdbench.teacher import TeacherConfig
 from kdbench.tokenizer import TokenizerConfig
+from kdbench.tuning import TuningConfig
 from kdbench.world import WorldConfig
 
 
@@ -32,6 +33,7 @@ class Experiment:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     gpus: int = 0                 # GPUs per training/caching/evaluation job; 0 on CPU-only machines
+    tuning: TuningConfig = field(default_factory=TuningConfig)  # optional per-arm search on the validation split
 
     @property
     def trains_teacher(self) -> bool:
@@ -51,6 +53,8 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
         raise KdbenchError(f"seeds: need distinct seeds, got {list(exp.seeds)}")
     if exp.synthetic_suite and exp.data.source != "world":
         raise KdbenchError("evaluation.tasks: 'synthetic' needs data.source 'world' (the suite comes from the world)")
+    if exp.tuning.enabled and exp.tuning.seed not in exp.seeds:
+        raise KdbenchError(f"tuning.seed: {exp.tuning.seed} is not one of seeds {list(exp.seeds)}")
     check_arms(exp.arms, exp.student.arch.n_layer, exp.teacher.arch.n_layer if exp.trains_teacher else None)
     return exp
 

@@ -80,9 +80,9 @@ def copy_teacher_layers(student: torch.nn.Module, teacher: torch.nn.Module) -> N
     student.load_state_dict(state)
 
 
-def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, cache_dir: Path,
-                  data_dir: Path, out_dir: Path, work_dir: Path) -> None:
-    """Train one arm for one seed from the teacher cache and save the student."""
+def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, cache_dir: Path,
+                data_dir: Path, work_dir: Path) -> tuple[torch.nn.Module, list[dict], dict]:
+    """Train one arm for one seed from the teacher cache; returns (model, curve, summary)."""
     model = load_model(init_dir)
     tokenizer = load_tokenizer(init_dir)
     cache = TeacherCache(cache_dir, expect={"vocab_size": model.config.vocab_size,
@@ -96,14 +96,21 @@ def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, in
     val = TokenSource(load_tokens(data_dir / "val.npy"))
     curve, summary = train(model, objective, cache, cfg, seed, work_dir / "checkpoint.pt", key, val=val,
                            device=device_for_rank(), label=f"{arm_name}/seed{seed}")
+    (work_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return model, curve, {**summary, "layer_pairs": pairs}
+
+
+def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, cache_dir: Path,
+                  data_dir: Path, out_dir: Path, work_dir: Path) -> None:
+    """Train one arm for one seed from the teacher cache and save the student."""
+    model, curve, summary = fit_student(arm_name, arm, cfg, seed, init_dir, cache_dir, data_dir, work_dir)
     if world()[0] != 0:
         return
     with atomic_dir(out_dir) as tmp:
         save_model(model.cpu(), init_dir, tmp)
         write_curve(curve, tmp / "curve.csv")
         write_json(tmp / "train.json", {**summary, "arm": arm_name, "seed": seed, "config": as_dict(cfg),
-                                        "arm_config": as_dict(arm), "layer_pairs": pairs})
-    (work_dir / "checkpoint.pt").unlink(missing_ok=True)
+                                        "arm_config": as_dict(arm)})
 
 
 def train_student_distributed(processes: int, arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int,

@@ -15,11 +15,44 @@ rule init_student:
         "../scripts/init_student.py"
 
 
+if EXP.tuning.enabled:
+
+    rule tune_arm:
+        input:
+            init=f"{R}/students/init/seed{EXP.tuning.seed}",
+            cache=f"{R}/cache",
+            val=f"{R}/data/val.npy",
+        output:
+            f"{R}/tuning/{{arm}}.json",
+        log:
+            f"{LOGS}/tune_arm/{{arm}}.log",
+        benchmark:
+            f"{BENCH}/tune_arm/{{arm}}.tsv"
+        params:
+            arm=lambda w: config["arms"][w.arm],
+            train=config["student"]["train"],
+            tuning=config.get("tuning", {}),
+            work=lambda w: f"{WORK}/tuning/{w.arm}",
+        threads: 1
+        resources:
+            gpu=GPUS,
+        script:
+            "../scripts/tune_arm.py"
+
+
+def tuned(wildcards):
+    """The tuning record of an arm, when tuning is on and the arm has teacher terms to tune."""
+    if EXP.tuning.enabled and EXP.arms[wildcards.arm].uses_teacher:
+        return [f"{R}/tuning/{wildcards.arm}.json"]
+    return []
+
+
 rule train_student:
     input:
         init=f"{R}/students/init/seed{{seed}}",
         cache=f"{R}/cache",
         val=f"{R}/data/val.npy",
+        tuned=tuned,
     output:
         directory(f"{R}/students/{{arm}}/seed{{seed}}"),
     log:

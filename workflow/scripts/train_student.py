@@ -3,12 +3,14 @@ from pathlib import Path
 
 from kdbench.arms import ArmConfig
 from kdbench.config import build
+from kdbench.io import read_json
 from kdbench.snake import run_job
 from kdbench.student import train_student_distributed
 from kdbench.train import TrainConfig
 
 w, p = snakemake.wildcards, snakemake.params
-arm = build(ArmConfig, p.arm, f"arms.{w.arm}")
+tuned = snakemake.input.tuned
+arm = build(ArmConfig, read_json(tuned[0])["chosen"] if tuned else p.arm, f"arms.{w.arm}")
 cfg = build(TrainConfig, p.train, "student.train")
 run_job(snakemake, lambda: train_student_distributed(
     snakemake.resources.gpu, w.arm, arm, cfg, int(w.seed), Path(snakemake.input.init), Path(snakemake.input.cache),
