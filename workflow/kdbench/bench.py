@@ -25,7 +25,7 @@ from kdbench.experiment import Experiment, load_experiment
 from kdbench.io import write_json
 from kdbench.losses import Targets
 from kdbench.models import build_model, forward_taps, load_model, width
-from kdbench.train import Objective, TokenSource, TrainConfig, _optimizer
+from kdbench.train import Objective, TokenSource, TrainConfig, _optimizer, bf16_autocast
 from kdbench.data import batch_indices
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ class OnlineTeacher:
     @torch.no_grad()
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
         ids = torch.from_numpy(self.tokens[idx].astype(np.int64)).to(device)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with bf16_autocast("cpu"):
             taps = forward_taps(self.teacher, ids, self.layers, hidden=True)
         values, top, tail = topk_targets(taps.logits, self.k)
         return Targets(input_ids=ids, topk_logprobs=values, topk_ids=top, tail_logprob=tail, hidden=taps.hidden.float())
@@ -88,7 +88,7 @@ def _step_rate(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teache
     def run(n: int) -> None:
         for step in range(n):
             targets = source.batch(batch_indices(source.n_seqs, cfg.batch_size, step, 0))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast):
+            with bf16_autocast("cpu", cfg.autocast):
                 loss, _ = objective(model, targets, mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -155,11 +155,11 @@ def write_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, c
 def _forward_shard(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
                    fidelity: dict | None) -> dict[str, tuple[np.ndarray, str]]:
     from kdbench.models import forward_taps
+    from kdbench.train import bf16_autocast
 
     parts: dict[str, list[np.ndarray]] = {c: [] for c in COMPONENTS}
     id_dtype = str(token_dtype(teacher.config.vocab_size))
-    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                              enabled=cfg.forward_dtype == "bfloat16")
+    autocast = bf16_autocast(device, cfg.forward_dtype == "bfloat16")
     for b in range(0, len(seqs), cfg.batch_size):
         ids = torch.from_numpy(seqs[b : b + cfg.batch_size].astype(np.int64)).to(device)
         with autocast:
