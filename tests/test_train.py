@@ -164,3 +164,28 @@ def test_two_process_ddp_matches_single_process_curve(student_setup):
     assert len(single) == len(ddp) == 8
     assert np.allclose(single, ddp, rtol=1e-3), (single, ddp)
     assert '"processes": 2' in (root / "ddp" / "train.json").read_text()
+
+
+@pytest.mark.parametrize("terms,capture", [
+    ({"ce": 0.5, "fkl": 0.5, "hidden_mse": 1.0, "attn_kl": 1.0}, Capture(layers=(2, 4), hidden=True, attentions=True)),
+    ({"ce": 0.5, "fkl": 0.5, "relation": 1.0}, Capture(layers=(4,), qkv=True)),
+])
+def test_attention_and_relation_arms_train(tmp_path, tiny_tokenizer_dir, terms, capture):
+    """Arms that need attention maps or q/k/v get them from the student and the cache."""
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    init_student(StudentConfig(arch=ArchConfig(n_layer=2, d_model=16, n_head=2)), 0, tiny_tokenizer_dir, T, None,
+                 tmp_path / "init")
+    tokens = np.random.default_rng(0).integers(0, len(tok), size=(16, T)).astype(np.uint16)
+    teacher = build_model(ArchConfig(n_layer=4, d_model=24, n_head=4), len(tok), T, tok.eos_token_id, seed=5)
+    identity = {"teacher_sha256": "t", "tokenizer_sha256": tokenizer_sha256(tok), "tokens_sha256": "d",
+                "teacher_layers": 4, "teacher_width": 24}
+    write_cache(teacher, tokens, identity, CacheConfig(top_k=8), capture, tmp_path / "cache", tmp_path / "cw")
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "val.npy", tokens[:4])
+    layer_map = "uniform" if "attn_kl" in terms else "last"
+    arm = ArmConfig(terms=terms, temperature=2.0, layer_map=layer_map)
+    cfg = TrainConfig(tokens=3 * 4 * T, batch_size=4, warmup_steps=1, log_every_s=0.0, val_seqs=4, autocast=False)
+    train_student("arm", arm, cfg, 0, tmp_path / "init", tmp_path / "cache", tmp_path / "data", tmp_path / "out",
+                  tmp_path / "work")
+    header = (tmp_path / "out" / "curve.csv").read_text().splitlines()[0]
+    assert all(f"loss_{t}" in header for t in terms)

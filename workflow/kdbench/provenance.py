@@ -1,8 +1,10 @@
 """Provenance records: what produced an artifact, from which inputs, with which code.
 
 Every job writes `<first output>.prov.json` holding its rule, params, wildcards, the
-sha256 of every input and output, the code version (commit, dirty flag, diff hash),
-package versions, device and timing. `kdbench audit` walks these records back.
+job's seed, the sha256 of every input and output (plus the hash of each file inside a
+directory output, so an audit can name the file that changed), the code version
+(commit, dirty flag, hash of uncommitted and untracked changes), package versions,
+device and timing. `kdbench audit` walks these records back (see `kdbench.audit`).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kdbench.io import sha256_path, write_json
+from kdbench.io import IGNORED, sha256_file, sha256_path, write_json
 
 PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "lm_eval", "snakemake", "numpy", "pandas",
             "scipy", "seaborn", "datasets")
 RECORD_SUFFIX = ".prov.json"
+CODE_PATHS = ("workflow", "Snakefile", "envs", "pyproject.toml")  # what decides the results
 
 
 def fingerprint(*parts: Any) -> str:
@@ -36,7 +39,11 @@ def record_path(output: Path) -> Path:
 
 @lru_cache(maxsize=1)
 def code_version() -> dict:
-    """Git commit of the working tree, whether it is dirty, and a hash of the uncommitted diff."""
+    """Git commit of the working tree, whether it is dirty, and a hash of what differs from it.
+
+    The hash covers the diff of tracked files and the content of untracked ones: a new
+    module that is not committed yet changes results as much as an edited one.
+    """
     root = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str | None:
@@ -49,9 +56,12 @@ def code_version() -> dict:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None, "diff_sha256": None}
-    diff = git("diff", "HEAD", "--", "workflow", "Snakefile", "envs", "pyproject.toml") or ""
-    return {"commit": commit.strip(), "dirty": bool(diff),
-            "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None}
+    h = hashlib.sha256((git("diff", "HEAD", "--", *CODE_PATHS) or "").encode())
+    untracked = (git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS) or "").split()
+    for name in sorted(untracked):
+        h.update(f"{name}\0{sha256_file(root / name)}\n".encode())
+    dirty = h.hexdigest() != hashlib.sha256(b"").hexdigest()
+    return {"commit": commit.strip(), "dirty": dirty, "diff_sha256": h.hexdigest() if dirty else None}
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +75,8 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     cuda = torch.cuda.is_available()
-    return {"python": platform.python_version(), "packages": versions, "cuda": torch.version.cuda if cuda else None,
+    return {"python": platform.python_version(), "torch": torch.__version__, "packages": versions,
+            "cuda": torch.version.cuda if cuda else None,
             "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
             "host": socket.gethostname()}
 
@@ -75,13 +86,35 @@ def hash_files(paths: Mapping[str, Sequence[Path]]) -> dict[str, dict[str, str]]
     return {name: {str(p): sha256_path(Path(p)) for p in ps} for name, ps in paths.items()}
 
 
+def tree_hashes(directory: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file below `directory` that `io.sha256_dir` counts."""
+    directory = Path(directory)
+    return {f.relative_to(directory).as_posix(): sha256_file(f)
+            for f in sorted(directory.rglob("*")) if f.is_file() and f.name not in IGNORED}
+
+
+def job_seed(wildcards: Mapping[str, str], params: Mapping[str, Any]) -> int | None:
+    """The seed that decides the job's randomness: the `seed` wildcard, else the first `seed` in params."""
+    if str(wildcards.get("seed", "")).isdigit():
+        return int(wildcards["seed"])
+    stack: list[Any] = [params]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, Mapping):
+            if isinstance(node.get("seed"), int):
+                return node["seed"]
+            stack.extend(node[k] for k in sorted(node))
+    return None
+
+
 def write_record(outputs: Mapping[str, Sequence[Path]], *, rule: str, params: Mapping[str, Any],
                  wildcards: Mapping[str, str], inputs: Mapping[str, Sequence[Path]], started: datetime) -> Path:
     """Write the provenance record of one finished job beside its first output."""
     first = next(p for ps in outputs.values() for p in ps)
     record = {
-        "rule": rule, "wildcards": dict(wildcards), "params": dict(params),
+        "rule": rule, "wildcards": dict(wildcards), "params": dict(params), "seed": job_seed(wildcards, params),
         "inputs": hash_files(inputs), "outputs": hash_files(outputs),
+        "files": {str(p): tree_hashes(Path(p)) for ps in outputs.values() for p in ps if Path(p).is_dir()},
         "code": code_version(), "environment": environment(),
         "started": started.isoformat(), "ended": datetime.now(timezone.utc).isoformat(),
     }

@@ -81,6 +81,8 @@ class Objective(nn.Module):
         used = set(self.terms)
         self.want = {"hidden": bool(HIDDEN_TERMS & used), "attentions": bool(ATTENTION_TERMS & used),
                      "qkv": bool(QKV_TERMS & used)}
+        if self.want["attentions"]:  # fused kernels return no attention maps
+            student.set_attn_implementation("eager")
         self.projector = None
         if self.want["hidden"]:
             with torch.random.fork_rng(devices=[]):  # never disturbs the student's own initialisation

@@ -1,0 +1,107 @@
+"""The `kdbench` command: checks a user runs on results they were given or are about to share.
+
+    kdbench audit RESULTS_DIR [--json] [--partial] [--allow-mixed-code]
+    kdbench verify-cache CACHE_DIR
+
+Exit status: 0 when the check passes, 1 when it finds a problem, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from kdbench import KdbenchError
+
+if TYPE_CHECKING:
+    from kdbench.audit import AuditResult
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KdbenchError as e:
+        print(f"kdbench: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdbench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    audit = commands.add_parser(
+        "audit", help="trace every number in summary.csv back to its inputs, rehashing everything",
+        description="Walk back from summary.csv through every provenance record to the corpus, rehash every "
+                    "file and check that records, files, eval JSONs and summary.csv agree.")
+    audit.add_argument("results_dir", type=Path, metavar="RESULTS_DIR", help="e.g. results/smoke")
+    audit.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit.add_argument("--partial", action="store_true",
+                       help="a shared folder without the large artifacts: absent files are reported as not shipped")
+    audit.add_argument("--allow-mixed-code", action="store_true",
+                       help="accept records written by different code versions")
+    audit.set_defaults(run=_audit)
+    verify = commands.add_parser("verify-cache", help="check every teacher cache file against manifest.json",
+                                 description="Rehash every shard file of a teacher cache; compare with its manifest.")
+    verify.add_argument("cache_dir", type=Path, metavar="CACHE_DIR", help="e.g. results/smoke/cache")
+    verify.set_defaults(run=_verify_cache)
+    return parser
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from kdbench.audit import audit
+
+    result = audit(args.results_dir, partial=args.partial, allow_mixed_code=args.allow_mixed_code)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    return 0 if result.ok else 1
+
+
+def format_result(result: AuditResult) -> str:
+    """The audit as text: one line per artifact, then the numbers, the code versions and the verdict.
+
+    An artifact's line holds its status, short hash, path (indented by its distance from
+    summary.csv) and the job that produced it; its problems follow on lines marked `!`.
+    """
+    from kdbench.audit import short
+
+    width = max(len("  " * a.depth + a.path) for a in result.artifacts)
+    lines = [f"audit of {result.results_dir} ({'partial: absent files allowed' if result.partial else 'full'})"]
+    for a in result.artifacts:
+        made = f"by {a.produced_by}" if a.produced_by else "no record"
+        if a.status == "NOT SHIPPED":
+            made += f"; not shipped (recorded sha256 {short(a.recorded)})"
+        lines.append(f"{a.status:<11}  {short(a.sha256):<12}  {('  ' * a.depth + a.path).ljust(width)}  {made}")
+        lines += [f"{'':<27}! {m}" for m in a.problems]
+    lines.append(f"numbers: {result.numbers_checked} summary.csv values recomputed from the eval JSONs")
+    lines.append("code: " + ", ".join(f"{n} records at {c}" for c, n in result.code_versions.items()))
+    shown = {a.path for a in result.artifacts}
+    lines += [f"! {path}: {message}" for path, message in result.problems if path not in shown]
+    lines += [f"note: {n}" for n in result.notes]
+    absent = sum(a.status == "NOT SHIPPED" for a in result.artifacts)
+    if result.ok:
+        lines.append(f"PASS: {len(result.artifacts)} artifacts; every number in summary.csv traces to hashed inputs"
+                     + (f" ({absent} not shipped: checked through their records only)" if absent else ""))
+    else:
+        path, message = result.problems[0]
+        more = f" ({len(result.problems)} problems in all)" if len(result.problems) > 1 else ""
+        lines.append(f"FAIL: first broken link: {path}: {message}{more}")
+    return "\n".join(lines)
+
+
+def _verify_cache(args: argparse.Namespace) -> int:
+    if not args.cache_dir.is_dir():
+        raise KdbenchError(f"{args.cache_dir}: no such cache directory")
+    from kdbench.cache import TeacherCache
+
+    try:
+        cache = TeacherCache(args.cache_dir, verify=True)
+    except KdbenchError as e:
+        print(f"BROKEN: {e}")
+        return 1
+    shards = cache.manifest["shards"]
+    print(f"OK: {args.cache_dir}: {sum(len(s['files']) for s in shards)} files in {len(shards)} shards match "
+          f"manifest.json; {cache.n_seqs} sequences x {cache.seq_len} tokens of {', '.join(cache.components)}; "
+          f"teacher {cache.manifest.get('teacher_sha256', '')[:12]}")
+    return 0
