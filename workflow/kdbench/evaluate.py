@@ -36,13 +36,13 @@ import yaml
 
 from kdbench import KdbenchError
 from kdbench.io import atomic_path, read_json, sha256_file, write_json
+from kdbench.models import weights_sha256
 
 FORMAT = "kdbench-eval/1"
 SUITE_ALIAS = "synthetic"  # config name for the rendered local suite
 GROUP = "kdb_suite"
 TASK_PREFIX = "kdb_"
 TASK_VERSION = 1.0  # bump when the rendered prompt format changes
-_WEIGHT_GLOBS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json")
 # Fixed seeds: zero-shot multiple choice is deterministic, but lm-eval seeds its samplers anyway.
 _SEEDS = {"random": 0, "numpy": 1234, "torch": 1234, "fewshot": 1234}
 _METRICS = ({"metric": "acc", "aggregation": "mean", "higher_is_better": True},
@@ -57,9 +57,10 @@ class EvalConfig:
     batch_size: int = 32
     # Items per task for smoke runs; None = all. Part of the cache key.
     limit: int | None = None
-    # "cuda" on a GPU box. Not part of the cache key: on an H100, CPU and CUDA log-likelihoods
-    # agreed to 6e-6 and no item's answer changed.
-    device: str = "cpu"
+    # "auto": cuda when a GPU is visible (the job's own under SLURM), else cpu; or "cpu", "cuda:1", ...
+    # Not part of the cache key: on an H100, CPU and CUDA log-likelihoods agreed to 6e-6 and no
+    # item's answer changed.
+    device: str = "auto"
     # float32 keeps CPU and GPU scores comparable; part of the cache key.
     dtype: str = "float32"
 
@@ -129,7 +130,8 @@ def evaluate_model(model_dir: Path, cfg: EvalConfig, out_path: Path, include_pat
             shutil.copyfile(stored, tmp)
         return read_json(out_path)
 
-    raw = _run_lm_eval(model_dir, cfg, manager, tasks)
+    device = resolve_device(cfg.device)
+    raw = _run_lm_eval(model_dir, cfg, device, manager, tasks)
     result = {
         "format": FORMAT,
         "model_sha256": weights_sha,
@@ -137,7 +139,7 @@ def evaluate_model(model_dir: Path, cfg: EvalConfig, out_path: Path, include_pat
         "lm_eval_version": lm_eval_version,
         "batch_size": cfg.batch_size,
         "limit": cfg.limit,
-        "device": cfg.device,
+        "device": device,
         "dtype": cfg.dtype,
         "seeds": dict(_SEEDS),
         "cache_key": key,
@@ -151,6 +153,15 @@ def evaluate_model(model_dir: Path, cfg: EvalConfig, out_path: Path, include_pat
     return result
 
 
+def resolve_device(device: str) -> str:
+    """Resolve "auto" to "cuda" when torch sees a GPU, else "cpu"; any other name is used as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _write_yaml(path: Path, obj: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
@@ -158,17 +169,8 @@ def _write_yaml(path: Path, obj: dict) -> None:
 
 def _model_hashes(model_dir: Path) -> tuple[str, str | None]:
     """(hash over the weight files, hash of tokenizer.json or None); fails early on a bad dir."""
-    if not model_dir.is_dir():
-        raise KdbenchError(f"model directory {model_dir} does not exist")
-    weights = sorted({p for g in _WEIGHT_GLOBS for p in model_dir.glob(g)})
-    if not weights:
-        raise KdbenchError(f"model directory {model_dir} has no weight files (*.safetensors or pytorch_model*.bin)")
-    # Same construction as io.sha256_dir, restricted to weights: curves or logs beside them do not count.
-    h = hashlib.sha256()
-    for f in weights:
-        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
     tokenizer = model_dir / "tokenizer.json"
-    return h.hexdigest(), sha256_file(tokenizer) if tokenizer.is_file() else None
+    return weights_sha256(model_dir), sha256_file(tokenizer) if tokenizer.is_file() else None
 
 
 def _load_tasks(names: tuple[str, ...], include_path: Path | None) -> tuple[Any, dict[str, Any]]:
@@ -213,7 +215,7 @@ def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _run_lm_eval(model_dir: Path, cfg: EvalConfig, manager: Any, tasks: dict[str, Any]) -> dict:
+def _run_lm_eval(model_dir: Path, cfg: EvalConfig, device: str, manager: Any, tasks: dict[str, Any]) -> dict:
     from lm_eval import evaluator
 
     raw = evaluator.simple_evaluate(
@@ -222,7 +224,7 @@ def _run_lm_eval(model_dir: Path, cfg: EvalConfig, manager: Any, tasks: dict[str
         tasks=list(tasks.values()),
         task_manager=manager,  # without it lm-eval re-indexes all its built-in tasks
         batch_size=cfg.batch_size,
-        device=cfg.device,
+        device=device,
         limit=cfg.limit,
         log_samples=True,
         random_seed=_SEEDS["random"],

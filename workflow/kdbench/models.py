@@ -80,13 +80,22 @@ def save_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) -> No
     load_tokenizer(tokenizer_dir).save_pretrained(out_dir)
 
 
+WEIGHT_GLOBS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json")
+
+
 def weights_sha256(model_dir: Path) -> str:
-    """Content hash of a saved model's weights and config (lm-eval leaves it empty for local models)."""
+    """Content hash of a saved model's weight files only (curves or logs beside them do not count).
+
+    lm-eval leaves `model_sha` empty for local models; this is the hash every record uses.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise KdbenchError(f"model directory {model_dir} does not exist")
+    weights = sorted({p for g in WEIGHT_GLOBS for p in model_dir.glob(g)})
+    if not weights:
+        raise KdbenchError(f"model directory {model_dir} has no weight files (*.safetensors or pytorch_model*.bin)")
     h = hashlib.sha256()
-    files = sorted(Path(model_dir).glob("*.safetensors")) + [Path(model_dir) / "config.json"]
-    if not files[:-1]:
-        raise KdbenchError(f"{model_dir}: no *.safetensors weights")
-    for f in files:
+    for f in weights:
         h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
 

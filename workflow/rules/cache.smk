@@ -16,6 +16,7 @@ rule cache_teacher:
         student_tokens=EXP.student.train.tokens,
         work=f"{WORK}/cache",
     threads: workflow.cores
+    priority: 10  # the critical path: every student waits for it
     resources:
         gpu=GPUS,
     script:

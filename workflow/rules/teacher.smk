@@ -16,6 +16,7 @@ if EXP.trains_teacher:
             teacher=config["teacher"],
             work=f"{WORK}/teacher",
         threads: workflow.cores
+        priority: 10  # the critical path: everything downstream waits for it
         resources:
             gpu=GPUS,
         script:
