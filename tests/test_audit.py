@@ -1,6 +1,6 @@
 """kdbench audit / verify-cache: a fresh smoke run passes; tampering is caught and named.
 
-One smoke run (module fixture, a few minutes on 2 cores); each tampering case works on its own
+The session's smoke run (tests/conftest.py); each tampering case works on its own
 copy: a flipped byte in a student checkpoint, an edited eval JSON, a cache shard swapped for one
 of another cache, a record edited to match a tampered file, an edited number in summary.csv, and
 records from two code versions. `--partial` accepts a shared folder without models and cache;
@@ -14,12 +14,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import pytest
 from kdbench import KdbenchError
 from kdbench.audit import audit
 from kdbench.io import read_json, sha256_file, sha256_path, write_json
+from conftest import SmokeRun
 from kdbench.provenance import code_version, job_seed, tree_hashes, write_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,22 +41,10 @@ def kdbench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "kdbench"), *args], capture_output=True, text=True, timeout=300)
 
 
-@dataclass(frozen=True)
-class SmokeRun:
-    results: Path
-    code_changed: bool  # the working tree was edited while the run ran, so its records differ in code version
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> SmokeRun:
-    """The smoke preset run once for the whole file; the cases below tamper with copies of it."""
-    root = tmp_path_factory.mktemp("audit-smoke")
-    before = code_version.__wrapped__()
-    out = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(root),
-                          "--cores", "2", "--configfile", str(SMOKE)],
-                         capture_output=True, text=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return SmokeRun(root / "results" / "smoke", code_version.__wrapped__() != before)
+def smoke(smoke_run) -> SmokeRun:
+    """The session's smoke run; the cases below tamper with copies of it."""
+    return smoke_run
 
 
 def copy_run(smoke_run: Path, to: Path) -> Path:

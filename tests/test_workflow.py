@@ -5,9 +5,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,15 +13,7 @@ import yaml
 from kdbench.cache import TeacherCache
 from kdbench.io import read_json
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-SMOKE = REPO / "config" / "presets" / "smoke.yaml"
-
-
-def snakemake(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(cwd), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+from conftest import REPO, SMOKE, snakemake
 
 
 def job_counts(stdout: str) -> dict[str, int]:
@@ -65,53 +54,50 @@ def test_invalid_config_fails_at_parse_time_naming_the_key(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("smoke")
-    out = snakemake("--cores", "2", "--configfile", str(SMOKE), cwd=root)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return root / "results" / "smoke"
+def smoke(smoke_run) -> Path:
+    return smoke_run.results
 
 
 @pytest.mark.slow
-def test_smoke_run_produces_tables_figures_and_provenance(smoke_run):
-    rows = list(csv.DictReader(open(smoke_run / "summary.csv")))
+def test_smoke_run_produces_tables_figures_and_provenance(smoke):
+    rows = list(csv.DictReader(open(smoke / "summary.csv")))
     assert {"model", "arm", "seed", "task", "metric", "value", "chance"} <= set(rows[0])
     arms = {r["arm"] for r in rows}
     assert {"teacher", "init", "ce", "logit", "logit_hidden"} <= arms
     tasks = {r["task"] for r in rows}
     assert len(tasks) >= 6
     assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows)
-    assert "logit_hidden" in (smoke_run / "table.md").read_text()
+    assert "logit_hidden" in (smoke / "table.md").read_text()
     for fig in ("accuracy", "paired", "curves"):
-        assert (smoke_run / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert (smoke / "figures" / f"{fig}.png").stat().st_size > 1000
     for record in ("tokenizer", "teacher", "cache", "students/logit_hidden/seed1", "eval/teacher/results.json",
                    "summary.csv"):
-        prov = read_json(smoke_run / f"{record}.prov.json")
+        prov = read_json(smoke / f"{record}.prov.json")
         assert prov["outputs"] and prov["code"] and prov["environment"]["packages"]["torch"]
-    TeacherCache(smoke_run / "cache", verify=True)
+    TeacherCache(smoke / "cache", verify=True)
 
 
 @pytest.mark.slow
-def test_smoke_rerun_has_nothing_to_do(smoke_run):
-    out = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke_run.parents[1])
+def test_smoke_rerun_has_nothing_to_do(smoke):
+    out = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke.parents[1])
     assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr
 
 
 @pytest.mark.slow
-def test_paper_target_regenerates_without_training(smoke_run):
-    root = smoke_run.parents[1]
+def test_paper_target_regenerates_without_training(smoke):
+    root = smoke.parents[1]
     out = snakemake("paper", "--cores", "2", "--configfile", str(SMOKE), cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     counts = job_counts(out.stdout + out.stderr)
     assert counts.get("paper") == 1 and set(counts) <= {"paper", "total"}
-    paper = smoke_run / "paper"
-    assert (paper / "summary.csv").read_text() == (smoke_run / "summary.csv").read_text()
+    paper = smoke / "paper"
+    assert (paper / "summary.csv").read_text() == (smoke / "summary.csv").read_text()
     assert (paper / "figures" / "paired.pdf").stat().st_size > 1000
 
 
 @pytest.mark.slow
-def test_html_report_builds(smoke_run):
-    root = smoke_run.parents[1]
+def test_html_report_builds(smoke):
+    root = smoke.parents[1]
     out = snakemake("--report", str(root / "report.html"), "--configfile", str(SMOKE), cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     html = (root / "report.html").read_text(errors="ignore")
