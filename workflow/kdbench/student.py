@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig
@@ -35,10 +36,17 @@ class StudentConfig:
 
 def init_student(cfg: StudentConfig, seed: int, tokenizer_dir: Path, seq_len: int, teacher_dir: Path | None,
                  out_dir: Path) -> None:
-    """Save the initial weights of the seed's students (the untrained floor is evaluated too)."""
+    """Save the initial weights of the seed's students (the untrained floor is evaluated too).
+
+    A random student gets as many output rows as the teacher (Pythia pads its embedding matrix
+    beyond its tokenizer), so every teacher token id has a student logit.
+    """
     tokenizer = load_tokenizer(tokenizer_dir)
+    vocab = len(tokenizer)
+    if teacher_dir is not None:
+        vocab = max(vocab, AutoConfig.from_pretrained(str(teacher_dir)).vocab_size)
     if cfg.init in ("random", "teacher_layers"):
-        model = build_model(cfg.arch, len(tokenizer), seq_len, tokenizer.eos_token_id, seed)
+        model = build_model(cfg.arch, vocab, seq_len, tokenizer.eos_token_id, seed)
         if cfg.init == "teacher_layers":
             if teacher_dir is None:
                 raise KdbenchError("student.init 'teacher_layers' needs the teacher")

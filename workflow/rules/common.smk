@@ -32,10 +32,6 @@ def corpus_files(wildcards):
     return [EXP.data.source] if Path(EXP.data.source).exists() else []
 
 
-def teacher_for_init(wildcards):
-    return [f"{R}/teacher"] if EXP.student.init == "teacher_layers" else []
-
-
 def student_section():
     """The student section without the training settings: what decides the initial weights."""
     return {k: v for k, v in config["student"].items() if k != "train"}

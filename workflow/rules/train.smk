@@ -2,7 +2,7 @@ rule init_student:
     input:
         tokenizer=f"{R}/tokenizer",
         info=f"{R}/data/data.json",
-        teacher=teacher_for_init,
+        teacher=f"{R}/teacher",  # its vocabulary size (and its layers for teacher_layers)
     output:
         directory(f"{R}/students/init/seed{{seed}}"),
     log:

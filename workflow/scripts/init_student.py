@@ -7,7 +7,6 @@ from kdbench.snake import run_job
 from kdbench.student import StudentConfig, init_student
 
 cfg = build(StudentConfig, snakemake.params.student, "student")
-teacher = Path(snakemake.input.teacher[0]) if snakemake.input.teacher else None
 seq_len = read_json(snakemake.input.info)["seq_len"]
 run_job(snakemake, lambda: init_student(cfg, int(snakemake.wildcards.seed), Path(snakemake.input.tokenizer), seq_len,
-                                        teacher, Path(snakemake.output[0])))
+                                        Path(snakemake.input.teacher), Path(snakemake.output[0])))
