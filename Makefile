@@ -1,5 +1,6 @@
 # make run   set up .venv, then run the default benchmark (snakemake --cores all)
 # make test  set up .venv, then run the test suite (includes the smoke preset end to end)
+# make test-slurm  as root: a one-node SLURM cluster on localhost runs part of the smoke preset
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run smoke test lint report paper clean
+.PHONY: setup run smoke test test-slurm lint report paper clean
 
 setup: $(STAMP)
 
@@ -29,6 +30,9 @@ smoke: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-slurm: setup
+	.ci/slurm/test.sh
 
 lint: setup
 	$(BIN)/snakemake --lint

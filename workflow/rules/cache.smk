@@ -5,6 +5,8 @@ rule cache_teacher:
         info=f"{R}/data/data.json",
     output:
         directory(f"{R}/cache"),
+    conda:
+        ENV
     log:
         f"{LOGS}/cache_teacher.log",
     benchmark:

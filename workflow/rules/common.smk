@@ -37,4 +37,16 @@ def student_section():
     return {k: v for k, v in config["student"].items() if k != "train"}
 
 
+ENV = "../../envs/kdbench.yaml"  # one environment, the exact pins of envs/requirements.lock
 GPUS = EXP.gpus  # GPUs per training, caching and evaluation job (0: CPU); the SLURM profile turns it into --gpus
+
+
+def rendered_tasks(wildcards):
+    return [f"{R}/eval/tasks"] if EXP.synthetic_suite else []
+
+
+def tuned(wildcards):
+    """The tuning record of an arm, when tuning is on and the arm has teacher terms to tune."""
+    if EXP.tuning.enabled and EXP.arms[wildcards.arm].uses_teacher:
+        return [f"{R}/tuning/{wildcards.arm}.json"]
+    return []

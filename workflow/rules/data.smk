@@ -3,6 +3,8 @@ rule generate_world:
         corpus=f"{R}/world/corpus.jsonl",
         suite=directory(f"{R}/world/tasks"),
         facts=f"{R}/world/world.json",
+    conda:
+        ENV
     log:
         f"{LOGS}/generate_world.log",
     benchmark:
@@ -20,6 +22,8 @@ if EXP.trains_teacher:
             corpus=corpus_files,
         output:
             directory(f"{R}/tokenizer"),
+        conda:
+            ENV
         log:
             f"{LOGS}/train_tokenizer.log",
         benchmark:
@@ -35,6 +39,8 @@ else:
     rule import_tokenizer:
         output:
             directory(f"{R}/tokenizer"),
+        conda:
+            ENV
         log:
             f"{LOGS}/import_tokenizer.log",
         benchmark:
@@ -53,6 +59,8 @@ rule prepare_data:
         train=f"{R}/data/train.npy",
         val=f"{R}/data/val.npy",
         info=f"{R}/data/data.json",
+    conda:
+        ENV
     log:
         f"{LOGS}/prepare_data.log",
     benchmark:

@@ -3,6 +3,8 @@ rule render_tasks:
         suite=f"{R}/world/tasks",
     output:
         directory(f"{R}/eval/tasks"),
+    conda:
+        ENV
     log:
         f"{LOGS}/render_tasks.log",
     benchmark:
@@ -11,16 +13,14 @@ rule render_tasks:
         "../scripts/render_tasks.py"
 
 
-def rendered_tasks(wildcards):
-    return [f"{R}/eval/tasks"] if EXP.synthetic_suite else []
-
-
 rule evaluate_model:
     input:
         model=f"{R}/{{model}}",
         tasks=rendered_tasks,
     output:
         f"{R}/eval/{{model}}/results.json",
+    conda:
+        ENV
     log:
         f"{LOGS}/evaluate_model/{{model}}.log",
     benchmark:

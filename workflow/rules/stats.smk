@@ -14,6 +14,8 @@ rule aggregate:
         accuracy=report(f"{R}/figures/accuracy.png", caption="../report/accuracy.rst", category="Figures"),
         paired=report(f"{R}/figures/paired.png", caption="../report/paired.rst", category="Figures"),
         curves=report(f"{R}/figures/curves.png", caption="../report/curves.rst", category="Figures"),
+    conda:
+        ENV
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -21,7 +23,7 @@ rule aggregate:
     params:
         stats=config["stats"],
         models=MODELS,
-        results=R,
+        results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
     script:
         "../scripts/aggregate.py"
 
@@ -37,6 +39,8 @@ rule paper:
     output:
         summary=f"{R}/paper/summary.csv",
         figures=directory(f"{R}/paper/figures"),
+    conda:
+        ENV
     log:
         f"{LOGS}/paper.log",
     benchmark:
@@ -44,6 +48,6 @@ rule paper:
     params:
         stats=config["stats"],
         models=MODELS,
-        results=R,
+        results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
     script:
         "../scripts/aggregate.py"

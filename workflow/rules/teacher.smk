@@ -8,6 +8,8 @@ if EXP.trains_teacher:
             info=f"{R}/data/data.json",
         output:
             directory(f"{R}/teacher"),
+        conda:
+            ENV
         log:
             f"{LOGS}/train_teacher.log",
         benchmark:
@@ -27,6 +29,8 @@ else:
     rule import_teacher:
         output:
             directory(f"{R}/teacher"),
+        conda:
+            ENV
         log:
             f"{LOGS}/import_teacher.log",
         benchmark:

@@ -5,6 +5,8 @@ rule init_student:
         teacher=f"{R}/teacher",  # its vocabulary size (and its layers for teacher_layers)
     output:
         directory(f"{R}/students/init/seed{{seed}}"),
+    conda:
+        ENV
     log:
         f"{LOGS}/init_student/seed{{seed}}.log",
     benchmark:
@@ -24,6 +26,8 @@ if EXP.tuning.enabled:
             val=f"{R}/data/val.npy",
         output:
             f"{R}/tuning/{{arm}}.json",
+        conda:
+            ENV
         log:
             f"{LOGS}/tune_arm/{{arm}}.log",
         benchmark:
@@ -40,13 +44,6 @@ if EXP.tuning.enabled:
             "../scripts/tune_arm.py"
 
 
-def tuned(wildcards):
-    """The tuning record of an arm, when tuning is on and the arm has teacher terms to tune."""
-    if EXP.tuning.enabled and EXP.arms[wildcards.arm].uses_teacher:
-        return [f"{R}/tuning/{wildcards.arm}.json"]
-    return []
-
-
 rule train_student:
     input:
         init=f"{R}/students/init/seed{{seed}}",
@@ -55,6 +52,8 @@ rule train_student:
         tuned=tuned,
     output:
         directory(f"{R}/students/{{arm}}/seed{{seed}}"),
+    conda:
+        ENV
     log:
         f"{LOGS}/train_student/{{arm}}/seed{{seed}}.log",
     benchmark:
