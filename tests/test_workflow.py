@@ -17,8 +17,14 @@ from conftest import REPO, SMOKE, snakemake
 
 
 def job_counts(stdout: str) -> dict[str, int]:
-    table = stdout.split("Job stats:")[1].splitlines()[3:]
-    return {parts[0]: int(parts[1]) for parts in (line.split() for line in table) if len(parts) == 2 and parts[1].isdigit()}
+    """The 'Job stats' table Snakemake prints: rule -> job count (the table ends at a blank line)."""
+    counts = {}
+    for line in stdout.split("Job stats:")[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
 
 
 def test_default_dry_run_has_every_arm_and_seed(tmp_path):
