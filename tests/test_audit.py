@@ -28,7 +28,7 @@ from kdbench import KdbenchError
 from kdbench.audit import audit
 from kdbench.io import read_json, sha256_file, sha256_path, write_json
 from conftest import SmokeRun
-from kdbench.provenance import code_version, job_seed, tree_hashes, write_record
+from kdbench.provenance import job_seed, tree_hashes, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -4,10 +4,8 @@
 """
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np

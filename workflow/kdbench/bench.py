@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from kdbench.arms import ArmConfig, capture_for
-from kdbench.cache import CacheConfig, TeacherCache, reconstruction_kl, topk_targets, write_cache
+from kdbench.cache import TeacherCache, reconstruction_kl, topk_targets, write_cache
 from kdbench.experiment import Experiment, load_experiment
 from kdbench.io import write_json
 from kdbench.losses import Targets
