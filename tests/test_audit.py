@@ -154,9 +154,8 @@ def test_swapped_cache_shard_is_named(run_copy, tmp_path):
     shard = np.load(run_copy / "cache" / "00001.input_ids.npy")
     other_tokens = np.random.default_rng(1).integers(0, manifest["vocab_size"], size=shard.shape).astype(shard.dtype)
     build = lambda cls: cls(**{f.name: settings[f.name] for f in dataclasses.fields(cls) if f.name in settings})
-    capture = dataclasses.replace(build(Capture), layers=tuple(settings["layers"]))
     write_cache(load_model(run_copy / "teacher"), other_tokens, {"tokens_sha256": "other"}, build(CacheConfig),
-                capture, tmp_path / "other", tmp_path / "other-work")
+                Capture.from_settings(settings), tmp_path / "other", tmp_path / "other-work")
     for f in (tmp_path / "other").glob("00000.*.npy"):
         shutil.copyfile(f, run_copy / "cache" / f.name.replace("00000", "00001"))
     path, message = first_problem(run_copy)

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -12,12 +14,13 @@ import torch
 
 from kdbench import KdbenchError
 from kdbench import cache as cache_mod
+from kdbench.arms import ArmConfig
 from kdbench.cache import CacheConfig, Capture, TeacherCache, reconstruction_kl, topk_targets, write_cache
 from kdbench.io import read_json
 from kdbench.models import ArchConfig, build_model, forward_taps
 
 V, T, N = 61, 12, 10
-CAPTURE = Capture(layers=(1, 3), hidden=True, attentions=True, qkv=True)
+CAPTURE = Capture(hidden=(1, 3), attentions=(1, 3), qkv=(1, 3))
 CFG = CacheConfig(top_k=8, shard_seqs=4, batch_size=3)
 IDENTITY = {"teacher_sha256": "t" * 64, "tokenizer_sha256": "k" * 64, "tokens_sha256": "d" * 64,
             "teacher_layers": 3, "teacher_width": 16}
@@ -42,7 +45,7 @@ def test_round_trip_is_bit_exact(tmp_path, tokens):
     model = teacher().eval()
     model.set_attn_implementation("eager")
     with torch.no_grad():  # same batches as the writer: results must not depend on batching luck
-        chunks = [forward_taps(model, torch.from_numpy(tokens[b : b + 3].astype(np.int64)), (1, 3), True, True, True)
+        chunks = [forward_taps(model, torch.from_numpy(tokens[b : b + 3].astype(np.int64)), **dataclasses.asdict(CAPTURE))
                   for b in range(0, N, 3)]
     taps = type(chunks[0])(**{f: torch.cat([getattr(c, f) for c in chunks]) for f in ("logits", "hidden", "attentions", "qkv")})
     values, ids, tail = topk_targets(taps.logits, 8)
@@ -63,7 +66,7 @@ def test_round_trip_is_bit_exact(tmp_path, tokens):
 def test_manifest_records_identity_and_sizes(tmp_path, tokens):
     m = write(tmp_path, tokens)
     assert m["teacher_sha256"] == IDENTITY["teacher_sha256"] and m["top_k"] == 8
-    assert m["settings"]["layers"] == [1, 3] and len(m["shards"]) == math.ceil(N / 4)
+    assert Capture.from_settings(m["settings"]) == CAPTURE and len(m["shards"]) == math.ceil(N / 4)
     logit_bytes = sum(m["bytes_per_token"][c] for c in ("topk_logprobs", "topk_ids", "tail_logprob"))
     assert logit_bytes <= 4 * 8 + 8
     fid = read_json(tmp_path / "cache" / "fidelity.json")
@@ -102,24 +105,30 @@ def test_stale_cache_is_refused(tmp_path, tokens, expect):
 
 def test_interrupted_write_resumes_and_matches(tmp_path, tokens, monkeypatch):
     reference = write(tmp_path, tokens, "reference")
-    real = cache_mod._write_shard
+    real = cache_mod._ShardWriter.finish
     calls = []
 
-    def dying(work_dir, index, start, arrays):
-        if index == 2:
+    def dying(writer):
+        if writer.index == 1:
             raise KeyboardInterrupt("killed")
-        calls.append(index)
-        return real(work_dir, index, start, arrays)
+        calls.append(writer.index)
+        return real(writer)
 
-    monkeypatch.setattr(cache_mod, "_write_shard", dying)
+    monkeypatch.setattr(cache_mod._ShardWriter, "finish", dying)
     with pytest.raises(KeyboardInterrupt):
         write(tmp_path, tokens)
     assert not (tmp_path / "cache").exists()  # nothing that looks complete
-    monkeypatch.setattr(cache_mod, "_write_shard", lambda *a: calls.append(a[1]) or real(*a))
+    done = [i for i in range(3) if (tmp_path / "work-cache" / f"{i:05d}.json").exists()]
+    assert 0 in done and 1 not in done
+    calls.clear()
+    monkeypatch.setattr(cache_mod._ShardWriter, "finish", lambda w: calls.append(w.index) or real(w))
     resumed = write(tmp_path, tokens)
-    assert calls == [0, 1, 2]  # shards 0 and 1 were not recomputed
+    assert calls == [i for i in range(3) if i not in done]  # only the missing shards are recomputed
     strip = lambda m: [{k: f["sha256"] for k, f in s["files"].items()} for s in m["shards"]]
     assert strip(resumed) == strip(reference)
+    fidelity = lambda name: json.loads((tmp_path / name / "fidelity.json").read_text())
+    assert fidelity("cache") == fidelity("reference")  # measured on the same sample after the resume
+    TeacherCache(tmp_path / "cache", verify=True)  # streamed hashes equal the files' hashes
 
 
 def test_work_dir_of_another_teacher_is_discarded(tmp_path, tokens):
@@ -143,3 +152,13 @@ def test_tail_mass_matches_complement():
     values, _, tail = topk_targets(logits, 5)
     assert torch.allclose(tail.exp(), 1 - values.exp().sum(-1), atol=1e-6)
     assert torch.all(reconstruction_kl(logits, 5) >= 0)
+
+
+def test_select_serves_only_what_an_arm_reads(tmp_path, tokens):
+    write(tmp_path, tokens, capture=Capture(hidden=(1, 3)))
+    cache = TeacherCache(tmp_path / "cache")
+    cache.select(ArmConfig(terms={"ce": 0.5, "fkl": 0.5}).components)
+    batch = cache.batch(np.arange(2))
+    assert batch.topk_ids is not None and batch.hidden is None
+    with pytest.raises(KdbenchError, match="holds no attentions"):
+        cache.select(ArmConfig(terms={"attn_kl": 1.0}).components)

@@ -12,6 +12,8 @@ import yaml
 
 from kdbench import KdbenchError
 from kdbench.config import ConfigError, build
+from kdbench.arms import capture_for
+from kdbench.cache import Capture
 from kdbench.experiment import capture_spec, load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +77,14 @@ def test_build_rejects_non_mapping_section():
     from kdbench.cache import CacheConfig
     with pytest.raises(ConfigError, match="cache: expected a mapping"):
         build(CacheConfig, [1, 2], "cache")
+
+
+def test_cache_captures_per_component_only_the_layers_its_readers_map():
+    exp = load_experiment(default())
+    capture = capture_for(exp.arms, exp.student.arch.n_layer, exp.teacher.arch.n_layer)
+    assert capture == Capture(hidden=(2, 4), attentions=(2, 4), qkv=(4,))  # relation maps the last layer only
+    only_ce = {"ce": exp.arms["ce"]}
+    assert capture_for(only_ce, exp.student.arch.n_layer, exp.teacher.arch.n_layer) == Capture()
 
 
 def test_capture_spec_ignores_loss_weights():

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import KdbenchError
-from kdbench.losses import LOSSES, HiddenProjector, StudentOutputs, Targets, get_loss, loss_kwargs, register
+from kdbench.losses import (LOSSES, HiddenProjector, StudentOutputs, Targets, _StudentBuckets, get_loss, loss_kwargs,
+                             register)
 
 B, T, V, L, D, H = 2, 5, 7, 2, 8, 2
 MASK = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 1, 1]], dtype=torch.bool)
@@ -216,6 +217,43 @@ def test_buckets_lower_bound_full_divergence(name):
         assert get_loss(name)(student, topk_targets(t_logits, k, None), MASK) < full
     single_token_tail = get_loss(name)(student, topk_targets(t_logits, V - 1, None), MASK)
     assert torch.allclose(single_token_tail, full, atol=1e-5)  # merging one token loses nothing
+
+
+def reference_buckets(logits, ids, temperature):
+    """Student k+1-bucket log-probs through plain autograd: log_softmax, gather, logsumexp of the rest."""
+    logp = (logits / temperature).log_softmax(-1)
+    return torch.cat([logp.gather(-1, ids), logp.scatter(-1, ids, -math.inf).logsumexp(-1, keepdim=True)], -1)
+
+
+@pytest.mark.parametrize("k, scale", [(1, 1.0), (3, 1.0), (V - 1, 1.0), (3, 30.0)])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_student_buckets_match_autograd_reference(k, scale, temperature):
+    """The fused bucket function's values and hand-written gradients equal plain autograd (float64),
+    also for a confident student whose tail mass is ~1e-20."""
+    gen = torch.Generator().manual_seed(21)
+    logits = (scale * torch.randn(B, T, V, generator=gen, dtype=torch.float64)).requires_grad_()
+    ids = torch.randn(B, T, V, generator=gen).topk(k, dim=-1).indices
+    upstream = torch.randn(B, T, k + 1, generator=gen, dtype=torch.float64)
+    got = _StudentBuckets.apply(logits, ids, temperature)
+    (grad,) = torch.autograd.grad((got * upstream).sum(), logits)
+    want = reference_buckets(logits, ids, temperature)
+    (want_grad,) = torch.autograd.grad((want * upstream).sum(), logits)
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(grad, want_grad, rtol=1e-9, atol=1e-9)
+    assert torch.autograd.gradcheck(lambda x: _StudentBuckets.apply(x, ids, temperature), (logits.detach().requires_grad_(),))
+
+
+@pytest.mark.parametrize("name", LOGIT_LOSSES)
+def test_logit_loss_gradients_at_full_k_match_full_vocabulary(name):
+    """At k == V the tail bucket is empty; gradients still equal the full-vocabulary formula's."""
+    leaves, student, targets = make_batch(16)
+    t_logits = torch.randn(B, T, V, generator=torch.Generator().manual_seed(17))
+    targets = topk_targets(t_logits, V, None)
+    hyper = loss_kwargs(name, {"temperature": 2.0})
+    (got,) = torch.autograd.grad(get_loss(name)(student, targets, MASK, **hyper), leaves["logits"])
+    s_logits = leaves["logits"].detach().requires_grad_()
+    (want,) = torch.autograd.grad(full_divergence(name, t_logits, s_logits, 2.0), s_logits)
+    assert torch.isfinite(got).all() and torch.allclose(got, want, atol=1e-6)
 
 
 def test_half_precision_cache_gives_fp32_loss():

@@ -62,7 +62,7 @@ def student_setup(tmp_path, tiny_tokenizer_dir):
     identity = {"teacher_sha256": "t", "tokenizer_sha256": tokenizer_sha256(tok), "tokens_sha256": "d",
                 "teacher_layers": 4, "teacher_width": 24}
     write_cache(teacher, tokens, identity, CacheConfig(top_k=8, shard_seqs=8),
-                Capture(layers=(2, 4), hidden=True), tmp_path / "cache", tmp_path / "cache-work")
+                Capture(hidden=(2, 4)), tmp_path / "cache", tmp_path / "cache-work")
     data = tmp_path / "data"
     data.mkdir()
     np.save(data / "val.npy", tokens[:4])
@@ -126,7 +126,7 @@ def test_nan_loss_stops_with_step_and_term(student_setup):
     model = load_model(student_setup / "init")
     with torch.no_grad():
         model.get_input_embeddings().weight.fill_(float("nan"))
-    objective = Objective(ArmConfig(terms={"ce": 1.0}), (), (), model, width(model), 0)
+    objective = Objective(ArmConfig(terms={"ce": 1.0}), (), Capture(), model, width(model), 0)
     source = TokenSource(np.load(student_setup / "data" / "val.npy"))
     with pytest.raises(KdbenchError, match=r"non-finite loss at step 0: term 'ce'"):
         train(model, objective, source, SMALL, 0, student_setup / "ck.pt", "x")
@@ -165,8 +165,8 @@ def test_two_process_ddp_matches_single_process_curve(student_setup):
 
 
 @pytest.mark.parametrize("terms,capture", [
-    ({"ce": 0.5, "fkl": 0.5, "hidden_mse": 1.0, "attn_kl": 1.0}, Capture(layers=(2, 4), hidden=True, attentions=True)),
-    ({"ce": 0.5, "fkl": 0.5, "relation": 1.0}, Capture(layers=(4,), qkv=True)),
+    ({"ce": 0.5, "fkl": 0.5, "hidden_mse": 1.0, "attn_kl": 1.0}, Capture(hidden=(2, 4), attentions=(2, 4))),
+    ({"ce": 0.5, "fkl": 0.5, "relation": 1.0}, Capture(qkv=(4,))),
 ])
 def test_attention_and_relation_arms_train(tmp_path, tiny_tokenizer_dir, terms, capture):
     """Arms that need attention maps or q/k/v get them from the student and the cache."""

@@ -17,7 +17,7 @@ import pytest
 from kdbench import KdbenchError
 from kdbench.config import build
 from kdbench.io import sha256_dir, sha256_file
-from kdbench.world import FAMILIES, PLACES, SUBJECTS, WorldConfig, generate_world
+from kdbench.world import ATTRIBUTES, PLACES, SUBJECTS, WorldConfig, generate_world
 
 SMALL = dict(n_docs=1500, items_per_task=60)
 
@@ -25,7 +25,7 @@ SMALL = dict(n_docs=1500, items_per_task=60)
 def _load(root: Path) -> dict:
     docs = [json.loads(line)["text"] for line in (root / "corpus.jsonl").read_text().splitlines()]
     items = {f: [json.loads(line) for line in (root / "tasks" / f"{f}.jsonl").read_text().splitlines()]
-             for f in FAMILIES}
+             for f in json.loads((root / "tasks" / "suite.json").read_text())}
     return {"docs": docs, "text": "\n".join(docs), "items": items,
             "suite": json.loads((root / "tasks" / "suite.json").read_text()),
             "world": json.loads((root / "world.json").read_text())}
@@ -56,7 +56,7 @@ def test_more_items_leave_the_corpus_unchanged(tmp_path):
 
 
 def test_item_schema_and_suite(default):
-    assert set(default["suite"]) == set(FAMILIES)
+    assert set(default["suite"]) == set(WorldConfig().families)
     for family, items in default["items"].items():
         meta = default["suite"][family]
         assert meta["n_items"] == len(items) >= 200, family
@@ -85,15 +85,15 @@ def test_fact_answers_match_the_ground_truth(default):
     world = default["world"]
     people, test_half = world["people"], set(world["qa_test"])
     assert not test_half & set(world["qa_train"]) and len(test_half) == len(people) // 2
-    for family in ("fact_qa", "fact_negation"):
+    for family in ("fact_qa", "fact_paraphrase", "fact_negation"):
         for it in default["items"][family]:
-            name = re.search(r"([A-Z][a-z]+)(?:'s)? ", it["context"].removeprefix("Q: Wh")).group(1)
+            (name,) = set(re.findall(r"[A-Z][a-z]+", it["context"])) & set(people)
             assert name in test_half, it
             stripped = [c.strip(" .") for c in it["choices"]]
             attrs = [a for a, vals in world["attributes"].items() if set(stripped) <= set(vals)]
             true = {people[name][a] for a in attrs}
             correct = stripped[it["label"]]
-            if family == "fact_qa":
+            if family != "fact_negation":
                 assert correct in true, it
             else:  # the distractor is the true value, the answer a false one
                 assert correct not in true and set(stripped) - {correct} <= true, it
@@ -129,6 +129,16 @@ def test_held_out_people_have_no_qa_or_negation_documents(default):
     assert set(world["qa_train"]) <= set(qa_names) and set(world["qa_train"]) <= set(neg_names)
 
 
+def test_held_out_paraphrases_are_stated_only_for_the_qa_half(default):
+    world = default["world"]
+    said = Counter()
+    for attr in ATTRIBUTES:
+        head, tail = (re.escape(part) for part in attr.paraphrase.split("{v}"))
+        pattern = head.replace(re.escape("{n}"), r"([A-Z][a-z]+)") + r"\w+" + tail
+        said.update(re.findall(pattern, default["text"]))
+    assert set(said) == set(world["qa_train"]) and min(said.values()) > 20
+
+
 def test_context_names_in_items_never_occur_in_the_corpus(default):
     world = default["world"]
     test_pool, corpus_pool = set(world["nonce_names"]["test"]), set(world["nonce_names"]["corpus"])
@@ -149,12 +159,23 @@ def test_in_context_answers_are_correct(default):
         seq, prefix = re.fullmatch(r"Sequence: ([a-z ]+)\. Repeat: ([a-z ]+)", it["context"]).groups()
         seq, prefix = seq.split(), prefix.split()
         assert seq[:len(prefix)] == prefix and it["choices"][it["label"]] == f" {seq[len(prefix)]}"
-        assert {c.strip() for c in it["choices"]} <= set(seq)
-    for it in default["items"]["comparison"]:
+        assert len({c.strip() for c in it["choices"]} & set(seq)) == 2  # the answer and one lure from the sequence
+    for it in default["items"]["context_qa"]:
+        passage = it["context"].split("\nQ:")[0]
+        assert sum(bool(re.search(rf"\b{c.strip()}\b", passage)) for c in it["choices"]) == 2, it  # answer + lure
+
+
+def test_comparison_items_are_correct(tmp_path):
+    generate_world(WorldConfig(families=("comparison",), **SMALL), tmp_path)
+    assert set(json.loads((tmp_path / "tasks" / "suite.json").read_text())) == {"comparison"}
+    for it in _load(tmp_path)["items"]["comparison"]:
         a, na, b, nb, q = re.fullmatch(r"(\w+) has (\d+) \w+\. (\w+) has (\d+) \w+\. Who has (more|fewer) \w+\?\nA:",
                                        it["context"]).groups()
         want = a if (int(na) > int(nb)) == (q == "more") else b
         assert it["choices"][it["label"]] == f" {want}" and sorted(it["choices"]) == sorted([f" {a}", f" {b}"])
+
+
+def test_agreement_items_are_correct(default):
     plural = {p for _, p in SUBJECTS + PLACES}
     for it in default["items"]["agreement"]:
         words = it["context"].split()
@@ -171,6 +192,9 @@ def test_in_context_answers_are_correct(default):
     ({"n_entities": 4}, "n_entities"),
     ({"n_entities": 500}, "n_entities"),
     ({"n_docs": 0}, "n_docs"),
+    ({"families": ["fact_qa", "poetry"]}, "families"),
+    ({"families": []}, "families"),
+    ({"families": ["fact_qa", "fact_qa"]}, "families"),
     ({"colour": 1}, "colour"),
 ])
 def test_bad_config_names_the_key(mapping, key):

@@ -16,10 +16,11 @@ from kdbench.layermap import layer_map, teacher_layers
 from kdbench.losses import LOSSES
 
 RESERVED = ("teacher", "init")           # model names that are not arms
-TEACHER_TERMS = {"fkl", "rkl", "jsd", "tvd", "hidden_mse", "hidden_cos", "attn_kl", "relation"}
+LOGIT_TERMS = {"fkl", "rkl", "jsd", "tvd"}
 HIDDEN_TERMS = {"hidden_mse", "hidden_cos"}
 ATTENTION_TERMS = {"attn_kl"}
 QKV_TERMS = {"relation"}
+TEACHER_TERMS = LOGIT_TERMS | HIDDEN_TERMS | ATTENTION_TERMS | QKV_TERMS
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,14 @@ class ArmConfig:
     @property
     def uses_teacher(self) -> bool:
         return bool(TEACHER_TERMS & set(self.terms))
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The teacher-cache components this arm's terms read."""
+        used = set(self.terms)
+        wanted = {("topk_logprobs", "topk_ids", "tail_logprob"): LOGIT_TERMS, ("hidden",): HIDDEN_TERMS,
+                  ("attentions",): ATTENTION_TERMS, ("qkv",): QKV_TERMS}
+        return ("input_ids",) + tuple(c for names, terms in wanted.items() if terms & used for c in names)
 
     @property
     def uses_layers(self) -> bool:
@@ -77,8 +86,8 @@ def check_arms(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int | N
 
 
 def capture_for(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int) -> Capture:
-    """The teacher activations the cache must hold so that every arm can train from it."""
-    used = set().union(*(arm.terms for arm in arms.values()))
-    layers = teacher_layers(arm.pairs(n_student, n_teacher) for arm in arms.values())
-    return Capture(layers=layers, hidden=bool(HIDDEN_TERMS & used),
-                   attentions=bool(ATTENTION_TERMS & used), qkv=bool(QKV_TERMS & used))
+    """The teacher activations the cache must hold so that every arm can train from it: per
+    component, the union of the layers mapped by the arms whose terms read that component."""
+    def layers(terms: set[str]) -> tuple[int, ...]:
+        return teacher_layers(arm.pairs(n_student, n_teacher) for arm in arms.values() if terms & set(arm.terms))
+    return Capture(hidden=layers(HIDDEN_TERMS), attentions=layers(ATTENTION_TERMS), qkv=layers(QKV_TERMS))

@@ -3,16 +3,19 @@
     python -m kdbench.bench cache   # cache writing vs bare teacher forward; batch read vs training step; k sweep
     python -m kdbench.bench train   # tokens/s: plain CE vs cache-fed KD vs online KD (teacher in the loop)
 
-Sizes follow config/config.yaml (teacher, student, seq_len). Results print as a table and go to
+Sizes follow config/config.yaml (teacher, student, seq_len). Contenders are timed in interleaved
+rounds and each keeps its fastest, so a noisy shared machine slows all alike. Results print and go to
 results/benchmarks/<name>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +23,12 @@ import torch
 import yaml
 
 from kdbench.arms import ArmConfig, capture_for
-from kdbench.cache import TeacherCache, reconstruction_kl, topk_targets, write_cache
+from kdbench.cache import Capture, TeacherCache, reconstruction_kl, topk_targets, write_cache
 from kdbench.experiment import Experiment, load_experiment
 from kdbench.io import write_json
 from kdbench.losses import Targets
 from kdbench.models import build_model, forward_taps, load_model, width
-from kdbench.train import Objective, TokenSource, TrainConfig, _optimizer, bf16_autocast
+from kdbench.train import Objective, TokenSource, TrainConfig, _optimizer, batches, bf16_autocast
 from kdbench.data import batch_indices
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,11 +50,18 @@ def _tokens(n_seqs: int, seq_len: int, vocab: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, vocab, size=(n_seqs, seq_len)).astype(np.uint16)
 
 
-def _rate(fn, n_tokens: int, repeat: int = 3) -> float:
-    """Best-of-`repeat` tokens/s of `fn` (one warm-up call first)."""
-    fn()
-    best = min(_timed(fn) for _ in range(repeat))
-    return n_tokens / best
+def _race(fns: dict, rounds: int) -> dict[str, float]:
+    """Fastest seconds per call of each fn, over `rounds` rounds that call every fn in turn.
+
+    Interleaving puts slow phases of a shared machine on all contenders alike.
+    """
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {name: math.inf for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], _timed(fn))
+    return best
 
 
 def _timed(fn) -> float:
@@ -63,40 +73,37 @@ def _timed(fn) -> float:
 class OnlineTeacher:
     """A batch source that runs the teacher inside the training loop (online KD, no cache)."""
 
-    def __init__(self, teacher, tokens: np.ndarray, k: int, layers: tuple[int, ...]):
-        self.teacher, self.tokens, self.k, self.layers = teacher, tokens, k, layers
+    def __init__(self, teacher, tokens: np.ndarray, k: int, capture: Capture):
+        self.teacher, self.tokens, self.k, self.capture = teacher, tokens, k, capture
         self.n_seqs, self.seq_len = tokens.shape
 
     @torch.no_grad()
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
         ids = torch.from_numpy(self.tokens[idx].astype(np.int64)).to(device)
         with bf16_autocast("cpu"):
-            taps = forward_taps(self.teacher, ids, self.layers, hidden=True)
+            taps = forward_taps(self.teacher, ids, **asdict(self.capture))
         values, top, tail = topk_targets(taps.logits, self.k)
         return Targets(input_ids=ids, topk_logprobs=values, topk_ids=top, tail_logprob=tail, hidden=taps.hidden.float())
 
 
-def _step_rate(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher: int, cache_layers, steps: int):
-    """Tokens/s of `steps` training steps of a fresh student on `source` (bf16 autocast, as configured)."""
+def _trainer(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher: int, capture: Capture, steps: int):
+    """A callable that runs `steps` training steps of a fresh student on `source` (autocast as configured)."""
     cfg: TrainConfig = exp.student.train
     model = build_model(exp.student.arch, VOCAB, exp.data.seq_len, 0, seed=0).train()
-    objective = Objective(arm, arm.pairs(exp.student.arch.n_layer, n_teacher), cache_layers, model, d_teacher, 0)
+    objective = Objective(arm, arm.pairs(exp.student.arch.n_layer, n_teacher), capture, model, d_teacher, 0)
     params = list(model.parameters()) + list(objective.parameters())
     opt = _optimizer(params, cfg)
     mask = torch.ones(cfg.batch_size, exp.data.seq_len, dtype=torch.bool)
 
-    def run(n: int) -> None:
-        for step in range(n):
-            targets = source.batch(batch_indices(source.n_seqs, cfg.batch_size, step, 0))
+    def run() -> None:
+        for targets in batches(source, cfg.batch_size, 0, 0, steps):  # read ahead, as in training
             with bf16_autocast("cpu", cfg.autocast):
                 loss, _ = objective(model, targets, mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-    run(2)
-    seconds = _timed(lambda: run(steps))
-    return steps * cfg.batch_size * exp.data.seq_len / seconds
+    return run
 
 
 def bench_cache(teacher_path: Path | None, n_seqs: int) -> dict:
@@ -115,22 +122,23 @@ def bench_cache(teacher_path: Path | None, n_seqs: int) -> dict:
         def forward() -> None:
             for b in range(0, n_seqs, cfg.batch_size):
                 ids = torch.from_numpy(tokens[b : b + cfg.batch_size].astype(np.int64))
-                forward_taps(teacher, ids, capture.layers, hidden=capture.hidden, attentions=capture.attentions,
-                             qkv=capture.qkv)
+                forward_taps(teacher, ids, **asdict(capture))
 
         def write() -> None:
             write_cache(teacher, tokens, {"teacher_sha256": "bench"}, cfg, capture, tmp / "cache", tmp / "work")
 
-        forward_rate, write_rate = _rate(forward, n_tokens), _rate(write, n_tokens)
+        seconds = _race({"forward": forward, "write": write}, rounds=3)
+        forward_rate, write_rate = n_tokens / seconds["forward"], n_tokens / seconds["write"]
         cache = TeacherCache(tmp / "cache")
         bytes_pt = cache.manifest["bytes_per_token"]
         logit_bytes = sum(bytes_pt[c] for c in ("topk_logprobs", "topk_ids", "tail_logprob"))
+        arm = exp.arms["logit_hidden"]
+        cache.select(arm.components)  # what the measured training step reads
         batch = exp.student.train.batch_size
         idx = batch_indices(cache.n_seqs, batch, 0, 0)
         read_s = min(_timed(lambda: cache.batch(idx)) for _ in range(20))
-        arm = exp.arms["logit_hidden"]
-        step_rate = _step_rate(exp, arm, cache, exp.teacher.arch.n_layer, width(teacher), capture.layers, steps=5)
-        step_s = batch * exp.data.seq_len / step_rate
+        step_s = _race({"step": _trainer(exp, arm, cache, exp.teacher.arch.n_layer, width(teacher), capture,
+                                         steps=1)}, rounds=5)["step"]
         with torch.no_grad():
             logits = teacher(input_ids=torch.from_numpy(tokens[:16].astype(np.int64))).logits
         sweep = []
@@ -152,7 +160,7 @@ def bench_cache(teacher_path: Path | None, n_seqs: int) -> dict:
     }
 
 
-def bench_train(teacher_path: Path | None, n_seqs: int, steps: int) -> dict:
+def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int) -> dict:
     exp = _experiment()
     teacher = _teacher(exp, teacher_path)
     vocab = teacher.config.vocab_size
@@ -165,26 +173,32 @@ def bench_train(teacher_path: Path | None, n_seqs: int, steps: int) -> dict:
         write_cache(teacher, tokens, {"teacher_sha256": "bench"}, exp.cache, capture, tmp / "cache", tmp / "work")
         cache = TeacherCache(tmp / "cache")
         d_t = width(teacher)
-        ce = _step_rate(exp, ArmConfig(terms={"ce": 1.0}), TokenSource(tokens), n_teacher, d_t, (), steps)
-        cached = _step_rate(exp, arm, cache, n_teacher, d_t, capture.layers, steps)
-        online = _step_rate(exp, arm, OnlineTeacher(teacher, tokens, exp.cache.top_k, capture.layers),
-                            n_teacher, d_t, capture.layers, steps)
+        online_source = OnlineTeacher(teacher, tokens, exp.cache.top_k, capture)
+        seconds = _race({
+            "ce": _trainer(exp, ArmConfig(terms={"ce": 1.0}), TokenSource(tokens), n_teacher, d_t, Capture(), steps),
+            "cached_kd": _trainer(exp, arm, cache, n_teacher, d_t, capture, steps),
+            "online_kd": _trainer(exp, arm, online_source, n_teacher, d_t, capture, steps),
+        }, rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"arm": "logit_hidden", "steps": steps, "ce_tokens_per_s": ce, "cached_kd_tokens_per_s": cached,
-            "online_kd_tokens_per_s": online, "cached_kd_over_ce": cached / ce,
-            "cached_kd_over_online_kd": cached / online, "threads": torch.get_num_threads()}
+    step_tokens = steps * exp.student.train.batch_size * exp.data.seq_len
+    rate = {name: step_tokens / s for name, s in seconds.items()}
+    return {"arm": "logit_hidden", "steps": steps, "rounds": rounds, "ce_tokens_per_s": rate["ce"],
+            "cached_kd_tokens_per_s": rate["cached_kd"], "online_kd_tokens_per_s": rate["online_kd"],
+            "cached_kd_over_ce": rate["cached_kd"] / rate["ce"],
+            "cached_kd_over_online_kd": rate["cached_kd"] / rate["online_kd"], "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kdbench.bench", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=("cache", "train"))
     parser.add_argument("--teacher", type=Path, help="a trained teacher directory (default: random init)")
-    parser.add_argument("--seqs", type=int, default=256, help="sequences of seq_len tokens to process")
-    parser.add_argument("--steps", type=int, default=10, help="training steps per variant (train)")
+    parser.add_argument("--seqs", type=int, default=512, help="sequences of seq_len tokens to process")
+    parser.add_argument("--steps", type=int, default=4, help="training steps per timed call (train)")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds; the fastest counts (train)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args(argv)
-    result = bench_cache(args.teacher, args.seqs) if args.name == "cache" else bench_train(args.teacher, args.seqs, args.steps)
+    result = bench_cache(args.teacher, args.seqs) if args.name == "cache" else bench_train(args.teacher, args.seqs, args.steps, args.rounds)
     for key, value in result.items():
         if not isinstance(value, (dict, list)):
             print(f"{key:>28}  {value:,.4g}" if isinstance(value, float) else f"{key:>28}  {value}")

@@ -20,12 +20,15 @@ job resumes at the first missing shard when the identity still matches.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import shutil
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +40,7 @@ from kdbench.data import token_dtype
 from kdbench.io import atomic_path, read_json, sha256_file, write_json
 from kdbench.losses import Targets
 
-FORMAT = "kdbench-cache/1"
+FORMAT = "kdbench-cache/2"  # 2: per-component layer lists in the capture settings
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
 _TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -53,11 +56,15 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class Capture:
-    """Which teacher activations the arms need (derived from the arms, not set by hand)."""
-    layers: tuple[int, ...] = ()
-    hidden: bool = False
-    attentions: bool = False
-    qkv: bool = False
+    """The teacher layers whose activations the arms need, per component (derived from the arms)."""
+    hidden: tuple[int, ...] = ()
+    attentions: tuple[int, ...] = ()
+    qkv: tuple[int, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Capture":
+        """The capture a cache was written with, from its manifest's settings."""
+        return cls(**{f.name: tuple(settings[f.name]) for f in fields(cls)})
 
 
 def _storage(arr_dtype: str) -> np.dtype:
@@ -77,10 +84,13 @@ def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
 
 def topk_targets(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, T, V) logits -> top-k log-probs (B, T, k), ids (B, T, k), tail log-mass (B, T)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    values, ids = logp.topk(k, dim=-1)
-    tail = torch.logsumexp(logp.scatter(-1, ids, float("-inf")), dim=-1)  # exact, no 1 - sum cancellation
-    return values, ids, tail
+    logits = logits.float()
+    top, ids = logits.topk(k, dim=-1)
+    shifted = (logits - top[..., :1]).exp_()  # relative to the largest logit: no overflow, one exp pass
+    total = shifted.sum(-1)
+    rest = shifted.scatter_(-1, ids, 0.0).sum(-1)  # a sum of positives: exact, no 1 - sum cancellation
+    log_total = total.log()
+    return top - top[..., :1] - log_total[..., None], ids, rest.log() - log_total
 
 
 def reconstruction_kl(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -115,35 +125,46 @@ def write_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, c
     n, seq_len = tokens.shape
     vocab = teacher.config.vocab_size
     k = min(cfg.top_k, vocab)
-    shards, pending, fid = [], [], {"kl": [], "tail": []}
+    shards, fid = [], {"kl": [], "tail": []}
     started, done_tokens = time.perf_counter(), 0
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for index, start in enumerate(range(0, n, cfg.shard_seqs)):
-            stop = min(start + cfg.shard_seqs, n)
-            meta_path = work_dir / f"{index:05d}.json"
-            if meta_path.exists():
-                shards.append(read_json(meta_path))
-                continue
-            arrays = _forward_shard(teacher, tokens[start:stop], k, cfg, capture, device, fid if index == 0 else None)
-            pending.append(pool.submit(_write_shard, work_dir, index, start, arrays))
-            while len(pending) > 1:  # bound memory: at most one shard in flight while computing the next
-                shards.append(pending.pop(0).result())
-            done_tokens += (stop - start) * seq_len
-            rate = done_tokens / (time.perf_counter() - started)
-            print(f"cache: shard {index} seqs {stop}/{n} {rate:,.0f} tok/s", flush=True)
-        shards.extend(f.result() for f in pending)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # writes (in order) overlap the next forward passes
+        try:
+            in_flight: deque = deque()
+            for index, start in enumerate(range(0, n, cfg.shard_seqs)):
+                stop = min(start + cfg.shard_seqs, n)
+                meta_path = work_dir / f"{index:05d}.json"
+                if meta_path.exists():
+                    shards.append(pool.submit(read_json, meta_path))
+                    continue
+                writer = _ShardWriter(work_dir, index, start, stop - start)
+                for b in range(start, stop, cfg.batch_size):
+                    arrays = _forward_batch(teacher, tokens[b : min(b + cfg.batch_size, stop)], k, cfg, capture,
+                                            device, fid if b == 0 else None)
+                    in_flight.append(pool.submit(writer.add, arrays))
+                    while len(in_flight) > 2:  # bounds memory; a write error (e.g. a full disk) surfaces here
+                        in_flight.popleft().result()
+                shards.append(pool.submit(writer.finish))
+                in_flight.append(shards[-1])
+                done_tokens += (stop - start) * seq_len
+                rate = done_tokens / (time.perf_counter() - started)
+                print(f"cache: shard {index} seqs {stop}/{n} {rate:,.0f} tok/s", flush=True)
+            shards = [f.result() for f in shards]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # no later shard completes after a failed one
+            raise
+    if not fid["kl"]:  # shard 0 came from an interrupted run: measure fidelity on the same sample
+        _forward_batch(teacher, tokens[: cfg.batch_size], k, cfg, capture, device, fid)
     shards.sort(key=lambda s: s["index"])
     manifest = {
         "format": FORMAT, **identity, "n_seqs": n, "seq_len": seq_len, "vocab_size": vocab, "top_k": k,
         "shards": shards, "bytes_per_token": _bytes_per_token(shards, n * seq_len),
     }
     write_json(work_dir / "manifest.json", manifest)
-    if fid["kl"]:
-        write_json(work_dir / "fidelity.json", {
-            "top_k": k, "bytes_per_token": manifest["bytes_per_token"],
-            "kl_topk_mean": float(np.mean(fid["kl"])), "tail_mass_mean": float(np.mean(fid["tail"])),
-            "n_positions": len(fid["kl"]),
-        })
+    write_json(work_dir / "fidelity.json", {
+        "top_k": k, "bytes_per_token": manifest["bytes_per_token"],
+        "kl_topk_mean": float(np.mean(fid["kl"])), "tail_mass_mean": float(np.mean(fid["tail"])),
+        "n_positions": len(fid["kl"]),
+    })
     (work_dir / "identity.json").unlink()
     if Path(out_dir).exists():
         shutil.rmtree(out_dir)
@@ -152,48 +173,74 @@ def write_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, c
 
 
 @torch.no_grad()
-def _forward_shard(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
+def _forward_batch(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
                    fidelity: dict | None) -> dict[str, tuple[np.ndarray, str]]:
+    """One teacher forward pass over `seqs` -> {component: (array, stored dtype)}."""
     from kdbench.models import forward_taps
     from kdbench.train import bf16_autocast
 
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in COMPONENTS}
+    ids = torch.from_numpy(seqs.astype(np.int64)).to(device)
+    with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
+        taps = forward_taps(teacher, ids, **asdict(capture))
+    values, top_ids, tail = topk_targets(taps.logits, k)
+    if fidelity is not None:
+        fidelity["kl"].extend(reconstruction_kl(taps.logits, k).flatten().tolist())
+        fidelity["tail"].extend(tail.exp().flatten().tolist())
     id_dtype = str(token_dtype(teacher.config.vocab_size))
-    autocast = bf16_autocast(device, cfg.forward_dtype == "bfloat16")
-    for b in range(0, len(seqs), cfg.batch_size):
-        ids = torch.from_numpy(seqs[b : b + cfg.batch_size].astype(np.int64)).to(device)
-        with autocast:
-            taps = forward_taps(teacher, ids, capture.layers, hidden=capture.hidden,
-                                attentions=capture.attentions, qkv=capture.qkv)
-        values, top_ids, tail = topk_targets(taps.logits, k)
-        if fidelity is not None and b == 0:
-            fidelity["kl"].extend(reconstruction_kl(taps.logits, k).flatten().tolist())
-            fidelity["tail"].extend(tail.exp().flatten().tolist())
-        parts["input_ids"].append(seqs[b : b + cfg.batch_size])
-        parts["topk_logprobs"].append(_to_numpy(values, "float16"))
-        parts["topk_ids"].append(top_ids.cpu().numpy().astype(id_dtype))
-        parts["tail_logprob"].append(_to_numpy(tail, "float32"))
-        for name, dtype in (("hidden", cfg.hidden_dtype), ("attentions", "float16"), ("qkv", cfg.hidden_dtype)):
-            if getattr(taps, name) is not None:
-                parts[name].append(_to_numpy(getattr(taps, name), dtype))
-    dtypes = {"topk_logprobs": "float16", "tail_logprob": "float32", "topk_ids": id_dtype,
-              "input_ids": str(seqs.dtype), "hidden": cfg.hidden_dtype, "attentions": "float16",
-              "qkv": cfg.hidden_dtype}
-    return {c: (np.concatenate(v), dtypes[c]) for c, v in parts.items() if v}
+    arrays = {"input_ids": (seqs, str(seqs.dtype)), "topk_logprobs": (_to_numpy(values, "float16"), "float16"),
+              "topk_ids": (top_ids.cpu().numpy().astype(id_dtype), id_dtype),
+              "tail_logprob": (_to_numpy(tail, "float32"), "float32")}
+    for name, dtype in (("hidden", cfg.hidden_dtype), ("attentions", "float16"), ("qkv", cfg.hidden_dtype)):
+        if getattr(taps, name) is not None:
+            arrays[name] = (_to_numpy(getattr(taps, name), dtype), dtype)
+    return arrays
 
 
-def _write_shard(work_dir: Path, index: int, start: int, arrays: dict[str, tuple[np.ndarray, str]]) -> dict:
-    files = {}
-    for name, (arr, dtype) in arrays.items():
-        path = work_dir / f"{index:05d}.{name}.npy"
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
-        files[name] = {"file": path.name, "shape": list(arr.shape), "dtype": dtype,
-                       "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    meta = {"index": index, "start": start, "n_seqs": len(arrays["input_ids"][0]), "files": files}
-    write_json(work_dir / f"{index:05d}.json", meta)
-    return meta
+class _ShardWriter:
+    """Streams one shard's components batch by batch into `.npy` files, hashing the bytes as they go.
+
+    Each file is a hidden temp file until `finish` renames it; the shard's meta JSON, written
+    last, is what marks the shard complete for a resumed job.
+    """
+
+    def __init__(self, work_dir: Path, index: int, start: int, n_seqs: int):
+        self.work_dir, self.index, self.start, self.n_seqs = work_dir, index, start, n_seqs
+        self._stack = ExitStack()
+        self._files: dict[str, dict] = {}
+
+    def add(self, arrays: dict[str, tuple[np.ndarray, str]]) -> None:
+        for name, (arr, dtype) in arrays.items():
+            if name not in self._files:
+                self._files[name] = self._open(name, arr, dtype)
+            f = self._files[name]
+            data = np.ascontiguousarray(arr).data
+            f["handle"].write(data)
+            f["hash"].update(data)
+            f["rows"] += len(arr)
+
+    def _open(self, name: str, arr: np.ndarray, dtype: str) -> dict:
+        path = self.work_dir / f"{self.index:05d}.{name}.npy"
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {
+            "descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False,
+            "shape": (self.n_seqs, *arr.shape[1:])})
+        handle = open(self._stack.enter_context(atomic_path(path)), "wb")
+        handle.write(header.getvalue())
+        return {"path": path, "handle": handle, "hash": hashlib.sha256(header.getvalue()), "rows": 0,
+                "shape": [self.n_seqs, *arr.shape[1:]], "dtype": dtype}
+
+    def finish(self) -> dict:
+        for f in self._files.values():
+            f["handle"].close()
+            if f["rows"] != self.n_seqs:
+                raise KdbenchError(f"cache shard {self.index:05d}: {f['path'].name} got {f['rows']} of {self.n_seqs} rows")
+        self._stack.close()  # fsync and rename every file
+        files = {name: {"file": f["path"].name, "shape": f["shape"], "dtype": f["dtype"],
+                        "bytes": f["path"].stat().st_size, "sha256": f["hash"].hexdigest()}
+                 for name, f in self._files.items()}
+        meta = {"index": self.index, "start": self.start, "n_seqs": self.n_seqs, "files": files}
+        write_json(self.work_dir / f"{self.index:05d}.json", meta)
+        return meta
 
 
 def _bytes_per_token(shards: list[dict], n_tokens: int) -> dict[str, float]:
@@ -246,6 +293,14 @@ class TeacherCache:
         if list(arr.shape) != f["shape"] or arr.dtype != _storage(f["dtype"]):
             raise KdbenchError(f"{where}: shape/dtype {arr.shape}/{arr.dtype} differ from the manifest")
         return arr
+
+    def select(self, components: tuple[str, ...]) -> None:
+        """Serve only `components` from now on (a training batch reads nothing it does not use)."""
+        missing = [c for c in components if c not in self._dtypes]
+        if missing:
+            raise KdbenchError(f"cache {self.path} holds no {', '.join(missing)} (it has {', '.join(self._dtypes)}); "
+                               "rerun cache_teacher with the arm in the config")
+        self.components = tuple(components)
 
     def gather(self, name: str, idx: np.ndarray) -> np.ndarray:
         """Rows `idx` of one component, in the given order."""

@@ -162,23 +162,22 @@ def _capture_qkv(model: PreTrainedModel, layers: tuple[int, ...]) -> Iterator[li
             h.remove()
 
 
-def forward_taps(model: PreTrainedModel, input_ids: Tensor, layers: tuple[int, ...],
-                 hidden: bool = False, attentions: bool = False, qkv: bool = False) -> Taps:
-    """Run the model once and collect logits plus the requested per-layer activations.
+def forward_taps(model: PreTrainedModel, input_ids: Tensor, hidden: tuple[int, ...] = (),
+                 attentions: tuple[int, ...] = (), qkv: tuple[int, ...] = ()) -> Taps:
+    """Run the model once and collect logits plus each component's requested layers.
 
-    `layers` are 1-based block indices (`hidden_states[l]` is the output of block l).
+    Layers are 1-based block indices (`hidden_states[l]` is the output of block l).
     Attentions need the eager attention kernel; the caller switches it on.
     """
-    want = bool(layers)
-    with _capture_qkv(model, layers if qkv and want else ()) as store:
-        out = model(input_ids=input_ids, output_hidden_states=hidden and want,
-                    output_attentions=attentions and want, use_cache=False)
+    with _capture_qkv(model, qkv) as store:
+        out = model(input_ids=input_ids, output_hidden_states=bool(hidden), output_attentions=bool(attentions),
+                    use_cache=False)
     taps = Taps(logits=out.logits)
-    if hidden and want:
-        taps.hidden = torch.stack([out.hidden_states[l] for l in layers], dim=1)
-    if attentions and want:
-        taps.attentions = torch.stack([out.attentions[l - 1] for l in layers], dim=1)
-    if qkv and want:
+    if hidden:
+        taps.hidden = torch.stack([out.hidden_states[l] for l in hidden], dim=1)
+    if attentions:
+        taps.attentions = torch.stack([out.attentions[l - 1] for l in attentions], dim=1)
+    if qkv:
         taps.qkv = torch.stack([_split_qkv(model, outs) for outs in store], dim=1)
     return taps
 

@@ -16,7 +16,7 @@ from transformers import AutoConfig
 
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig
-from kdbench.cache import TeacherCache
+from kdbench.cache import Capture, TeacherCache
 from kdbench.config import as_dict, build
 from kdbench.data import load_tokens
 from kdbench.io import atomic_dir, read_json, write_json
@@ -95,10 +95,11 @@ def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init
     tokenizer = load_tokenizer(init_dir)
     cache = TeacherCache(cache_dir, expect={"vocab_size": model.config.vocab_size,
                                             "tokenizer_sha256": tokenizer_sha256(tokenizer)})
+    cache.select(arm.components)
     settings = cache.manifest["settings"]
     pairs = arm.pairs(len(blocks(model)), cache.manifest["teacher_layers"])
     d_teacher = cache.manifest["teacher_width"]
-    objective = Objective(arm, pairs, tuple(settings["layers"]), model, d_teacher, seed)
+    objective = Objective(arm, pairs, Capture.from_settings(settings), model, d_teacher, seed)
     key = fingerprint(arm_name, as_dict(arm), as_dict(cfg), seed, cache.manifest["tokens_sha256"],
                       cache.manifest["teacher_sha256"], read_json(init_dir / "config.json"))
     val = TokenSource(load_tokens(data_dir / "val.npy"))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
+from kdbench.cache import Capture
 from kdbench.config import as_dict
 from kdbench.data import load_tokens
 from kdbench.io import atomic_dir, read_json, write_json
@@ -27,7 +28,7 @@ def train_teacher(cfg: TeacherConfig, data_dir: Path, tokenizer_dir: Path, out_d
     tokens, val = load_tokens(data_dir / "train.npy"), load_tokens(data_dir / "val.npy")
     tokenizer = load_tokenizer(tokenizer_dir)
     model = build_model(cfg.arch, len(tokenizer), tokens.shape[1], tokenizer.eos_token_id, cfg.seed)
-    objective = Objective(ArmConfig(terms={"ce": 1.0}), (), (), model, width(model), cfg.seed)
+    objective = Objective(ArmConfig(terms={"ce": 1.0}), (), Capture(), model, width(model), cfg.seed)
     key = fingerprint(as_dict(cfg), read_json(data_dir / "data.json"))
     curve, summary = train(model, objective, TokenSource(tokens), cfg.train, cfg.seed, work_dir / "checkpoint.pt",
                            key, val=TokenSource(val), device=device_for_rank(), label="teacher")

@@ -4,7 +4,7 @@ The benchmark must run offline and its tasks must probe distinct skills with exa
 answers and known chance levels, so the data is generated: invented people with a few
 attributes, stated many times in paraphrased biographies, plus document types that
 teach in-context skills. Each task family holds out exactly what it tests (the Q/A
-format for half the people, negation for the same half, unseen nonce names, unseen
+format, one paraphrase and negation for half the people, unseen nonce names, unseen
 sequences and sentences), and no test item's text occurs verbatim in the corpus.
 Every component draws from its own seeded stream, so e.g. more test items never
 change the corpus.
@@ -24,7 +24,8 @@ from kdbench import KdbenchError
 from kdbench.config import as_dict
 from kdbench.io import atomic_path, write_json
 
-FAMILIES: tuple[str, ...] = ("fact_qa", "fact_negation", "context_qa", "induction", "comparison", "agreement")
+FAMILIES: tuple[str, ...] = ("fact_qa", "fact_paraphrase", "fact_negation", "context_qa", "induction", "comparison",
+                              "agreement")
 DOC_TYPES: tuple[str, ...] = ("bio", "qa", "negation", "context", "induction", "comparison", "agreement")
 
 
@@ -33,11 +34,12 @@ class WorldConfig:
     seed: int = 1234  # one seed fixes the whole world; components derive named sub-seeds from it
     n_entities: int = 64  # few enough that each fact is stated 100+ times in biographies of a 1M-token corpus
     n_docs: int = 20000  # about 1.0M tokens with the default 1024-token BPE
-    items_per_task: int = 300  # per family; fact_qa is capped by its held-out facts (224 by default)
+    items_per_task: int = 300  # per family; the fact families are capped by the held-out facts (224 by default)
+    # The families of the suite; "comparison" needs more training than the 2-core default affords.
+    families: tuple[str, ...] = ("fact_qa", "fact_paraphrase", "fact_negation", "context_qa", "induction", "agreement")
     # Biographies dominate because parametric facts need the most repetitions; types left out get no documents.
     mix: dict[str, float] = field(default_factory=lambda: {
-        "bio": 0.36, "qa": 0.14, "negation": 0.10, "context": 0.12,
-        "induction": 0.10, "comparison": 0.08, "agreement": 0.10})
+        "bio": 0.38, "qa": 0.12, "negation": 0.10, "context": 0.12, "induction": 0.16, "agreement": 0.12})
 
     def __post_init__(self) -> None:
         if not MIN_ENTITIES <= self.n_entities <= len(NAMES):
@@ -46,6 +48,10 @@ class WorldConfig:
         for key in ("n_docs", "items_per_task"):
             if getattr(self, key) < 1:
                 raise KdbenchError(f"{key}={getattr(self, key)} must be at least 1")
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families or len(set(self.families)) < len(self.families):
+            raise KdbenchError(f"families={list(self.families)} must name distinct task families; "
+                               f"allowed: {', '.join(FAMILIES)}")
         for key, share in self.mix.items():
             if key not in DOC_TYPES:
                 raise KdbenchError(f"mix key {key!r} is not a document type; allowed: {', '.join(DOC_TYPES)}")
@@ -62,6 +68,7 @@ class Attribute:
     name: str
     values: tuple[str, ...]
     statements: tuple[str, ...]  # biography paraphrases
+    paraphrase: str  # one more, ending in {v}, that biographies use only for the people with Q/A documents
     question: str  # the single Q/A question form
     negation: str  # the single negated statement form
 
@@ -69,28 +76,26 @@ class Attribute:
 ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("city", ("Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Berlin", "Madrid", "Dublin", "Vienna",
                        "Athens", "Prague"),
-              ("{n} lives in {v}.", "{n} has a home in {v}.", "The home of {n} is in {v}.",
-               "{n} resides in the city of {v}."),
-              "Where does {n} live?", "{n} does not live in {v}."),
+              ("{n} lives in {v}.", "{n} has a home in {v}.", "The home of {n} is in {v}."),
+              "{n} resides in the city of {v}.", "Where does {n} live?", "{n} does not live in {v}."),
     Attribute("job", ("baker", "farmer", "doctor", "teacher", "pilot", "nurse", "painter", "sailor", "tailor",
                       "writer", "lawyer", "dentist"),
-              ("{n} is a {v}.", "{n} works as a {v}.", "By trade, {n} is a {v}.", "{n} earns a living as a {v}."),
-              "What is {n}'s job?", "{n} is not a {v}."),
+              ("{n} is a {v}.", "{n} works as a {v}.", "By trade, {n} is a {v}."),
+              "{n} earns a living as a {v}.", "What is {n}'s job?", "{n} is not a {v}."),
     Attribute("pet", ("cat", "dog", "rabbit", "parrot", "hamster", "turtle", "goldfish", "pony"),
-              ("{n} has a pet {v}.", "{n} owns a {v}.", "The pet of {n} is a {v}."),
+              ("{n} has a pet {v}.", "{n} owns a {v}."), "The pet of {n} is a {v}.",
               "What pet does {n} have?", "{n} does not have a pet {v}."),
     Attribute("colour", ("red", "blue", "green", "yellow", "purple", "orange", "black", "white"),
-              ("{n}'s favourite colour is {v}.", "{n} likes the colour {v} best.",
-               "The favourite colour of {n} is {v}."),
-              "What is {n}'s favourite colour?", "{n}'s favourite colour is not {v}."),
+              ("{n}'s favourite colour is {v}.", "{n} likes the colour {v} best."),
+              "The favourite colour of {n} is {v}.", "What is {n}'s favourite colour?", "{n}'s favourite colour is not {v}."),
     Attribute("food", ("soup", "bread", "rice", "cheese", "pasta", "fish", "cake", "beans"),
-              ("{n}'s favourite food is {v}.", "{n} loves to eat {v}.", "The food {n} likes most is {v}."),
+              ("{n}'s favourite food is {v}.", "{n} loves to eat {v}."), "The food {n} likes most is {v}.",
               "What is {n}'s favourite food?", "{n}'s favourite food is not {v}."),
     Attribute("sport", ("tennis", "football", "golf", "hockey", "rugby", "cricket", "baseball", "handball"),
-              ("{n} plays {v}.", "{n}'s sport is {v}.", "On weekends {n} plays {v}."),
+              ("{n} plays {v}.", "{n}'s sport is {v}."), "On weekends {n} plays {v}.",
               "Which sport does {n} play?", "{n} does not play {v}."),
     Attribute("instrument", ("piano", "violin", "guitar", "drums", "flute", "harp", "trumpet", "cello"),
-              ("{n} plays the {v}.", "{n}'s instrument is the {v}.", "{n} practises the {v} every day."),
+              ("{n} plays the {v}.", "{n} practises the {v} every day."), "{n}'s instrument is the {v}.",
               "Which instrument does {n} play?", "{n} does not play the {v}."),
 )
 NAMES: tuple[str, ...] = tuple(
@@ -118,13 +123,14 @@ PREDICATES = ("on the floor", "very heavy", "in the kitchen", "covered in dust",
               "hard to reach", "brand new")
 SKILLS = {
     "fact_qa": "recall a person's attribute learned from biographies, asked in a Q/A format seen only for others",
+    "fact_paraphrase": "complete a statement of a person's attribute in a phrasing the corpus uses only for others",
     "fact_negation": "complete a negated statement with a false value instead of the person's true one",
     "context_qa": "answer about unseen nonce names from facts stated earlier in the same passage",
     "induction": "continue copying a novel syllable sequence shown earlier in the context",
     "comparison": "compare two counts stated in context to say who has more or fewer",
     "agreement": "pick the verb number that agrees with a distant subject across an attractor and relative clause",
 }
-N_CHOICES = {"fact_qa": 4, "fact_negation": 2, "context_qa": 4, "induction": 4, "comparison": 2, "agreement": 2}
+N_CHOICES = {"fact_qa": 4, "fact_paraphrase": 4, "fact_negation": 2, "context_qa": 4, "induction": 4, "comparison": 2, "agreement": 2}
 _STATIC_WORDS = {w.lower() for w in re.findall(r"[A-Za-z]+", json.dumps(
     [NAMES, OBJECTS, SUBJECTS, PLACES, PREPOSITIONS, ADJECTIVES, REL_VERBS, VERBS, PREDICATES,
      [as_dict(a) for a in ATTRIBUTES], "Q A Sequence Repeat Who has more fewer The the that"]))}
@@ -148,7 +154,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path) -> None:
     docs, counts = _make_corpus(cfg, world)
     corpus_text = "\n".join(docs)
     suite = {}
-    for family in FAMILIES:
+    for family in cfg.families:
         items = _make_items(family, cfg, world, corpus_text)
         _write_jsonl(out_dir / "tasks" / f"{family}.jsonl", items)
         suite[family] = {"chance": 1 / N_CHOICES[family], "n_choices": N_CHOICES[family],
@@ -218,7 +224,8 @@ def _bio_docs(rng: random.Random, world: World) -> Iterator[str]:
         sentences = []
         for name in _draw(deck, rng.choice((1, 1, 1, 2, 2, 3))):
             for attr in rng.sample(ATTRIBUTES, rng.randint(3, len(ATTRIBUTES))):
-                sentences.append(rng.choice(attr.statements).format(n=name, v=world.people[name][attr.name]))
+                forms = attr.statements + (attr.paraphrase,) * (name in world.qa_train)
+                sentences.append(rng.choice(forms).format(n=name, v=world.people[name][attr.name]))
         rng.shuffle(sentences)
         yield " ".join(sentences)
 
@@ -340,20 +347,35 @@ def _make_items(family: str, cfg: WorldConfig, world: World, corpus_text: str) -
     return items
 
 
-def _fact_qa(rng: random.Random, world: World) -> Iterator[Candidate]:
+def _split(template: str, name: str) -> tuple[str, str]:
+    """A statement template about `name`, split around its value: ("Ann lives in", ".")."""
+    head, tail = template.format(n=name, v="\0").split(" \0")
+    return head, tail
+
+
+def _held_out_facts(rng: random.Random, world: World, context: Callable[[str, Attribute], str]) -> Iterator[Candidate]:
+    """One item per fact of the held-out people (finite), asked by `context(name, attribute)`."""
     facts = [(n, a) for n in world.qa_test for a in ATTRIBUTES]
-    rng.shuffle(facts)  # finite: one item per held-out fact
+    rng.shuffle(facts)
     for name, attr in facts:
         value = world.people[name][attr.name]
         wrong = rng.sample([v for v in attr.values if v != value], 3)
-        yield f"Q: {attr.question.format(n=name)}\nA:", f" {value}", [f" {v}" for v in wrong]
+        yield context(name, attr), f" {value}", [f" {v}" for v in wrong]
+
+
+def _fact_qa(rng: random.Random, world: World) -> Iterator[Candidate]:
+    return _held_out_facts(rng, world, lambda name, attr: f"Q: {attr.question.format(n=name)}\nA:")
+
+
+def _fact_paraphrase(rng: random.Random, world: World) -> Iterator[Candidate]:
+    return _held_out_facts(rng, world, lambda name, attr: _split(attr.paraphrase, name)[0])
 
 
 def _fact_negation(rng: random.Random, world: World) -> Iterator[Candidate]:
     while True:
         name, attr = rng.choice(world.qa_test), rng.choice(ATTRIBUTES)
         value = world.people[name][attr.name]
-        head, tail = attr.negation.format(n=name, v="\0").split(" \0")
+        head, tail = _split(attr.negation, name)
         yield head, f" {_other_value(rng, attr, value)}{tail}", [f" {value}{tail}"]
 
 
@@ -361,8 +383,8 @@ def _context_qa(rng: random.Random, world: World) -> Iterator[Candidate]:
     while True:
         attr, who, values, passage = _context_passage(rng, world.nonce_test)
         i = rng.randrange(len(who))
-        others = [v for v in values if v != values[i]]
-        others += rng.sample([v for v in attr.values if v not in values], 3 - len(others))
+        lure = rng.choice([v for v in values if v != values[i]])  # in the passage, bound to another name
+        others = [lure, *rng.sample([v for v in attr.values if v not in values], 2)]
         yield f"{passage}\nQ: {attr.question.format(n=who[i])}\nA:", f" {values[i]}", [f" {v}" for v in others]
 
 
@@ -370,7 +392,8 @@ def _induction(rng: random.Random, world: World) -> Iterator[Candidate]:
     while True:
         seq = _sequence(rng)
         k = rng.randint(2, len(seq) - 1)
-        wrong = rng.sample([s for s in seq if s != seq[k]], 3)
+        lure = rng.choice([s for s in seq if s != seq[k]])  # in the sequence, at another position
+        wrong = [lure, *rng.sample([s for s in SYLLABLES if s not in seq], 2)]
         yield f"Sequence: {' '.join(seq)}. Repeat: {' '.join(seq[:k])}", f" {seq[k]}", [f" {s}" for s in wrong]
 
 
@@ -387,7 +410,7 @@ def _agreement_items(rng: random.Random, world: World) -> Iterator[Candidate]:
 
 
 _CANDIDATES: dict[str, Callable[[random.Random, World], Iterator[Candidate]]] = {
-    "fact_qa": _fact_qa, "fact_negation": _fact_negation, "context_qa": _context_qa, "induction": _induction,
+    "fact_qa": _fact_qa, "fact_paraphrase": _fact_paraphrase, "fact_negation": _fact_negation, "context_qa": _context_qa, "induction": _induction,
     "comparison": _comparison_items, "agreement": _agreement_items}
 
 
