@@ -16,11 +16,9 @@ from kdbench.layermap import layer_map, teacher_layers
 from kdbench.losses import LOSSES
 
 RESERVED = ("teacher", "init")           # model names that are not arms
-LOGIT_TERMS = {"fkl", "rkl", "jsd", "tvd"}
-HIDDEN_TERMS = {"hidden_mse", "hidden_cos"}
-ATTENTION_TERMS = {"attn_kl"}
-QKV_TERMS = {"relation"}
-TEACHER_TERMS = LOGIT_TERMS | HIDDEN_TERMS | ATTENTION_TERMS | QKV_TERMS
+LOGIT_TERMS = {"fkl", "rkl", "jsd", "tvd"}  # read the cache's top-k log-probs, ids and tail
+LAYER_TERMS = {"hidden": {"hidden_mse", "hidden_cos"}, "attentions": {"attn_kl"}, "qkv": {"relation"}}  # per layer
+TEACHER_TERMS = LOGIT_TERMS.union(*LAYER_TERMS.values())
 
 
 @dataclass(frozen=True)
@@ -41,16 +39,19 @@ class ArmConfig:
         return bool(TEACHER_TERMS & set(self.terms))
 
     @property
+    def layer_components(self) -> tuple[str, ...]:
+        """The per-layer cache components (hidden, attentions, qkv) this arm's terms read."""
+        return tuple(name for name, terms in LAYER_TERMS.items() if terms & set(self.terms))
+
+    @property
     def components(self) -> tuple[str, ...]:
-        """The teacher-cache components this arm's terms read."""
-        used = set(self.terms)
-        wanted = {("topk_logprobs", "topk_ids", "tail_logprob"): LOGIT_TERMS, ("hidden",): HIDDEN_TERMS,
-                  ("attentions",): ATTENTION_TERMS, ("qkv",): QKV_TERMS}
-        return ("input_ids",) + tuple(c for names, terms in wanted.items() if terms & used for c in names)
+        """Every teacher-cache component this arm's terms read."""
+        logits = ("topk_logprobs", "topk_ids", "tail_logprob") if LOGIT_TERMS & set(self.terms) else ()
+        return ("input_ids", *logits, *self.layer_components)
 
     @property
     def uses_layers(self) -> bool:
-        return bool((HIDDEN_TERMS | ATTENTION_TERMS | QKV_TERMS) & set(self.terms))
+        return bool(self.layer_components)
 
     def pairs(self, n_student: int, n_teacher: int) -> tuple[tuple[int, int], ...]:
         """(student layer, teacher layer) pairs; empty for arms without layer terms."""
@@ -88,6 +89,5 @@ def check_arms(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int | N
 def capture_for(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int) -> Capture:
     """The teacher activations the cache must hold so that every arm can train from it: per
     component, the union of the layers mapped by the arms whose terms read that component."""
-    def layers(terms: set[str]) -> tuple[int, ...]:
-        return teacher_layers(arm.pairs(n_student, n_teacher) for arm in arms.values() if terms & set(arm.terms))
-    return Capture(hidden=layers(HIDDEN_TERMS), attentions=layers(ATTENTION_TERMS), qkv=layers(QKV_TERMS))
+    return Capture(**{name: teacher_layers(arm.pairs(n_student, n_teacher) for arm in arms.values()
+                                           if name in arm.layer_components) for name in LAYER_TERMS})

@@ -96,7 +96,7 @@ def _trainer(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher:
     mask = torch.ones(cfg.batch_size, exp.data.seq_len, dtype=torch.bool)
 
     def run() -> None:
-        for targets in batches(source, cfg.batch_size, 0, 0, steps):  # read ahead, as in training
+        for targets in batches(source, cfg.batch_size, 0, 0, steps):  # as the training loop reads them
             with bf16_autocast("cpu", cfg.autocast):
                 loss, _ = objective(model, targets, mask)
             opt.zero_grad(set_to_none=True)

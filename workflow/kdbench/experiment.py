@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kdbench import KdbenchError
-from kdbench.arms import ATTENTION_TERMS, HIDDEN_TERMS, QKV_TERMS, ArmConfig, check_arms
+from kdbench.arms import LAYER_TERMS, ArmConfig, check_arms
 from kdbench.cache import CacheConfig
 from kdbench.config import build
 from kdbench.data import DataConfig
@@ -61,7 +61,7 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
 
 def capture_spec(exp: Experiment) -> dict[str, dict]:
     """The part of each arm that decides what the cache holds (so loss weights never rerun the cache)."""
-    layer_terms = HIDDEN_TERMS | ATTENTION_TERMS | QKV_TERMS
+    layer_terms = set().union(*LAYER_TERMS.values())
     spec = {}
     for name, arm in exp.arms.items():
         terms = sorted(layer_terms & set(arm.terms))

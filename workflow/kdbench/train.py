@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdbench import KdbenchError
-from kdbench.arms import ATTENTION_TERMS, HIDDEN_TERMS, QKV_TERMS, ArmConfig
+from kdbench.arms import ArmConfig
 from kdbench.cache import Capture
 from kdbench.data import batch_indices
 from kdbench.io import atomic_path
@@ -74,12 +74,10 @@ class Objective(nn.Module):
         super().__init__()
         self.arm, self.terms = arm, dict(arm.terms)
         self.losses = {n: (get_loss(n), loss_kwargs(n, arm.hyper)) for n in self.terms}
-        used, student_layers, wanted = set(self.terms), tuple(s for s, _ in pairs), [t for _, t in pairs]
+        student_layers, wanted = tuple(s for s, _ in pairs), [t for _, t in pairs]
         self.want: dict[str, tuple[int, ...]] = {}  # component -> student layers to tap
         self.rows: dict[str, Tensor | None] = {}  # component -> rows of the cached layers, None for all in order
-        for name, terms in (("hidden", HIDDEN_TERMS), ("attentions", ATTENTION_TERMS), ("qkv", QKV_TERMS)):
-            if not terms & used:
-                continue
+        for name in arm.layer_components:
             cached = getattr(capture, name)
             missing = [t for t in wanted if t not in cached]
             if missing:

@@ -12,13 +12,11 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kdbench.arms import TEACHER_TERMS, ArmConfig
+from kdbench.arms import LOGIT_TERMS, TEACHER_TERMS, ArmConfig
 from kdbench.config import as_dict
 from kdbench.io import write_json
 from kdbench.student import fit_student
 from kdbench.train import TrainConfig
-
-LOGIT_TERMS = {"fkl", "rkl", "jsd", "tvd"}
 
 
 @dataclass(frozen=True)
