@@ -47,19 +47,20 @@ def test_round_trip_is_bit_exact(tmp_path, tokens):
     with torch.no_grad():  # same batches as the writer: results must not depend on batching luck
         chunks = [forward_taps(model, torch.from_numpy(tokens[b : b + 3].astype(np.int64)), **dataclasses.asdict(CAPTURE))
                   for b in range(0, N, 3)]
-    taps = type(chunks[0])(**{f: torch.cat([getattr(c, f) for c in chunks]) for f in ("logits", "hidden", "attentions", "qkv")})
-    values, ids, tail = topk_targets(taps.logits, 8)
+    logits = torch.cat([c.logits for c in chunks])
+    taps = {f: torch.cat([c.stacked(f) for c in chunks]) for f in ("hidden", "attentions", "qkv")}
+    values, ids, tail = topk_targets(logits, 8)
     idx = np.arange(N)
     assert np.array_equal(cache.gather("input_ids", idx), tokens)
     assert np.array_equal(cache.gather("topk_logprobs", idx), values.half().numpy())
     assert np.array_equal(cache.gather("topk_ids", idx), ids.numpy().astype(np.uint8))
     assert np.array_equal(cache.gather("tail_logprob", idx), tail.numpy())
-    assert np.array_equal(cache.gather("hidden", idx), taps.hidden.bfloat16().view(torch.uint16).numpy())
-    assert np.array_equal(cache.gather("attentions", idx), taps.attentions.half().numpy())
-    assert np.array_equal(cache.gather("qkv", idx), taps.qkv.bfloat16().view(torch.uint16).numpy())
+    assert np.array_equal(cache.gather("hidden", idx), taps["hidden"].bfloat16().view(torch.uint16).numpy())
+    assert np.array_equal(cache.gather("attentions", idx), taps["attentions"].half().numpy())
+    assert np.array_equal(cache.gather("qkv", idx), taps["qkv"].bfloat16().view(torch.uint16).numpy())
     batch = cache.batch(np.array([7, 2, 5]))  # crosses shards, keeps the requested order
     assert torch.equal(batch.input_ids, torch.from_numpy(tokens[[7, 2, 5]].astype(np.int64)))
-    assert torch.equal(batch.hidden, taps.hidden[[7, 2, 5]].bfloat16().float())
+    assert torch.equal(batch.hidden, taps["hidden"][[7, 2, 5]].bfloat16().float())
     assert batch.hidden.shape == (3, 2, T, 16) and batch.attentions.shape == (3, 2, 2, T, T)
 
 

@@ -296,6 +296,9 @@ def test_hidden_losses_match_torch():
     assert torch.allclose(get_loss("hidden_mse")(student, targets, MASK), F.mse_loss(s, t), atol=1e-6)
     cos = F.cosine_similarity(s, t, dim=-1)  # (N, L)
     assert torch.allclose(get_loss("hidden_cos")(student, targets, MASK), (1 - cos).mean(), atol=1e-6)
+    full = torch.ones_like(MASK)  # the unmasked fast path
+    assert torch.allclose(get_loss("hidden_mse")(student, targets, full), F.mse_loss(student.hidden, targets.hidden),
+                          atol=1e-6)
 
 
 def test_hidden_width_mismatch_asks_for_projector():
@@ -390,18 +393,20 @@ def test_loss_kwargs_keeps_only_accepted_keywords():
 
 def test_hidden_projector():
     torch.manual_seed(20)
-    hidden = torch.randn(B, L, T, 6)
+    layers = [torch.randn(B, T, 6) for _ in range(L)]
     proj = HiddenProjector(L, 6, D)
-    out = proj(hidden)
+    out = proj(layers)
     assert out.shape == (B, L, T, D)
     for layer in range(L):  # one independent map per layer
-        assert torch.allclose(out[:, layer], hidden[:, layer] @ proj.maps[layer].weight.T + proj.maps[layer].bias)
+        assert torch.allclose(out[:, layer], layers[layer] @ proj.maps[layer].weight.T + proj.maps[layer].bias)
     assert not torch.allclose(proj.maps[0].weight, proj.maps[1].weight)
     same = HiddenProjector(L, D, D, kind="identity")
-    assert list(same.parameters()) == [] and same(out) is out
+    assert list(same.parameters()) == [] and torch.equal(same(out.unbind(1)), out)
     with pytest.raises(KdbenchError, match="'identity' needs equal widths, got student 6 and teacher 8"):
         HiddenProjector(L, 6, D, kind="identity")
-    with pytest.raises(KdbenchError, match="expects \\(B, 2, T, 6\\)"):
-        proj(torch.randn(B, L + 1, T, 6))
+    with pytest.raises(KdbenchError, match="expects 2 tensors \\(B, T, 6\\)"):
+        proj(layers + layers[:1])
+    with pytest.raises(KdbenchError, match="expects 2 tensors \\(B, T, 6\\)"):
+        proj([h[..., :5] for h in layers])
     with pytest.raises(KdbenchError, match="kind 'conv' is not allowed"):
         HiddenProjector(L, 6, D, kind="conv")

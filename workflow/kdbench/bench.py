@@ -83,7 +83,7 @@ class OnlineTeacher:
         with bf16_autocast("cpu"):
             taps = forward_taps(self.teacher, ids, **asdict(self.capture))
         values, top, tail = topk_targets(taps.logits, self.k)
-        return Targets(input_ids=ids, topk_logprobs=values, topk_ids=top, tail_logprob=tail, hidden=taps.hidden.float())
+        return Targets(input_ids=ids, topk_logprobs=values, topk_ids=top, tail_logprob=tail, hidden=taps.stacked("hidden"))
 
 
 def _trainer(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher: int, capture: Capture, steps: int):

@@ -191,8 +191,8 @@ def _forward_batch(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture:
               "topk_ids": (top_ids.cpu().numpy().astype(id_dtype), id_dtype),
               "tail_logprob": (_to_numpy(tail, "float32"), "float32")}
     for name, dtype in (("hidden", cfg.hidden_dtype), ("attentions", "float16"), ("qkv", cfg.hidden_dtype)):
-        if getattr(taps, name) is not None:
-            arrays[name] = (_to_numpy(getattr(taps, name), dtype), dtype)
+        if getattr(taps, name):
+            arrays[name] = (_to_numpy(taps.stacked(name), dtype), dtype)
     return arrays
 
 

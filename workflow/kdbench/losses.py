@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,15 +105,17 @@ class HiddenProjector(nn.Module):
         n_maps = n_layers if kind == "linear" else 0
         self.maps = nn.ModuleList(nn.Linear(d_student, d_teacher) for _ in range(n_maps))
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """(B, L, T, D_s) -> (B, L, T, D_t)."""
-        if hidden.ndim != 4 or hidden.shape[1] != self.n_layers or hidden.shape[-1] != self.d_student:
-            raise KdbenchError(
-                f"hidden projector expects (B, {self.n_layers}, T, {self.d_student}), got {tuple(hidden.shape)}"
-            )
+    def forward(self, layers: Sequence[Tensor]) -> Tensor:
+        """L tensors (B, T, D_s), one per mapped layer -> (B, L, T, D_t).
+
+        Taking the layers as the model returns them spares a stacked copy of the student's states.
+        """
+        if len(layers) != self.n_layers or any(h.ndim != 3 or h.shape[-1] != self.d_student for h in layers):
+            shapes = [tuple(h.shape) for h in layers]
+            raise KdbenchError(f"hidden projector expects {self.n_layers} tensors (B, T, {self.d_student}), got {shapes}")
         if self.kind == "identity":
-            return hidden
-        return torch.stack([proj(hidden[:, i]) for i, proj in enumerate(self.maps)], dim=1)
+            return torch.stack(tuple(layers), dim=1)
+        return torch.stack([proj(h) for proj, h in zip(self.maps, layers)], dim=1)
 
 
 # --- shared pieces -------------------------------------------------------------------
@@ -298,7 +300,10 @@ def hidden_mse(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tenso
     """Mean squared error over mapped layers, features and counted positions."""
     s, t = _hidden("hidden_mse", student, targets)
     mask = mask.bool()
-    sq = torch.where(mask[:, None, :, None], s - t, 0.0).square().sum()  # the masked mean, without a (B, L, T) pass
+    if mask.all():  # the usual training batch: one fused pass each way
+        sq = F.mse_loss(s, t, reduction="sum")
+    else:
+        sq = torch.where(mask[:, None, :, None], s - t, 0.0).square().sum()
     return sq / (mask.sum().clamp_min(1) * s.shape[1] * s.shape[3])
 
 

@@ -141,11 +141,19 @@ def _split_qkv(model: PreTrainedModel, outs: list[Tensor]) -> Tensor:
 
 @dataclass
 class Taps:
-    """What one forward pass exposes for distillation."""
-    logits: Tensor                  # (B, T, V)
-    hidden: Tensor | None = None    # (B, L, T, D) outputs of the requested blocks
-    attentions: Tensor | None = None  # (B, L, H, T, T)
-    qkv: Tensor | None = None       # (B, L, 3, T, D)
+    """What one forward pass exposes for distillation, one tensor per requested layer.
+
+    Per-layer tensors are the model's own (no copy); `stacked` gives the (B, L, ...) layout.
+    """
+    logits: Tensor                        # (B, T, V)
+    hidden: tuple[Tensor, ...] = ()       # (B, T, D) outputs of the requested blocks
+    attentions: tuple[Tensor, ...] = ()   # (B, H, T, T)
+    qkv: tuple[Tensor, ...] = ()          # (B, 3, T, D)
+
+    def stacked(self, name: str) -> Tensor | None:
+        """Component `name` as one (B, L, ...) tensor, None when no layer was requested."""
+        layers = getattr(self, name)
+        return torch.stack(layers, dim=1) if layers else None
 
 
 @contextmanager
@@ -172,14 +180,9 @@ def forward_taps(model: PreTrainedModel, input_ids: Tensor, hidden: tuple[int, .
     with _capture_qkv(model, qkv) as store:
         out = model(input_ids=input_ids, output_hidden_states=bool(hidden), output_attentions=bool(attentions),
                     use_cache=False)
-    taps = Taps(logits=out.logits)
-    if hidden:
-        taps.hidden = torch.stack([out.hidden_states[l] for l in hidden], dim=1)
-    if attentions:
-        taps.attentions = torch.stack([out.attentions[l - 1] for l in attentions], dim=1)
-    if qkv:
-        taps.qkv = torch.stack([_split_qkv(model, outs) for outs in store], dim=1)
-    return taps
+    return Taps(logits=out.logits, hidden=tuple(out.hidden_states[l] for l in hidden),
+                attentions=tuple(out.attentions[l - 1] for l in attentions),
+                qkv=tuple(_split_qkv(model, outs) for outs in store))
 
 
 def tokenizer_sha256(tokenizer) -> str:

@@ -98,7 +98,7 @@ class Objective(nn.Module):
         student = StudentOutputs(
             logits=taps.logits,
             hidden=self.projector(taps.hidden) if self.projector is not None else None,
-            attentions=taps.attentions, qkv=taps.qkv)
+            attentions=taps.stacked("attentions"), qkv=taps.stacked("qkv"))
         picked = _pick_layers(targets, self.rows)
         values = {n: fn(student, picked, mask, **kwargs) for n, (fn, kwargs) in self.losses.items()}
         total = sum(w * values[n] for n, w in self.terms.items())
