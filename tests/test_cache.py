@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from kdbench import KdbenchError
+import kdbench.models
 from kdbench import cache as cache_mod
 from kdbench.arms import ArmConfig
-from kdbench.cache import CacheConfig, Capture, TeacherCache, reconstruction_kl, topk_targets, write_cache
+from kdbench.cache import CacheConfig, Capture, TeacherCache, reconstruction_kl, topk, topk_targets, write_cache
 from kdbench.io import read_json
 from kdbench.models import ArchConfig, build_model, forward_taps
 
@@ -56,11 +57,11 @@ def test_round_trip_is_bit_exact(tmp_path, tokens):
     assert np.array_equal(cache.gather("topk_ids", idx), ids.numpy().astype(np.uint8))
     assert np.array_equal(cache.gather("tail_logprob", idx), tail.numpy())
     assert np.array_equal(cache.gather("hidden", idx), taps["hidden"].bfloat16().view(torch.uint16).numpy())
-    assert np.array_equal(cache.gather("attentions", idx), taps["attentions"].half().numpy())
     assert np.array_equal(cache.gather("qkv", idx), taps["qkv"].bfloat16().view(torch.uint16).numpy())
     batch = cache.batch(np.array([7, 2, 5]))  # crosses shards, keeps the requested order
     assert torch.equal(batch.input_ids, torch.from_numpy(tokens[[7, 2, 5]].astype(np.int64)))
     assert torch.equal(batch.hidden, taps["hidden"][[7, 2, 5]].bfloat16().float())
+    assert torch.equal(batch.attentions, taps["attentions"][[7, 2, 5]].half().float())  # packed, then unpacked
     assert batch.hidden.shape == (3, 2, T, 16) and batch.attentions.shape == (3, 2, 2, T, T)
 
 
@@ -70,8 +71,22 @@ def test_manifest_records_identity_and_sizes(tmp_path, tokens):
     assert Capture.from_settings(m["settings"]) == CAPTURE and len(m["shards"]) == math.ceil(N / 4)
     logit_bytes = sum(m["bytes_per_token"][c] for c in ("topk_logprobs", "topk_ids", "tail_logprob"))
     assert logit_bytes <= 4 * 8 + 8
+    assert m["bytes_per_token"]["attentions"] == 2 * 2 * 2 * (T + 1) / 2  # L * H * fp16 * a lower-triangle row
     fid = read_json(tmp_path / "cache" / "fidelity.json")
     assert fid["kl_topk_mean"] > 0 and 0 < fid["tail_mass_mean"] < 1
+
+
+def test_non_causal_attention_is_refused(tmp_path, tokens, monkeypatch):
+    real = kdbench.models.forward_taps
+
+    def bidirectional(*args, **kwargs):
+        taps = real(*args, **kwargs)
+        return dataclasses.replace(taps, attentions=tuple(a.flip(-1) for a in taps.attentions))
+
+    monkeypatch.setattr(kdbench.models, "forward_taps", bidirectional)
+    with pytest.raises(KdbenchError, match="weight above the diagonal"):
+        write(tmp_path, tokens)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_flipped_byte_is_detected_by_verify(tmp_path, tokens):
@@ -138,21 +153,39 @@ def test_work_dir_of_another_teacher_is_discarded(tmp_path, tokens):
     assert m["top_k"] == 8 and TeacherCache(tmp_path / "cache", verify=True).gather("topk_ids", np.arange(2)).shape[-1] == 8
 
 
+@pytest.mark.parametrize("vocab, k", [(1024, 32), (50257, 32), (3001, 7), (600, 1), (64, 64)])
+def test_two_level_topk_equals_torch(vocab, k):
+    torch.manual_seed(vocab)
+    x = torch.randn(3, 5, vocab)
+    x[0, 0, -1] = 100.0  # the best entry in the last, partial block
+    values, ids = topk(x, k)
+    want = x.topk(k, dim=-1)
+    assert torch.equal(values, want.values) and torch.equal(ids, want.indices)
+    ties = torch.randint(0, 4, (2, vocab)).float()  # heavy ties: the same values, ids of equal entries
+    values, ids = topk(ties, k)
+    assert torch.equal(values, ties.topk(k, dim=-1).values) and torch.equal(ties.gather(-1, ids), values)
+    assert all(len(set(row.tolist())) == k for row in ids)  # k distinct entries
+
+
 def test_topk_equal_vocab_is_lossless():
     logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
     values, ids, tail = topk_targets(logits, 7)
     assert torch.all(tail == float("-inf"))
     assert torch.allclose(values.exp().sum(-1), torch.ones(2, 5))
-    assert torch.all(reconstruction_kl(logits, 7) == 0)
+    assert torch.all(reconstruction_kl(logits, values, ids, tail) == 0)
     full = torch.log_softmax(logits, -1)
     assert torch.allclose(full.gather(-1, ids), values)
 
 
 def test_tail_mass_matches_complement():
     logits = torch.randn(3, 4, 50, generator=torch.Generator().manual_seed(1))
-    values, _, tail = topk_targets(logits, 5)
+    values, ids, tail = topk_targets(logits, 5)
     assert torch.allclose(tail.exp(), 1 - values.exp().sum(-1), atol=1e-6)
-    assert torch.all(reconstruction_kl(logits, 5) >= 0)
+    p = torch.softmax(logits, -1)
+    q = ((1 - p.topk(5, -1).values.sum(-1, keepdim=True)) / 45).expand_as(p).clone()  # an even tail over 50 - 5
+    q.scatter_(-1, ids, p.gather(-1, ids))
+    want = torch.nn.functional.kl_div(q.log(), p, reduction="none").sum(-1)
+    assert torch.allclose(reconstruction_kl(logits, values, ids, tail), want, atol=1e-5)
 
 
 def test_select_serves_only_what_an_arm_reads(tmp_path, tokens):

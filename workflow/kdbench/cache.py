@@ -9,7 +9,7 @@ Layout of a cache directory::
     00000.topk_ids.npy         (S, T, k)     their ids, narrowest unsigned dtype
     00000.tail_logprob.npy     (S, T)        log of the mass outside the top-k, float32
     00000.hidden.npy           (S, L, T, D)  mapped layers' outputs, bfloat16 stored as uint16
-    00000.attentions.npy       (S, L, H, T, T) optional, float16
+    00000.attentions.npy       (S, L, H, T(T+1)/2) optional, float16: the causal maps' lower triangles, row by row
     00000.qkv.npy              (S, L, 3, T, D) optional, bfloat16 stored as uint16
 
 Plain `.npy` files load without pickle or code execution and memory-map, so a batch is a
@@ -26,6 +26,7 @@ import math
 import shutil
 import time
 from collections import deque
+from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
@@ -40,7 +41,7 @@ from kdbench.data import token_dtype
 from kdbench.io import atomic_path, read_json, sha256_file, write_json
 from kdbench.losses import Targets
 
-FORMAT = "kdbench-cache/2"  # 2: per-component layer lists in the capture settings
+FORMAT = "kdbench-cache/3"  # 2: per-component layer lists in the capture settings; 3: packed causal attentions
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
 _TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -82,10 +83,32 @@ def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 
 
+def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest entries along the last dim, sorted, and their indices: `Tensor.topk`, in two levels.
+
+    Deal the V entries into n blocks of b (block j holds entries j, j + n, j + 2n, ...): the k
+    largest entries lie in the k blocks with the largest maxima, so a top-k over n maxima and one
+    over those blocks' k * b entries replace the top-k over V (b ~ sqrt(V / k)). Values equal
+    `x.topk(k)` exactly; among tied values the indices may differ.
+    """
+    v = x.shape[-1]
+    b = math.isqrt(v // max(k, 1))
+    if b < 2:  # as many blocks as entries to keep: no gain
+        return x.topk(k, dim=-1)
+    n = v // b
+    maxima = x[..., : n * b].unflatten(-1, (b, n)).amax(-2)  # (..., n): elementwise over b rows, no strided reduce
+    blocks = maxima.topk(k, dim=-1, sorted=False).indices  # (..., k)
+    cols = (blocks.unsqueeze(-1) + n * torch.arange(b, device=x.device)).flatten(-2)  # (..., k * b)
+    if n * b < v:  # the entries left over are always candidates
+        cols = torch.cat([cols, torch.arange(n * b, v, device=x.device).expand(*cols.shape[:-1], -1)], -1)
+    values, j = x.gather(-1, cols).topk(k, dim=-1)
+    return values, cols.gather(-1, j)
+
+
 def topk_targets(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, T, V) logits -> top-k log-probs (B, T, k), ids (B, T, k), tail log-mass (B, T)."""
     logits = logits.float()
-    top, ids = logits.topk(k, dim=-1)
+    top, ids = topk(logits, k)
     shifted = (logits - top[..., :1]).exp_()  # relative to the largest logit: no overflow, one exp pass
     total = shifted.sum(-1)
     rest = shifted.scatter_(-1, ids, 0.0).sum(-1)  # a sum of positives: exact, no 1 - sum cancellation
@@ -93,11 +116,13 @@ def topk_targets(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return top - top[..., :1] - log_total[..., None], ids, rest.log() - log_total
 
 
-def reconstruction_kl(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-position KL(full teacher || top-k + uniform tail reconstruction), in nats."""
+def reconstruction_kl(logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """Per-position KL(full teacher || top-k + uniform tail reconstruction), in nats.
+
+    `values, ids, tail` are `topk_targets(logits, k)`.
+    """
     logp = torch.log_softmax(logits.float(), dim=-1)
-    values, ids, tail = topk_targets(logits, k)
-    v = logits.shape[-1]
+    v, k = logits.shape[-1], ids.shape[-1]
     if k >= v:
         return torch.zeros(logits.shape[:-1])
     q_tail = (tail - math.log(v - k)).unsqueeze(-1).expand_as(logp)
@@ -184,16 +209,37 @@ def _forward_batch(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture:
         taps = forward_taps(teacher, ids, **asdict(capture))
     values, top_ids, tail = topk_targets(taps.logits, k)
     if fidelity is not None:
-        fidelity["kl"].extend(reconstruction_kl(taps.logits, k).flatten().tolist())
+        fidelity["kl"].extend(reconstruction_kl(taps.logits, values, top_ids, tail).flatten().tolist())
         fidelity["tail"].extend(tail.exp().flatten().tolist())
     id_dtype = str(token_dtype(teacher.config.vocab_size))
     arrays = {"input_ids": (seqs, str(seqs.dtype)), "topk_logprobs": (_to_numpy(values, "float16"), "float16"),
               "topk_ids": (top_ids.cpu().numpy().astype(id_dtype), id_dtype),
               "tail_logprob": (_to_numpy(tail, "float32"), "float32")}
-    for name, dtype in (("hidden", cfg.hidden_dtype), ("attentions", "float16"), ("qkv", cfg.hidden_dtype)):
+    for name, dtype in (("hidden", cfg.hidden_dtype), ("qkv", cfg.hidden_dtype)):
         if getattr(taps, name):
             arrays[name] = (_to_numpy(taps.stacked(name), dtype), dtype)
+    if taps.attentions:
+        maps = taps.stacked("attentions")  # (B, L, H, T, T)
+        if fidelity is not None and maps.triu(1).any():  # checked on the sample batch
+            raise KdbenchError("cache: the teacher's attention maps have weight above the diagonal; "
+                               "packed attention storage needs a causal LM")
+        packed = maps.flatten(-2).index_select(-1, _causal_index(maps.shape[-1], str(maps.device)))
+        arrays["attentions"] = (_to_numpy(packed, "float16"), "float16")
     return arrays
+
+
+@lru_cache(maxsize=8)
+def _causal_index(seq_len: int, device: str) -> torch.Tensor:
+    """Flat positions (row * T + col) of a T x T map's lower triangle, row by row."""
+    rows, cols = torch.tril_indices(seq_len, seq_len, device=device)
+    return rows * seq_len + cols
+
+
+def _unpack_causal(packed: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(..., T(T+1)/2) packed lower triangles -> (..., T, T) maps, zero above the diagonal."""
+    maps = packed.new_zeros(*packed.shape[:-1], seq_len * seq_len)
+    maps.index_copy_(-1, _causal_index(seq_len, str(packed.device)), packed)
+    return maps.unflatten(-1, (seq_len, seq_len))
 
 
 class _ShardWriter:
@@ -303,7 +349,7 @@ class TeacherCache:
         self.components = tuple(components)
 
     def gather(self, name: str, idx: np.ndarray) -> np.ndarray:
-        """Rows `idx` of one component, in the given order."""
+        """Rows `idx` of one component as stored, in the given order."""
         shard = np.searchsorted(self._starts, idx, side="right") - 1
         local = idx - self._starts[shard]
         return np.stack([self._arrays[s][name][i] for s, i in zip(shard, local)])
@@ -314,8 +360,8 @@ class TeacherCache:
             if name not in self.components:
                 return None
             t = _to_torch(self.gather(name, idx), self._dtypes[name])
-            t = t.long() if name in ("input_ids", "topk_ids") else t.float()
-            return t.to(device, non_blocking=True)
+            t = (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
+            return _unpack_causal(t, self.seq_len) if name == "attentions" else t
         return Targets(**{name: get(name) for name in COMPONENTS})
 
 
