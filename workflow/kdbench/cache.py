@@ -26,10 +26,10 @@ import math
 import shutil
 import time
 from collections import deque
-from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
