@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from kdbench import KdbenchError
-import kdbench.models
 from kdbench import cache as cache_mod
+from kdbench import models as models_mod
 from kdbench.arms import ArmConfig
 from kdbench.cache import CacheConfig, Capture, TeacherCache, reconstruction_kl, topk, topk_targets, write_cache
 from kdbench.io import read_json
@@ -77,13 +77,13 @@ def test_manifest_records_identity_and_sizes(tmp_path, tokens):
 
 
 def test_non_causal_attention_is_refused(tmp_path, tokens, monkeypatch):
-    real = kdbench.models.forward_taps
+    real = models_mod.forward_taps
 
     def bidirectional(*args, **kwargs):
         taps = real(*args, **kwargs)
         return dataclasses.replace(taps, attentions=tuple(a.flip(-1) for a in taps.attentions))
 
-    monkeypatch.setattr(kdbench.models, "forward_taps", bidirectional)
+    monkeypatch.setattr(models_mod, "forward_taps", bidirectional)
     with pytest.raises(KdbenchError, match="weight above the diagonal"):
         write(tmp_path, tokens)
     assert not (tmp_path / "cache").exists()
