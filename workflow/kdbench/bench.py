@@ -4,7 +4,8 @@
     python -m kdbench.bench train   # tokens/s: plain CE vs cache-fed KD vs online KD (teacher in the loop)
 
 Sizes follow config/config.yaml (teacher, student, seq_len). Contenders are timed in interleaved
-rounds and each keeps its fastest, so a noisy shared machine slows all alike. Results print and go to
+rounds, so a noisy shared machine slows all alike: rates are each contender's fastest round, and
+ratios the median over rounds of back-to-back ratios. Results print and go to
 results/benchmarks/<name>.json.
 """
 
@@ -34,6 +35,7 @@ from kdbench.data import batch_indices
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 1024
+PARTS = ("logit", "hidden")  # arms timed beside logit_hidden: what each of its two parts costs
 
 
 def _experiment() -> Experiment:
@@ -51,18 +53,24 @@ def _tokens(n_seqs: int, seq_len: int, vocab: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, vocab, size=(n_seqs, seq_len)).astype(np.uint16)
 
 
-def _race(fns: dict, rounds: int) -> dict[str, float]:
-    """Fastest seconds per call of each fn, over `rounds` rounds that call every fn in turn.
+def _race(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each fn in each of `rounds` rounds that call every fn in turn.
 
-    Interleaving puts slow phases of a shared machine on all contenders alike.
+    Interleaving puts slow phases of a shared machine on all contenders alike; the order
+    alternates between rounds so neither end of a round favours one contender.
     """
     for fn in fns.values():
         fn()  # warm-up
-    best = {name: math.inf for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            best[name] = min(best[name], _timed(fn))
-    return best
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            times[name].append(_timed(fns[name]))
+    return times
+
+
+def _paired(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Speed of `a` over speed of `b`: the median over rounds of back-to-back ratios, robust to drift."""
+    return float(np.median(np.array(times[b]) / np.array(times[a])))
 
 
 def _timed(fn) -> float:
@@ -132,8 +140,8 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
                 (tmp / "cache").rename(tmp / f"old{next(aside)}")
             write_cache(teacher, tokens, {"teacher_sha256": "bench"}, cfg, capture, tmp / "cache", tmp / "work")
 
-        seconds = _race({"forward": forward, "write": write}, rounds)
-        forward_rate, write_rate = n_tokens / seconds["forward"], n_tokens / seconds["write"]
+        times = _race({"forward": forward, "write": write}, rounds)
+        forward_rate, write_rate = n_tokens / min(times["forward"]), n_tokens / min(times["write"])
         cache = TeacherCache(tmp / "cache")
         bytes_pt = cache.manifest["bytes_per_token"]
         logit_bytes = sum(bytes_pt[c] for c in ("topk_logprobs", "topk_ids", "tail_logprob"))
@@ -142,8 +150,8 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
         batch = exp.student.train.batch_size
         idx = batch_indices(cache.n_seqs, batch, 0, 0)
         read_s = min(_timed(lambda: cache.batch(idx)) for _ in range(20))
-        step_s = _race({"step": _trainer(exp, arm, cache, exp.teacher.arch.n_layer, width(teacher), capture,
-                                         steps=1)}, rounds=5)["step"]
+        step_s = min(_race({"step": _trainer(exp, arm, cache, exp.teacher.arch.n_layer, width(teacher), capture,
+                                             steps=1)}, rounds=5)["step"])
         with torch.no_grad():
             logits = teacher(input_ids=torch.from_numpy(tokens[:16].astype(np.int64))).logits
         sweep = []
@@ -158,7 +166,8 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
     return {
         "teacher": str(teacher_path) if teacher_path else "random init (pass --teacher for realistic KL)",
         "tokens": n_tokens, "k": cfg.top_k, "forward_tokens_per_s": forward_rate, "write_tokens_per_s": write_rate,
-        "write_over_forward": write_rate / forward_rate, "bytes_per_token": bytes_pt,
+        "write_over_forward": _paired(times, "write", "forward"),
+        "write_over_forward_best": write_rate / forward_rate, "bytes_per_token": bytes_pt,
         "logit_bytes_per_token": logit_bytes, "read_batch_s": read_s, "train_step_s": step_s,
         "read_share_of_step": read_s / step_s, "kl_topk": kl, "k_sweep": sweep,
         "threads": torch.get_num_threads(),
@@ -176,22 +185,30 @@ def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int)
     tmp = Path(tempfile.mkdtemp(prefix="kdbench-bench-"))
     try:
         write_cache(teacher, tokens, {"teacher_sha256": "bench"}, exp.cache, capture, tmp / "cache", tmp / "work")
-        cache = TeacherCache(tmp / "cache")
         d_t = width(teacher)
+
+        def cached(a: ArmConfig):
+            cache = TeacherCache(tmp / "cache")
+            cache.select(a.components)  # as the training job reads it
+            return _trainer(exp, a, cache, n_teacher, d_t, capture, steps)
+
         online_source = OnlineTeacher(teacher, tokens, exp.cache.top_k, capture)
-        seconds = _race({
+        times = _race({
             "ce": _trainer(exp, ArmConfig(terms={"ce": 1.0}), TokenSource(tokens), n_teacher, d_t, Capture(), steps),
-            "cached_kd": _trainer(exp, arm, cache, n_teacher, d_t, capture, steps),
+            "cached_kd": cached(arm),
             "online_kd": _trainer(exp, arm, online_source, n_teacher, d_t, capture, steps),
+            **{f"cached_{name}": cached(exp.arms[name]) for name in PARTS if name in exp.arms},
         }, rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     step_tokens = steps * exp.student.train.batch_size * exp.data.seq_len
-    rate = {name: step_tokens / s for name, s in seconds.items()}
-    return {"arm": "logit_hidden", "steps": steps, "rounds": rounds, "ce_tokens_per_s": rate["ce"],
-            "cached_kd_tokens_per_s": rate["cached_kd"], "online_kd_tokens_per_s": rate["online_kd"],
-            "cached_kd_over_ce": rate["cached_kd"] / rate["ce"],
-            "cached_kd_over_online_kd": rate["cached_kd"] / rate["online_kd"], "threads": torch.get_num_threads()}
+    rates = {f"{name}_tokens_per_s": step_tokens / min(t) for name, t in times.items()}
+    return {"arm": "logit_hidden", "steps": steps, "rounds": rounds, **rates,
+            "cached_kd_over_ce": _paired(times, "cached_kd", "ce"),
+            "cached_kd_over_ce_best": rates["cached_kd_tokens_per_s"] / rates["ce_tokens_per_s"],
+            "cached_kd_over_online_kd": _paired(times, "cached_kd", "online_kd"),
+            **{f"cached_{name}_over_ce": _paired(times, f"cached_{name}", "ce") for name in PARTS if name in exp.arms},
+            "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher", type=Path, help="a trained teacher directory (default: random init)")
     parser.add_argument("--seqs", type=int, default=512, help="sequences of seq_len tokens to process")
     parser.add_argument("--steps", type=int, default=4, help="training steps per timed call (train)")
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved timing rounds; the fastest counts")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args(argv)
     result = bench_cache(args.teacher, args.seqs, args.rounds) if args.name == "cache" else bench_train(args.teacher, args.seqs, args.steps, args.rounds)

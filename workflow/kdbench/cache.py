@@ -110,9 +110,8 @@ def topk_targets(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     logits = logits.float()
     top, ids = topk(logits, k)
     shifted = (logits - top[..., :1]).exp_()  # relative to the largest logit: no overflow, one exp pass
-    total = shifted.sum(-1)
     rest = shifted.scatter_(-1, ids, 0.0).sum(-1)  # a sum of positives: exact, no 1 - sum cancellation
-    log_total = total.log()
+    log_total = (rest + (top - top[..., :1]).exp().sum(-1)).log()  # one pass over V serves both sums
     return top - top[..., :1] - log_total[..., None], ids, rest.log() - log_total
 
 
@@ -338,7 +337,7 @@ class TeacherCache:
             raise KdbenchError(f"{where}: unreadable ({e})") from e
         if list(arr.shape) != f["shape"] or arr.dtype != _storage(f["dtype"]):
             raise KdbenchError(f"{where}: shape/dtype {arr.shape}/{arr.dtype} differ from the manifest")
-        return arr
+        return arr.view(np.ndarray)  # the same mapping, without np.memmap's per-index Python overhead
 
     def select(self, components: tuple[str, ...]) -> None:
         """Serve only `components` from now on (a training batch reads nothing it does not use)."""
@@ -352,7 +351,11 @@ class TeacherCache:
         """Rows `idx` of one component as stored, in the given order."""
         shard = np.searchsorted(self._starts, idx, side="right") - 1
         local = idx - self._starts[shard]
-        return np.stack([self._arrays[s][name][i] for s, i in zip(shard, local)])
+        first = self._arrays[0][name]
+        out = np.empty((len(idx), *first.shape[1:]), first.dtype)
+        for row, (s, i) in enumerate(zip(shard.tolist(), local.tolist())):
+            out[row] = self._arrays[s][name][i]
+        return out
 
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
         """The `Targets` for sequences `idx`; float components become float32 on `device`."""

@@ -173,10 +173,15 @@ class _StudentBuckets(torch.autograd.Function):
     def forward(ctx, logits: Tensor, ids: Tensor, temperature: float) -> Tensor:
         z = logits.to(torch.promote_types(logits.dtype, torch.float32))
         peak = z.amax(-1, keepdim=True)  # (B, T, 1)
-        e = torch.sub(z, peak).mul_(1 / temperature).exp_()  # (B, T, V) unnormalised probabilities
-        total = e.sum(-1, keepdim=True)  # (B, T, 1)
+        e = torch.sub(z, peak)
+        if temperature != 1:
+            e.mul_(1 / temperature)
+        e.exp_()  # (B, T, V) unnormalised probabilities
+        top = e.gather(-1, ids)  # (B, T, k)
+        rest = e.scatter_(-1, ids, 0.0).sum(-1, keepdim=True)  # a sum of positives: no 1 - sum cancellation
+        total = rest + top.sum(-1, keepdim=True)  # (B, T, 1); one pass over V serves both sums
         s_top = (z.gather(-1, ids) - peak) / temperature - total.log()  # (B, T, k)
-        rest = e.scatter_(-1, ids, 0.0).sum(-1, keepdim=True) / total  # a sum of positives: no 1 - sum cancellation
+        rest = rest / total
         ctx.save_for_backward(e, total, ids, s_top, rest)  # e now holds zeros at the ids
         ctx.temperature, ctx.dtype = temperature, logits.dtype
         return torch.cat([s_top, _log(rest)], dim=-1)

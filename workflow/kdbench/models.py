@@ -45,7 +45,8 @@ def build_model(arch: ArchConfig, vocab_size: int, max_len: int, eos_id: int, se
     common = dict(vocab_size=vocab_size, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     if arch.family == "gpt2":
         cfg = GPT2Config(n_positions=max_len, n_embd=arch.d_model, n_layer=arch.n_layer, n_head=arch.n_head,
-                         n_inner=d_ff, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+                         n_inner=d_ff, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                         activation_function="gelu_pytorch_tanh", **common)  # GPT-2's GELU in one fused kernel
     elif arch.family == "llama":
         cfg = LlamaConfig(hidden_size=arch.d_model, intermediate_size=d_ff, num_hidden_layers=arch.n_layer,
                           num_attention_heads=arch.n_head, num_key_value_heads=arch.n_head,

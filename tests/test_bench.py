@@ -1,0 +1,42 @@
+"""The benchmarks run end to end at a tiny size and report every promised key; ratios pair rounds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kdbench import bench
+
+
+def test_paired_ratio_is_the_median_of_back_to_back_ratios():
+    """A slow phase that hits both contenders in one round does not move the ratio."""
+    times = {"a": [1.0, 3.0, 1.0, 1.0], "b": [2.0, 6.0, 2.0, 9.0]}  # round 2 slow for both; round 4 only for b
+    assert bench._paired(times, "a", "b") == pytest.approx(2.0)
+
+
+def test_race_alternates_the_order_of_contenders():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("x", "y", "z")}
+    times = bench._race(fns, rounds=2)
+    assert calls[3:] == ["x", "y", "z", "z", "y", "x"]  # after one warm-up call each
+    assert {name: len(t) for name, t in times.items()} == {"x": 2, "y": 2, "z": 2}
+
+
+def test_train_benchmark_reports_rates_and_ratios():
+    result = bench.bench_train(None, n_seqs=32, steps=1, rounds=2)
+    for key in ("ce_tokens_per_s", "cached_kd_tokens_per_s", "online_kd_tokens_per_s", "cached_logit_tokens_per_s",
+                "cached_hidden_tokens_per_s", "cached_kd_over_ce", "cached_kd_over_online_kd",
+                "cached_logit_over_ce", "cached_hidden_over_ce"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+
+
+def test_cache_benchmark_reports_the_promised_keys():
+    result = bench.bench_cache(None, n_seqs=64, rounds=2)
+    k = result["k"]
+    assert result["logit_bytes_per_token"] == 4 * k + 4  # fp16 values + uint16 ids + fp32 tail
+    assert 0 < result["write_over_forward"] and 0 < result["read_share_of_step"] < 1
+    assert [s["k"] for s in result["k_sweep"]] == [8, 16, 32, 64, 128]
+    kls = [s["kl_topk"] for s in result["k_sweep"]]
+    assert all(math.isfinite(kl) and kl > -1e-6 for kl in kls)
+    assert result["kl_topk"] == kls[[8, 16, 32, 64, 128].index(k)]
