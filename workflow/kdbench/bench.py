@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import shutil
 import tempfile
 import time
@@ -180,6 +179,7 @@ def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int)
     vocab = teacher.config.vocab_size
     tokens = _tokens(n_seqs, exp.data.seq_len, vocab)
     arm = exp.arms["logit_hidden"]
+    parts = [name for name in PARTS if name in exp.arms]
     n_teacher = exp.teacher.arch.n_layer
     capture = capture_for({"logit_hidden": arm}, exp.student.arch.n_layer, n_teacher)
     tmp = Path(tempfile.mkdtemp(prefix="kdbench-bench-"))
@@ -197,7 +197,7 @@ def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int)
             "ce": _trainer(exp, ArmConfig(terms={"ce": 1.0}), TokenSource(tokens), n_teacher, d_t, Capture(), steps),
             "cached_kd": cached(arm),
             "online_kd": _trainer(exp, arm, online_source, n_teacher, d_t, capture, steps),
-            **{f"cached_{name}": cached(exp.arms[name]) for name in PARTS if name in exp.arms},
+            **{f"cached_{name}": cached(exp.arms[name]) for name in parts},
         }, rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -207,7 +207,7 @@ def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int)
             "cached_kd_over_ce": _paired(times, "cached_kd", "ce"),
             "cached_kd_over_ce_best": rates["cached_kd_tokens_per_s"] / rates["ce_tokens_per_s"],
             "cached_kd_over_online_kd": _paired(times, "cached_kd", "online_kd"),
-            **{f"cached_{name}_over_ce": _paired(times, f"cached_{name}", "ce") for name in PARTS if name in exp.arms},
+            **{f"cached_{name}_over_ce": _paired(times, f"cached_{name}", "ce") for name in parts},
             "threads": torch.get_num_threads()}
 
 
