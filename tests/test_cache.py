@@ -186,6 +186,8 @@ def test_tail_mass_matches_complement():
     q.scatter_(-1, ids, p.gather(-1, ids))
     want = torch.nn.functional.kl_div(q.log(), p, reduction="none").sum(-1)
     assert torch.allclose(reconstruction_kl(logits, values, ids, tail), want, atol=1e-5)
+    logits[..., -1] = float("-inf")  # a token the teacher never emits counts 0 in the KL, not NaN
+    assert torch.isfinite(reconstruction_kl(logits, *topk_targets(logits, 5))).all()
 
 
 def test_select_serves_only_what_an_arm_reads(tmp_path, tokens):

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import KdbenchError
-from kdbench.losses import (LOSSES, HiddenProjector, StudentOutputs, Targets, _StudentBuckets, get_loss, loss_kwargs,
+from kdbench.losses import (LOSSES, HiddenProjector, StudentOutputs, Targets, _StudentLogits, get_loss, logit_pass,
+                             loss_kwargs,
                              register)
 
 B, T, V, L, D, H = 2, 5, 7, 2, 8, 2
@@ -226,21 +227,53 @@ def reference_buckets(logits, ids, temperature):
 
 
 @pytest.mark.parametrize("k, scale", [(1, 1.0), (3, 1.0), (V - 1, 1.0), (3, 30.0)])
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_student_buckets_match_autograd_reference(k, scale, temperature):
-    """The fused bucket function's values and hand-written gradients equal plain autograd (float64),
-    also for a confident student whose tail mass is ~1e-20."""
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 1.5])
+@pytest.mark.parametrize("parts", ["both", "buckets", "ce"])
+def test_student_logits_match_autograd_reference(k, scale, temperature, parts):
+    """The fused logit pass's values and hand-written gradients equal plain autograd (float64): the
+    NLL of `F.cross_entropy` and the reference buckets, alone or together, at each temperature path
+    (1, 2, other), also for a confident student whose tail mass is ~1e-20."""
     gen = torch.Generator().manual_seed(21)
     logits = (scale * torch.randn(B, T, V, generator=gen, dtype=torch.float64)).requires_grad_()
-    ids = torch.randn(B, T, V, generator=gen).topk(k, dim=-1).indices
-    upstream = torch.randn(B, T, k + 1, generator=gen, dtype=torch.float64)
-    got = _StudentBuckets.apply(logits, ids, temperature)
-    (grad,) = torch.autograd.grad((got * upstream).sum(), logits)
-    want = reference_buckets(logits, ids, temperature)
-    (want_grad,) = torch.autograd.grad((want * upstream).sum(), logits)
-    assert torch.allclose(got, want, rtol=1e-9, atol=1e-9)
+    ids = torch.randn(B, T, V, generator=gen).topk(k, dim=-1).indices if parts != "ce" else None
+    labels = torch.randint(V, (B, T), generator=gen) if parts != "buckets" else None
+    up_nll, up_b = torch.randn(B, T, generator=gen, dtype=torch.float64), torch.randn(B, T, k + 1, generator=gen,
+                                                                                      dtype=torch.float64)
+
+    def reference(x):
+        nll = F.cross_entropy(x.transpose(1, 2), labels, reduction="none") if labels is not None else None
+        return nll, reference_buckets(x, ids, temperature) if ids is not None else None
+
+    def weighted(nll, buckets):
+        return sum((v * u).sum() for v, u in ((nll, up_nll), (buckets, up_b)) if v is not None and v.numel())
+
+    got = _StudentLogits.apply(logits, labels, ids, temperature)
+    want = reference(logits)
+    for g, w in zip(got, want):
+        assert (w is None and not g.numel()) or torch.allclose(g, w, rtol=1e-9, atol=1e-9)
+    (grad,) = torch.autograd.grad(weighted(*got), logits)
+    (want_grad,) = torch.autograd.grad(weighted(*want), logits)
     assert torch.allclose(grad, want_grad, rtol=1e-9, atol=1e-9)
-    assert torch.autograd.gradcheck(lambda x: _StudentBuckets.apply(x, ids, temperature), (logits.detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda x: weighted(*_StudentLogits.apply(x, labels, ids, temperature)),
+                                    (logits.detach().requires_grad_(),))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 1.5])
+def test_shared_logit_pass_gives_the_separate_losses(temperature):
+    """CE + fkl from one shared pass (as the trainer computes them) equal the two computed alone,
+    in value and gradient."""
+    leaves, student, targets = make_batch(22, k=3)
+    fkl, ce = get_loss("fkl"), get_loss("ce")
+
+    def total(s):
+        return ce(s, targets, MASK) + fkl(s, targets, MASK, temperature=temperature)
+
+    alone = total(student)
+    (g_alone,) = torch.autograd.grad(alone, leaves["logits"])
+    student.logit_pass = logit_pass(student.logits, targets, MASK, ce=True, buckets=True, temperature=temperature)
+    shared = total(student)
+    (g_shared,) = torch.autograd.grad(shared, leaves["logits"])
+    assert torch.allclose(shared, alone, atol=1e-6) and torch.allclose(g_shared, g_alone, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", LOGIT_LOSSES)

@@ -28,6 +28,7 @@ from kdbench.cache import Capture, TeacherCache, reconstruction_kl, topk_targets
 from kdbench.experiment import Experiment, load_experiment
 from kdbench.io import write_json
 from kdbench.losses import Targets
+from kdbench.memory import keep_freed_memory
 from kdbench.models import build_model, forward_taps, load_model, width
 from kdbench.train import Objective, TokenSource, TrainConfig, _optimizer, batches, bf16_autocast
 from kdbench.data import batch_indices
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as in every pipeline job
     result = bench_cache(args.teacher, args.seqs, args.rounds) if args.name == "cache" else bench_train(args.teacher, args.seqs, args.steps, args.rounds)
     for key, value in result.items():
         if not isinstance(value, (dict, list)):

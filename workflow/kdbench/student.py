@@ -21,6 +21,7 @@ from kdbench.config import as_dict, build
 from kdbench.data import load_tokens
 from kdbench.io import atomic_dir, read_json, write_json
 from kdbench.layermap import layer_map
+from kdbench.memory import keep_freed_memory
 from kdbench.models import (ArchConfig, blocks, build_model, load_model, load_tokenizer, save_model,
                             tokenizer_sha256, width)
 from kdbench.provenance import fingerprint
@@ -139,6 +140,7 @@ def train_student_distributed(processes: int, arm_name: str, arm: ArmConfig, cfg
 
 def main(argv: list[str] | None = None) -> None:
     """torchrun entry point: `python -m kdbench.student JOB.json`."""
+    keep_freed_memory()  # as run_job does for single-process jobs
     job = read_json(Path((argv or sys.argv[1:])[0]))
     arm = build(ArmConfig, job["arm"], f"arms.{job['arm_name']}")
     train_student(job["arm_name"], arm, build(TrainConfig, job["train"], "student.train"), job["seed"],

@@ -21,11 +21,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdbench import KdbenchError
-from kdbench.arms import ArmConfig
+from kdbench.arms import LOGIT_TERMS, ArmConfig
 from kdbench.cache import Capture
 from kdbench.data import batch_indices
 from kdbench.io import atomic_path
-from kdbench.losses import HiddenProjector, StudentOutputs, Targets, get_loss, loss_kwargs
+from kdbench.losses import HiddenProjector, StudentOutputs, Targets, get_loss, logit_pass, loss_kwargs
 from kdbench.models import forward_taps, width
 
 
@@ -74,6 +74,8 @@ class Objective(nn.Module):
         super().__init__()
         self.arm, self.terms = arm, dict(arm.terms)
         self.losses = {n: (get_loss(n), loss_kwargs(n, arm.hyper)) for n in self.terms}
+        ce, buckets = "ce" in self.terms, bool(LOGIT_TERMS & set(self.terms))  # one pass over the logits serves both
+        self.logit_parts = dict(ce=ce, buckets=buckets, temperature=arm.temperature if buckets else 1.0)
         student_layers, wanted = tuple(s for s, _ in pairs), [t for _, t in pairs]
         self.want: dict[str, tuple[int, ...]] = {}  # component -> student layers to tap
         self.rows: dict[str, Tensor | None] = {}  # component -> rows of the cached layers, None for all in order
@@ -95,11 +97,13 @@ class Objective(nn.Module):
 
     def forward(self, model: nn.Module, targets: Targets, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         taps = forward_taps(model, targets.input_ids, **self.want)
+        picked = _pick_layers(targets, self.rows)
+        parts = self.logit_parts
         student = StudentOutputs(
             logits=taps.logits,
             hidden=self.projector(taps.hidden) if self.projector is not None else None,
-            attentions=taps.stacked("attentions"), qkv=taps.stacked("qkv"))
-        picked = _pick_layers(targets, self.rows)
+            attentions=taps.stacked("attentions"), qkv=taps.stacked("qkv"),
+            logit_pass=logit_pass(taps.logits, picked, mask, **parts) if parts["ce"] or parts["buckets"] else None)
         values = {n: fn(student, picked, mask, **kwargs) for n, (fn, kwargs) in self.losses.items()}
         total = sum(w * values[n] for n, w in self.terms.items())
         return total, values
