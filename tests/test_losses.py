@@ -443,3 +443,10 @@ def test_hidden_projector():
         proj([h[..., :5] for h in layers])
     with pytest.raises(KdbenchError, match="kind 'conv' is not allowed"):
         HiddenProjector(L, 6, D, kind="conv")
+
+
+def test_logit_pass_without_cached_ids_names_what_is_missing():
+    _, student, targets = make_batch(23, k=3)
+    targets.topk_ids = None
+    with pytest.raises(KdbenchError, match="top-k divergences need the teacher's top-k ids"):
+        logit_pass(student.logits, targets, MASK, ce=True, buckets=True, temperature=2.0)

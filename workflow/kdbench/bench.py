@@ -149,6 +149,7 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
         cache.select(arm.components)  # what the measured training step reads
         batch = exp.student.train.batch_size
         idx = batch_indices(cache.n_seqs, batch, 0, 0)
+        cold_s = _timed(lambda: cache.batch(idx))  # written with direct I/O: the first read comes from disk
         read_s = min(_timed(lambda: cache.batch(idx)) for _ in range(20))
         step_s = min(_race({"step": _trainer(exp, arm, cache, exp.teacher.arch.n_layer, width(teacher), capture,
                                              steps=1)}, rounds=5)["step"])
@@ -168,7 +169,7 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
         "tokens": n_tokens, "k": cfg.top_k, "forward_tokens_per_s": forward_rate, "write_tokens_per_s": write_rate,
         "write_over_forward": _paired(times, "write", "forward"),
         "write_over_forward_best": write_rate / forward_rate, "bytes_per_token": bytes_pt,
-        "logit_bytes_per_token": logit_bytes, "read_batch_s": read_s, "train_step_s": step_s,
+        "logit_bytes_per_token": logit_bytes, "read_batch_s": read_s, "read_batch_cold_s": cold_s, "train_step_s": step_s,
         "read_share_of_step": read_s / step_s, "kl_topk": kl, "k_sweep": sweep,
         "threads": torch.get_num_threads(),
     }

@@ -256,7 +256,9 @@ def logit_pass(logits: Tensor, targets: Targets, mask: Tensor | None, *, ce: boo
     The trainer makes one per batch for all of an arm's logit terms; a loss called alone makes its own.
     """
     labels = _ce_labels(targets.input_ids, mask)[0] if ce else None
-    ids = _need("logit", targets.topk_ids, "teacher top-k ids in the cache").long() if buckets else None
+    if buckets and targets.topk_ids is None:
+        raise KdbenchError("the top-k divergences need the teacher's top-k ids in the cache")
+    ids = targets.topk_ids.long() if buckets else None
     nll, s_log = _StudentLogits.apply(logits, labels, ids, temperature)
     return LogitPass(temperature, nll if ce else None, s_log if buckets else None)
 
