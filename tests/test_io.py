@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ SHM = Path("/dev/shm")
 
 
 def _write(path: Path, pieces: list[bytes], staging: int) -> None:
-    w = kio.DirectWriter(path, mmap.mmap(-1, staging))
+    w = kio.DirectWriter(path, kio.DirectWriter.staging(staging))
     for piece in pieces:
         w.write(piece)
     w.close()
