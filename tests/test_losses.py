@@ -430,9 +430,15 @@ def test_hidden_projector():
     proj = HiddenProjector(L, 6, D)
     out = proj(layers)
     assert out.shape == (B, L, T, D)
-    for layer in range(L):  # one independent map per layer
-        assert torch.allclose(out[:, layer], layers[layer] @ proj.maps[layer].weight.T + proj.maps[layer].bias)
-    assert not torch.allclose(proj.maps[0].weight, proj.maps[1].weight)
+    torch.manual_seed(21)
+    reference = [torch.nn.Linear(6, D) for _ in range(L)]  # the same draws, one nn.Linear per layer
+    torch.manual_seed(21)
+    proj = HiddenProjector(L, 6, D)
+    out = proj(layers)
+    for layer in range(L):  # one independent map per layer, initialised as nn.Linear
+        assert torch.equal(proj.weight[layer], reference[layer].weight) and torch.equal(proj.bias[layer], reference[layer].bias)
+        assert torch.allclose(out[:, layer], reference[layer](layers[layer]), atol=1e-6)
+    assert not torch.allclose(proj.weight[0], proj.weight[1])
     same = HiddenProjector(L, D, D, kind="identity")
     assert list(same.parameters()) == [] and torch.equal(same(out.unbind(1)), out)
     with pytest.raises(KdbenchError, match="'identity' needs equal widths, got student 6 and teacher 8"):
