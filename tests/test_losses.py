@@ -427,14 +427,12 @@ def test_loss_kwargs_keeps_only_accepted_keywords():
 def test_hidden_projector():
     torch.manual_seed(20)
     layers = [torch.randn(B, T, 6) for _ in range(L)]
-    proj = HiddenProjector(L, 6, D)
-    out = proj(layers)
-    assert out.shape == (B, L, T, D)
     torch.manual_seed(21)
     reference = [torch.nn.Linear(6, D) for _ in range(L)]  # the same draws, one nn.Linear per layer
     torch.manual_seed(21)
     proj = HiddenProjector(L, 6, D)
     out = proj(layers)
+    assert out.shape == (B, L, T, D)
     for layer in range(L):  # one independent map per layer, initialised as nn.Linear
         assert torch.equal(proj.weight[layer], reference[layer].weight) and torch.equal(proj.bias[layer], reference[layer].bias)
         assert torch.allclose(out[:, layer], reference[layer](layers[layer]), atol=1e-6)
