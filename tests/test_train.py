@@ -18,7 +18,7 @@ from kdbench.cache import CacheConfig, Capture, write_cache
 from kdbench.data import batch_indices
 from kdbench.models import ArchConfig, build_model, load_model, load_tokenizer, tokenizer_sha256, width
 from kdbench.student import StudentConfig, check_same_tokenizer, init_student, train_student
-from kdbench.train import Objective, TokenSource, TrainConfig, lr_at, train
+from kdbench.train import CHECKPOINT_FORMAT, Objective, TokenSource, TrainConfig, lr_at, train
 
 T = 16
 SMALL = TrainConfig(tokens=8 * 4 * T, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=3,
@@ -130,6 +130,29 @@ def test_nan_loss_stops_with_step_and_term(student_setup):
     source = TokenSource(np.load(student_setup / "data" / "val.npy"))
     with pytest.raises(KdbenchError, match=r"non-finite loss at step 0: term 'ce'"):
         train(model, objective, source, SMALL, 0, student_setup / "ck.pt", "x")
+
+
+@pytest.mark.parametrize("change", ["fingerprint", "format"])
+def test_checkpoint_of_another_job_or_format_is_ignored(student_setup, capsys, change):
+    """Such a checkpoint is reported and left unused: training starts at step 0 and ends as a fresh run."""
+    source = TokenSource(np.load(student_setup / "data" / "val.npy"))
+
+    def run(ckpt: Path) -> dict:
+        model = load_model(student_setup / "init")
+        objective = Objective(ArmConfig(terms={"ce": 1.0}), (), Capture(), model, width(model), 0)
+        train(model, objective, source, SMALL, 0, ckpt, "job")
+        return model.state_dict()
+
+    fresh = run(student_setup / "none.pt")
+    model = load_model(student_setup / "init")
+    objective = Objective(ArmConfig(terms={"ce": 1.0}), (), Capture(), model, width(model), 0)
+    state = {"model": model.state_dict(), "objective": objective.state_dict(), "optimizer": {}, "step": 5,
+             "curve": [], "elapsed": 0.0, "fingerprint": "job", "format": CHECKPOINT_FORMAT, change: "other"}
+    torch.save(state, student_setup / "old.pt")
+    capsys.readouterr()
+    again = run(student_setup / "old.pt")
+    assert "ignoring old.pt, written for another job or format; starting at step 0" in capsys.readouterr().out
+    assert all(torch.equal(fresh[k], again[k]) for k in fresh)
 
 
 def test_cache_with_another_tokenizer_is_refused(student_setup, tmp_path_factory):

@@ -29,6 +29,9 @@ from kdbench.losses import HiddenProjector, StudentOutputs, Targets, get_loss, l
 from kdbench.models import forward_taps, width
 
 
+CHECKPOINT_FORMAT = 2  # 2: the hidden projector as one (L, D_t, D_s) weight and one (L, D_t) bias
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     tokens: int = 1_000_000      # token budget: identical for every arm of a comparison
@@ -187,7 +190,7 @@ def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: Trai
     """Train `model` in place; returns the curve rows and a summary.
 
     `fingerprint` identifies the job (config, data, init): a checkpoint with another
-    fingerprint is ignored rather than resumed.
+    fingerprint, or written in another `CHECKPOINT_FORMAT`, is ignored rather than resumed.
     """
     rank, size = world()
     if cfg.batch_size % size:
@@ -203,12 +206,14 @@ def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: Trai
     step, curve, elapsed = 0, [], 0.0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state["fingerprint"] == fingerprint:
+        if (state.get("format"), state["fingerprint"]) == (CHECKPOINT_FORMAT, fingerprint):
             model.load_state_dict(state["model"])
             objective.load_state_dict(state["objective"])
             opt.load_state_dict(state["optimizer"])
             step, curve, elapsed = state["step"], state["curve"], state["elapsed"]
             print(f"{label}: resumed from checkpoint at step {step}", flush=True)
+        else:
+            print(f"{label}: ignoring {ckpt_path.name}, written for another job or format; starting at step 0", flush=True)
     autocast = bf16_autocast(device, cfg.autocast)
     tokens_per_step = cfg.batch_size * source.seq_len
     t0, last_log = time.perf_counter() - elapsed, time.perf_counter()
@@ -274,7 +279,7 @@ def _mean_over_processes(terms: dict[str, Tensor], size: int) -> dict[str, Tenso
 
 def _checkpoint(path: Path, model, objective, opt, step, curve, elapsed, fingerprint) -> None:
     state = {"model": model.state_dict(), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
-             "step": step, "curve": curve, "elapsed": elapsed, "fingerprint": fingerprint}
+             "step": step, "curve": curve, "elapsed": elapsed, "fingerprint": fingerprint, "format": CHECKPOINT_FORMAT}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
