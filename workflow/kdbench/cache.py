@@ -40,7 +40,7 @@ import torch
 from kdbench import KdbenchError
 from kdbench.data import token_dtype
 from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
-from kdbench.losses import Targets, zero_at
+from kdbench.losses import Targets
 
 FORMAT = "kdbench-cache/3"  # 2: per-component layer lists in the capture settings; 3: packed causal attentions
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
@@ -106,6 +106,11 @@ def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         cols = torch.cat([cols, torch.arange(n * b, v, device=x.device).expand(*cols.shape[:-1], -1)], -1)
     values, j = x.gather(-1, cols).topk(k, dim=-1)
     return values, cols.gather(-1, j)
+
+
+def zero_at(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """`x.scatter_(-1, ids, 0.0)`: zeros from a tensor scatter 3x faster than from a scalar."""
+    return x.scatter_(-1, ids, x.new_zeros(()).expand(ids.shape))
 
 
 def topk_targets(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
