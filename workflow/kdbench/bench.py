@@ -30,7 +30,7 @@ from kdbench.io import write_json
 from kdbench.losses import Targets
 from kdbench.memory import keep_freed_memory
 from kdbench.models import build_model, forward_taps, load_model, width
-from kdbench.train import Objective, TokenSource, TrainConfig, _optimizer, batches, bf16_autocast
+from kdbench.train import Objective, Stepper, TokenSource, TrainConfig, batches, bf16_autocast
 from kdbench.data import batch_indices
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,21 +96,15 @@ class OnlineTeacher:
 
 
 def _trainer(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher: int, capture: Capture, steps: int):
-    """A callable that runs `steps` training steps of a fresh student on `source` (autocast as configured)."""
+    """A callable that runs `steps` steps of the training loop's own `Stepper` on a fresh student."""
     cfg: TrainConfig = exp.student.train
-    model = build_model(exp.student.arch, VOCAB, exp.data.seq_len, 0, seed=0).train()
+    model = build_model(exp.student.arch, VOCAB, exp.data.seq_len, 0, seed=0)
     objective = Objective(arm, arm.pairs(exp.student.arch.n_layer, n_teacher), capture, model, d_teacher, 0)
-    params = list(model.parameters()) + list(objective.parameters())
-    opt = _optimizer(params, cfg)
-    mask = torch.ones(cfg.batch_size, exp.data.seq_len, dtype=torch.bool)
+    stepper = Stepper(model, objective, cfg, label="bench")
 
     def run() -> None:
-        for targets in batches(source, cfg.batch_size, 0, 0, steps):  # as the training loop reads them
-            with bf16_autocast("cpu", cfg.autocast):
-                loss, _ = objective(model, targets, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        for step, targets in enumerate(batches(source, cfg.batch_size, 0, 0, steps)):  # as the training loop reads them
+            stepper(targets, step, cfg.lr)
 
     return run
 

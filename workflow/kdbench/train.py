@@ -172,6 +172,40 @@ def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Opti
                               {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95), fused=True)
 
 
+class Stepper:
+    """One optimisation step of a model under its objective: the training loop's, and the benchmarks'."""
+
+    def __init__(self, model: nn.Module, objective: Objective, cfg: TrainConfig, device: str = "cpu",
+                 processes: int = 1, label: str = "train"):
+        model.to(device).train()
+        objective.to(device)
+        self.objective, self.cfg, self.processes, self.label = objective, cfg, processes, label
+        self.net: nn.Module = _Net(model, objective)
+        if processes > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net)
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.opt = _optimizer(self.params, cfg)
+        self.autocast = bf16_autocast(device, cfg.autocast)
+
+    def __call__(self, targets: Targets, step: int, lr: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """Train on one batch; returns the weighted loss and each term, averaged over processes."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        mask = torch.ones_like(targets.input_ids, dtype=torch.bool)
+        with self.autocast:
+            loss, terms = self.net(targets, mask)
+        terms = _mean_over_processes({n: v.detach() for n, v in terms.items()}, self.processes)
+        total = sum(w * terms[n] for n, w in self.objective.terms.items())  # over all processes
+        if not torch.isfinite(total):
+            bad = next((n for n, v in terms.items() if not torch.isfinite(v)), "total")
+            raise KdbenchError(f"{self.label}: non-finite loss at step {step}: term {bad!r} = {float(terms.get(bad, total))}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        return total, terms
+
+
 @torch.no_grad()
 def validation_loss(model: nn.Module, val: TokenSource, n: int, batch_size: int, device: str) -> float:
     """Mean next-token cross-entropy on the first `n` validation sequences."""
@@ -195,13 +229,8 @@ def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: Trai
     rank, size = world()
     if cfg.batch_size % size:
         raise KdbenchError(f"batch_size {cfg.batch_size} is not divisible by the {size} processes")
-    model.to(device).train()
-    objective.to(device)
-    net = _Net(model, objective)
-    if size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = _optimizer(params, cfg)
+    stepper = Stepper(model, objective, cfg, device, size, label)
+    opt = stepper.opt
     total_steps = cfg.steps(source.seq_len)
     step, curve, elapsed = 0, [], 0.0
     if ckpt_path.exists():
@@ -214,25 +243,11 @@ def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: Trai
             print(f"{label}: resumed from checkpoint at step {step}", flush=True)
         else:
             print(f"{label}: ignoring {ckpt_path.name}, written for another job or format; starting at step 0", flush=True)
-    autocast = bf16_autocast(device, cfg.autocast)
     tokens_per_step = cfg.batch_size * source.seq_len
     t0, last_log = time.perf_counter() - elapsed, time.perf_counter()
     run_start, run_step = time.perf_counter(), step
     for targets in batches(source, cfg.batch_size, seed, step, total_steps, rank, size, device):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, total_steps, cfg)
-        mask = torch.ones_like(targets.input_ids, dtype=torch.bool)
-        with autocast:
-            loss, terms = net(targets, mask)
-        terms = _mean_over_processes({n: v.detach() for n, v in terms.items()}, size)
-        total = sum(w * terms[n] for n, w in objective.terms.items())  # over all processes
-        if not torch.isfinite(total):
-            bad = next((n for n, v in terms.items() if not torch.isfinite(v)), "total")
-            raise KdbenchError(f"{label}: non-finite loss at step {step}: term {bad!r} = {float(terms.get(bad, total))}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        total, terms = stepper(targets, step, lr_at(step, total_steps, cfg))
         step += 1
         now = time.perf_counter()
         rate = (step - run_step) * tokens_per_step / max(now - run_start, 1e-9)
