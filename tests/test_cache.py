@@ -188,6 +188,11 @@ def test_tail_mass_matches_complement():
     assert torch.allclose(reconstruction_kl(logits, values, ids, tail), want, atol=1e-5)
     logits[..., -1] = float("-inf")  # a token the teacher never emits counts 0 in the KL, not NaN
     assert torch.isfinite(reconstruction_kl(logits, *topk_targets(logits, 5))).all()
+    confident = 200 * torch.randn(3, 4, 50, generator=torch.Generator().manual_seed(2))
+    values, ids, tail = topk_targets(confident, 40)  # the mass outside the top 40 underflows to 0: tail -inf
+    assert torch.isinf(tail).any()
+    kl = reconstruction_kl(confident, values, ids, tail)
+    assert torch.isfinite(kl).all() and (kl >= -1e-6).all()
 
 
 def test_select_serves_only_what_an_arm_reads(tmp_path, tokens):

@@ -40,7 +40,7 @@ import torch
 from kdbench import KdbenchError
 from kdbench.data import token_dtype
 from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
-from kdbench.losses import Targets
+from kdbench.losses import Targets, flat_ids, zero_at
 
 FORMAT = "kdbench-cache/3"  # 2: per-component layer lists in the capture settings; 3: packed causal attentions
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
@@ -108,18 +108,14 @@ def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return values, cols.gather(-1, j)
 
 
-def zero_at(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """`x.scatter_(-1, ids, 0.0)`: zeros from a tensor scatter 3x faster than from a scalar."""
-    return x.scatter_(-1, ids, x.new_zeros(()).expand(ids.shape))
-
-
 def topk_targets(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, T, V) logits -> top-k log-probs (B, T, k), ids (B, T, k), tail log-mass (B, T)."""
     logits = logits.float()
     top, ids = topk(logits, k)
     p = torch.softmax(logits, dim=-1)  # one fused pass (max, exp, sum): measured 2x faster than sub + exp
-    p_top = p.gather(-1, ids)  # p_top[..., 0] = 1 / sum exp(z - peak) >= 1 / V: its log never underflows
-    rest = zero_at(p, ids).sum(-1)  # a sum of positives: exact, no 1 - sum cancellation
+    flat = flat_ids(p, ids)
+    p_top = p.take(flat)  # p_top[..., 0] = 1 / sum exp(z - peak) >= 1 / V: its log never underflows
+    rest = zero_at(p, flat).sum(-1)  # a sum of positives: exact, no 1 - sum cancellation
     log_total = (rest + p_top.sum(-1)).log()  # ~0: renormalises to the kept terms exactly
     values = top - top[..., :1] + (p_top[..., :1].log() - log_total[..., None])  # log p in log space: no underflow
     return values, ids, rest.log() - log_total
@@ -137,8 +133,10 @@ def reconstruction_kl(logits: torch.Tensor, values: torch.Tensor, ids: torch.Ten
     logp = torch.log_softmax(logits.float(), dim=-1)
     p = logp.exp()
     neg_entropy = torch.nansum(p * logp, -1)  # 0 * log 0 (a -inf logit) is NaN: counts 0
-    p_rest = zero_at(p, ids).sum(-1)  # the true mass outside the top-k
-    return neg_entropy - (logp.gather(-1, ids).exp() * values).sum(-1) - p_rest * (tail - math.log(v - k))
+    flat = flat_ids(p, ids)
+    p_rest = zero_at(p, flat).sum(-1)  # the true mass outside the top-k
+    tail_term = torch.where(tail > -math.inf, p_rest * (tail - math.log(v - k)), 0.0)  # an empty tail counts 0
+    return neg_entropy - (logp.take(flat).exp() * values).sum(-1) - tail_term
 
 
 def write_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, capture: Capture,

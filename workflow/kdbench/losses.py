@@ -161,6 +161,19 @@ def _kl(logp: Tensor, logq: Tensor) -> Tensor:
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
+def flat_ids(x: Tensor, ids: Tensor) -> Tensor:
+    """Indices `ids` (..., k) along the last dim of `x` (..., V), offset into x flattened.
+
+    `take` and `put_` at them are 2x faster on CPU than `gather` and `scatter_` along the dim.
+    """
+    return ids + torch.arange(0, x.numel(), x.shape[-1], device=x.device).view(*x.shape[:-1], 1)
+
+
+def zero_at(x: Tensor, flat: Tensor) -> Tensor:
+    """Zero `x` in place at `flat_ids` (from a zero tensor: 3x faster than from a scalar)."""
+    return x.put_(flat, x.new_zeros(()).expand(flat.shape))
+
+
 def _log(p: Tensor) -> Tensor:
     """log p with -inf at zeros, and a zero (not NaN) gradient there."""
     return torch.where(p > 0, p.clamp_min(torch.finfo(p.dtype).tiny).log(), -math.inf)
@@ -195,7 +208,6 @@ class _StudentLogits(torch.autograd.Function):
         zt = z if t == 1 else torch.mul(z, 1 / t, out=None if z is logits else z)  # z / T, in place on a copy
         e = torch.softmax(zt, -1)  # p' = softmax(z / T): the fused kernel is 2x faster than exp alone
         lse = _logsumexp(zt, e)
-        rows = torch.arange(0, e.numel(), e.shape[-1], device=e.device).view(*e.shape[:-1], 1)
 
         def at(x: Tensor, index: Tensor) -> Tensor:
             return x.take(index).to(dtype)
@@ -203,7 +215,7 @@ class _StudentLogits(torch.autograd.Function):
         nll = buckets = e.new_empty(0)
         p1 = norm1 = p_top = total = s_top = rest = None
         if labels is not None:  # p = softmax(z): p' at T = 1, p'^2 / sum p'^2 at T = 2, else a second softmax
-            labels = labels.unsqueeze(-1) + rows
+            labels = flat_ids(e, labels.unsqueeze(-1))
             if t == 1:
                 nll = lse - at(zt, labels)
             elif t == 2:
@@ -214,11 +226,11 @@ class _StudentLogits(torch.autograd.Function):
                 nll = _logsumexp(logits, p1) - at(logits, labels)
             nll = nll.squeeze(-1)
         if ids is not None:
-            ids = ids + rows  # into the flattened logits: take and put are 2x faster than gather and scatter
+            ids = flat_ids(e, ids)
             top = e.take(ids)  # (B, T, k)
             if labels is not None:
                 p_top = top if t == 1 else top * top / norm1 if t == 2 else p1.take(ids)
-            rest = e.put_(ids, e.new_zeros(()).expand(ids.shape)).sum(-1, keepdim=True)  # no 1 - sum cancellation
+            rest = zero_at(e, ids).sum(-1, keepdim=True)  # a sum of positives: no 1 - sum cancellation
             total = rest + top.sum(-1, keepdim=True)  # ~1: renormalises to exactly the summed terms
             s_top = at(zt, ids) - lse - total.log()  # log-probs in log space: no underflow
             rest = rest / total
