@@ -146,7 +146,9 @@ def test_edited_number_in_summary_is_recomputed_from_the_eval_jsons(run_copy):
 
 @pytest.mark.slow
 def test_swapped_cache_shard_is_named(run_copy, tmp_path):
-    from kdbench.cache import CacheConfig, Capture, write_cache
+    from kdbench.config import CacheConfig
+    from kdbench.arms import Capture
+    from kdbench.capture import write_teacher_cache
     from kdbench.models import load_model
 
     manifest = read_json(run_copy / "cache" / "manifest.json")
@@ -154,7 +156,7 @@ def test_swapped_cache_shard_is_named(run_copy, tmp_path):
     shard = np.load(run_copy / "cache" / "00001.input_ids.npy")
     other_tokens = np.random.default_rng(1).integers(0, manifest["vocab_size"], size=shard.shape).astype(shard.dtype)
     build = lambda cls: cls(**{f.name: settings[f.name] for f in dataclasses.fields(cls) if f.name in settings})
-    write_cache(load_model(run_copy / "teacher"), other_tokens, {"tokens_sha256": "other"}, build(CacheConfig),
+    write_teacher_cache(load_model(run_copy / "teacher"), other_tokens, {"tokens_sha256": "other"}, build(CacheConfig),
                 Capture.from_settings(settings), tmp_path / "other", tmp_path / "other-work")
     for f in (tmp_path / "other").glob("00000.*.npy"):
         shutil.copyfile(f, run_copy / "cache" / f.name.replace("00000", "00001"))

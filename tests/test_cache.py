@@ -14,11 +14,13 @@ import torch
 
 from kdbench import KdbenchError
 from kdbench import cache as cache_mod
-from kdbench import models as models_mod
-from kdbench.arms import ArmConfig
-from kdbench.cache import CacheConfig, Capture, TeacherCache, reconstruction_kl, topk, topk_targets, write_cache
+from kdbench import capture as capture_mod
+from kdbench.arms import ArmConfig, Capture
+from kdbench.config import CacheConfig, ArchConfig
+from kdbench.cache import TeacherCache
+from kdbench.capture import reconstruction_kl, topk, topk_targets, write_teacher_cache
 from kdbench.io import read_json
-from kdbench.models import ArchConfig, build_model, forward_taps
+from kdbench.models import build_model, forward_taps
 
 V, T, N = 61, 12, 10
 CAPTURE = Capture(hidden=(1, 3), attentions=(1, 3), qkv=(1, 3))
@@ -37,7 +39,7 @@ def tokens():
 
 
 def write(tmp_path, tokens, name="cache", cfg=CFG, capture=CAPTURE):
-    return write_cache(teacher(), tokens, IDENTITY, cfg, capture, tmp_path / name, tmp_path / f"work-{name}")
+    return write_teacher_cache(teacher(), tokens, IDENTITY, cfg, capture, tmp_path / name, tmp_path / f"work-{name}")
 
 
 def test_round_trip_is_bit_exact(tmp_path, tokens):
@@ -77,13 +79,13 @@ def test_manifest_records_identity_and_sizes(tmp_path, tokens):
 
 
 def test_non_causal_attention_is_refused(tmp_path, tokens, monkeypatch):
-    real = models_mod.forward_taps
+    real = capture_mod.forward_taps
 
     def bidirectional(*args, **kwargs):
         taps = real(*args, **kwargs)
         return dataclasses.replace(taps, attentions=tuple(a.flip(-1) for a in taps.attentions))
 
-    monkeypatch.setattr(models_mod, "forward_taps", bidirectional)
+    monkeypatch.setattr(capture_mod, "forward_taps", bidirectional)
     with pytest.raises(KdbenchError, match="weight above the diagonal"):
         write(tmp_path, tokens)
     assert not (tmp_path / "cache").exists()

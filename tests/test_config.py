@@ -12,8 +12,7 @@ import yaml
 
 from kdbench import KdbenchError
 from kdbench.config import ConfigError, build
-from kdbench.arms import capture_for
-from kdbench.cache import Capture
+from kdbench.arms import capture_for, Capture
 from kdbench.experiment import capture_spec, load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +73,7 @@ def test_bad_config_names_the_key(path, value, message):
 
 
 def test_build_rejects_non_mapping_section():
-    from kdbench.cache import CacheConfig
+    from kdbench.config import CacheConfig
     with pytest.raises(ConfigError, match="cache: expected a mapping"):
         build(CacheConfig, [1, 2], "cache")
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from kdbench import KdbenchError
-from kdbench.data import DataConfig, load_tokens, pack, prepare, read_texts, token_dtype
+from kdbench.config import DataConfig
+from kdbench.data import load_tokens, pack, prepare, read_texts, token_dtype
 from kdbench.models import load_tokenizer
 
 

@@ -27,7 +27,8 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from kdbench import KdbenchError  # noqa: E402
-from kdbench.evaluate import EvalConfig, evaluate_model, render_tasks  # noqa: E402
+from kdbench.config import EvalConfig  # noqa: E402
+from kdbench.evaluate import evaluate_model, render_tasks
 from kdbench.io import read_json, sha256_dir  # noqa: E402
 
 FAMILIES = {"alpha": 3, "beta": 2}  # family -> number of choices

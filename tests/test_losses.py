@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import KdbenchError
-from kdbench.losses import (LOSSES, HiddenProjector, StudentOutputs, Targets, _StudentLogits, get_loss, logit_pass,
-                             loss_kwargs,
-                             register)
+from kdbench.losses import HiddenProjector, StudentOutputs, Targets, _StudentLogits, get_loss, logit_pass, loss_kwargs
+from kdbench.registry import READS, register, specs, table
+
+LOSSES = specs()
 
 B, T, V, L, D, H = 2, 5, 7, 2, 8, 2
 MASK = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 1, 1]], dtype=torch.bool)
-LOGIT_LOSSES = ["fkl", "rkl", "jsd", "tvd"]
+LOGIT_LOSSES = sorted(n for n, s in LOSSES.items() if s.reads == ("logits",))
 DIVERGENCES = sorted(set(LOSSES) - {"ce"})  # zero when the student equals the teacher
 
 
@@ -411,7 +412,22 @@ def test_register_rejects_duplicates_and_positional_hyperparameters():
         register("ce")(lambda student, targets, mask: student.logits.sum())
     with pytest.raises(ValueError, match="expected fn"):
         register("test_positional")(lambda student, targets, mask, temperature=1.0: student.logits.sum())
-    assert "test_positional" not in LOSSES
+    with pytest.raises(ValueError, match="reads \\['logit'\\]"):
+        register("test_reads", reads=("logit",))(lambda student, targets, mask: student.logits.sum())
+    assert "test_positional" not in table and "test_reads" not in table
+
+
+def test_registry_read_from_source_matches_the_imported_losses():
+    """The parse-time reading of the decorators and the imported functions describe the same losses."""
+    import inspect
+
+    assert set(LOSSES) == set(table)
+    for name, spec in LOSSES.items():
+        params = inspect.signature(table[name]).parameters.values()
+        assert spec.hyper == tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY), name
+        assert set(spec.reads) <= set(READS), name
+    assert LOSSES["ce"].reads == () and LOSSES["hidden_mse"].reads == ("hidden",)
+    assert LOGIT_LOSSES == ["fkl", "jsd", "rkl", "tvd"]
 
 
 def test_loss_kwargs_keeps_only_accepted_keywords():

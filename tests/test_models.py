@@ -30,14 +30,15 @@ import yaml
 
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig
-from kdbench.cache import CacheConfig, TeacherCache, cache_teacher
-from kdbench.data import DataConfig, prepare
+from kdbench.config import CacheConfig, DataConfig, ArchConfig, StudentConfig, TokenizerConfig, TrainConfig
+from kdbench.cache import TeacherCache
+from kdbench.capture import cache_teacher
+from kdbench.data import prepare
 from kdbench.evaluate import resolve_device
 from kdbench.io import read_json
-from kdbench.models import ArchConfig, blocks, build_model, load_model, load_tokenizer, save_model, tokenizer_sha256
-from kdbench.student import StudentConfig, init_student, train_student
-from kdbench.tokenizer import TokenizerConfig, train_tokenizer
-from kdbench.train import TrainConfig
+from kdbench.models import blocks, build_model, load_model, load_tokenizer, save_model, tokenizer_sha256
+from kdbench.student import init_student, train_student
+from kdbench.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

@@ -21,7 +21,8 @@ import pytest
 from kdbench import KdbenchError
 from kdbench.evaluate import FORMAT
 from kdbench.io import read_json, write_json
-from kdbench.report import ModelEval, StatsConfig, aggregate, model_evals
+from kdbench.report import ModelEval, aggregate, model_evals
+from kdbench.config import StatsConfig
 
 TASKS = {"kdb_alpha": 4, "kdb_beta": 2}  # task -> choices per item
 N_ITEMS = 80

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from kdbench.stats import OVERALL, StatsConfig, arm_means, headline, holm, paired_comparisons
+from kdbench.stats import OVERALL, arm_means, headline, holm, paired_comparisons
+from kdbench.config import StatsConfig
 
 
 def _items(rates: dict[str, dict[str, float]], n_seeds: int = 3, n_items: int = 200, seed: int = 1) -> pd.DataFrame:

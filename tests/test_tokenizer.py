@@ -16,10 +16,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from kdbench import KdbenchError
-from kdbench.config import build
+from kdbench.config import build, TokenizerConfig, WorldConfig
 from kdbench.io import sha256_dir
-from kdbench.tokenizer import EOS, TokenizerConfig, train_tokenizer
-from kdbench.world import WorldConfig, generate_world
+from kdbench.tokenizer import EOS, train_tokenizer
+from kdbench.world import generate_world
 
 _TRAIN = ("import json, sys; from pathlib import Path; from kdbench.tokenizer import TokenizerConfig, train_tokenizer; "
           "texts = [json.loads(l)['text'] for l in open(sys.argv[1])]; "

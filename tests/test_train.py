@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from kdbench import KdbenchError
-from kdbench.arms import ArmConfig
-from kdbench.cache import CacheConfig, Capture, write_cache
+from kdbench.arms import ArmConfig, Capture
+from kdbench.config import ArchConfig, CacheConfig, StudentConfig, TrainConfig
+from kdbench.capture import write_teacher_cache
 from kdbench.data import batch_indices
-from kdbench.models import ArchConfig, build_model, load_model, load_tokenizer, tokenizer_sha256, width
-from kdbench.student import StudentConfig, check_same_tokenizer, init_student, train_student
-from kdbench.train import CHECKPOINT_FORMAT, Objective, TokenSource, TrainConfig, lr_at, train
+from kdbench.models import build_model, load_model, load_tokenizer, tokenizer_sha256, width
+from kdbench.student import check_same_tokenizer, init_student, train_student
+from kdbench.train import CHECKPOINT_FORMAT, Objective, TokenSource, lr_at, train
 
 T = 16
 SMALL = TrainConfig(tokens=8 * 4 * T, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=3,
@@ -61,7 +62,7 @@ def student_setup(tmp_path, tiny_tokenizer_dir):
     teacher = build_model(ArchConfig(n_layer=4, d_model=24, n_head=2), vocab, T, tok.eos_token_id, seed=5)
     identity = {"teacher_sha256": "t", "tokenizer_sha256": tokenizer_sha256(tok), "tokens_sha256": "d",
                 "teacher_layers": 4, "teacher_width": 24}
-    write_cache(teacher, tokens, identity, CacheConfig(top_k=8, shard_seqs=8),
+    write_teacher_cache(teacher, tokens, identity, CacheConfig(top_k=8, shard_seqs=8),
                 Capture(hidden=(2, 4)), tmp_path / "cache", tmp_path / "cache-work")
     data = tmp_path / "data"
     data.mkdir()
@@ -91,9 +92,10 @@ import os, signal, sys
 from pathlib import Path
 import kdbench.train as tr
 from kdbench.arms import ArmConfig
+from kdbench.config import TrainConfig
 from kdbench.student import train_student
 root, die_at = Path(sys.argv[1]), int(sys.argv[2])
-cfg = tr.TrainConfig(tokens={tokens}, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=3, log_every_s=0.0,
+cfg = TrainConfig(tokens={tokens}, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=3, log_every_s=0.0,
            curve_every=1, val_seqs=4, autocast=False)
 original = tr.torch.nn.utils.clip_grad_norm_
 calls = [0]
@@ -156,7 +158,8 @@ def test_checkpoint_of_another_job_or_format_is_ignored(student_setup, capsys, c
 
 
 def test_cache_with_another_tokenizer_is_refused(student_setup, tmp_path_factory):
-    from kdbench.tokenizer import TokenizerConfig, train_tokenizer
+    from kdbench.config import TokenizerConfig
+    from kdbench.tokenizer import train_tokenizer
 
     other = tmp_path_factory.mktemp("other") / "tok"
     train_tokenizer([f"zz{i} qq{i} ww" for i in range(100)], TokenizerConfig(vocab_size=300, min_frequency=1), other)
@@ -200,7 +203,7 @@ def test_attention_and_relation_arms_train(tmp_path, tiny_tokenizer_dir, terms, 
     teacher = build_model(ArchConfig(n_layer=4, d_model=24, n_head=4), len(tok), T, tok.eos_token_id, seed=5)
     identity = {"teacher_sha256": "t", "tokenizer_sha256": tokenizer_sha256(tok), "tokens_sha256": "d",
                 "teacher_layers": 4, "teacher_width": 24}
-    write_cache(teacher, tokens, identity, CacheConfig(top_k=8), capture, tmp_path / "cache", tmp_path / "cw")
+    write_teacher_cache(teacher, tokens, identity, CacheConfig(top_k=8), capture, tmp_path / "cache", tmp_path / "cw")
     (tmp_path / "data").mkdir()
     np.save(tmp_path / "data" / "val.npy", tokens[:4])
     layer_map = "uniform" if "attn_kl" in terms else "last"

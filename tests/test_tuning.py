@@ -9,8 +9,8 @@ import pytest
 from kdbench import tuning
 from kdbench.arms import ArmConfig
 from kdbench.io import read_json
-from kdbench.train import TrainConfig
-from kdbench.tuning import TuningConfig, candidates, tune_arm
+from kdbench.config import TrainConfig, TuningConfig
+from kdbench.tuning import candidates, tune_arm
 
 LOGIT = ArmConfig(terms={"ce": 0.5, "fkl": 0.5}, temperature=2.0)
 HIDDEN = ArmConfig(terms={"ce": 0.5, "hidden_mse": 1.0})

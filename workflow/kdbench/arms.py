@@ -7,18 +7,15 @@ teacher activations the cache must hold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Mapping
 
 from kdbench import KdbenchError
-from kdbench.cache import Capture
 from kdbench.layermap import layer_map, teacher_layers
-from kdbench.losses import LOSSES
+from kdbench.registry import LAYERED, reads, specs
 
-RESERVED = ("teacher", "init")           # model names that are not arms
-LOGIT_TERMS = {"fkl", "rkl", "jsd", "tvd"}  # read the cache's top-k log-probs, ids and tail
-LAYER_TERMS = {"hidden": {"hidden_mse", "hidden_cos"}, "attentions": {"attn_kl"}, "qkv": {"relation"}}  # per layer
-TEACHER_TERMS = LOGIT_TERMS.union(*LAYER_TERMS.values())
+REFERENCE_MODELS = ("teacher", "init")  # models evaluated beside the arms, never arms themselves
+LOGIT_COMPONENTS = ("topk_logprobs", "topk_ids", "tail_logprob")  # what "logits" is stored as in the cache
 
 
 @dataclass(frozen=True)
@@ -35,19 +32,23 @@ class ArmConfig:
         return {"temperature": self.temperature, "beta": self.beta, "relation_heads": self.relation_heads}
 
     @property
+    def reads(self) -> frozenset[str]:
+        """What this arm's terms read from the teacher (see `registry.READS`)."""
+        return reads(self.terms)
+
+    @property
     def uses_teacher(self) -> bool:
-        return bool(TEACHER_TERMS & set(self.terms))
+        return bool(self.reads)
 
     @property
     def layer_components(self) -> tuple[str, ...]:
         """The per-layer cache components (hidden, attentions, qkv) this arm's terms read."""
-        return tuple(name for name, terms in LAYER_TERMS.items() if terms & set(self.terms))
+        return tuple(name for name in LAYERED if name in self.reads)
 
     @property
     def components(self) -> tuple[str, ...]:
         """Every teacher-cache component this arm's terms read."""
-        logits = ("topk_logprobs", "topk_ids", "tail_logprob") if LOGIT_TERMS & set(self.terms) else ()
-        return ("input_ids", *logits, *self.layer_components)
+        return ("input_ids", *(LOGIT_COMPONENTS if "logits" in self.reads else ()), *self.layer_components)
 
     @property
     def uses_layers(self) -> bool:
@@ -67,13 +68,14 @@ def check_arms(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int | N
     if not arms:
         raise KdbenchError("arms: at least one arm is required")
     for name, arm in arms.items():
-        if name in RESERVED or "/" in name:
-            raise KdbenchError(f"arms.{name}: reserved or invalid arm name; not allowed: {', '.join(RESERVED)} or '/'")
+        if name in REFERENCE_MODELS or "/" in name:
+            raise KdbenchError(f"arms.{name}: reserved or invalid arm name; not allowed: "
+                               f"{', '.join(REFERENCE_MODELS)} or '/'")
         if not arm.terms:
             raise KdbenchError(f"arms.{name}.terms: at least one loss term is required")
         for term, weight in arm.terms.items():
-            if term not in LOSSES:
-                raise KdbenchError(f"arms.{name}.terms: unknown loss {term!r}; known losses: {', '.join(sorted(LOSSES))}")
+            if term not in specs():
+                raise KdbenchError(f"arms.{name}.terms: unknown loss {term!r}; known losses: {', '.join(sorted(specs()))}")
             if weight < 0:
                 raise KdbenchError(f"arms.{name}.terms.{term}: weight {weight} is negative")
         if arm.temperature <= 0:
@@ -86,8 +88,21 @@ def check_arms(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int | N
             raise KdbenchError(f"arms.{name}: {e}") from e
 
 
+@dataclass(frozen=True)
+class Capture:
+    """The teacher layers whose activations the arms need, per component (derived from the arms)."""
+    hidden: tuple[int, ...] = ()
+    attentions: tuple[int, ...] = ()
+    qkv: tuple[int, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "Capture":
+        """The capture a cache was written with, from its manifest's settings."""
+        return cls(**{f.name: tuple(settings[f.name]) for f in fields(cls)})
+
+
 def capture_for(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int) -> Capture:
     """The teacher activations the cache must hold so that every arm can train from it: per
     component, the union of the layers mapped by the arms whose terms read that component."""
     return Capture(**{name: teacher_layers(arm.pairs(n_student, n_teacher) for arm in arms.values()
-                                           if name in arm.layer_components) for name in LAYER_TERMS})
+                                           if name in arm.layer_components) for name in LAYERED})

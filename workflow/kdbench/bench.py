@@ -23,15 +23,18 @@ import numpy as np
 import torch
 import yaml
 
-from kdbench.arms import ArmConfig, capture_for
-from kdbench.cache import Capture, TeacherCache, reconstruction_kl, topk_targets, write_cache
+from kdbench.arms import ArmConfig, Capture, capture_for
+from kdbench.cache import TeacherCache
+from kdbench.capture import reconstruction_kl, topk_targets, write_teacher_cache
+from kdbench.config import TrainConfig
+from kdbench.data import batch_indices
+from kdbench.devices import bf16_autocast
 from kdbench.experiment import Experiment, load_experiment
 from kdbench.io import write_json
 from kdbench.losses import Targets
 from kdbench.memory import keep_freed_memory
 from kdbench.models import build_model, forward_taps, load_model, width
-from kdbench.train import Objective, Stepper, TokenSource, TrainConfig, batches, bf16_autocast
-from kdbench.data import batch_indices
+from kdbench.train import Objective, Stepper, TokenSource, batches
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 1024
@@ -132,7 +135,7 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
         def write() -> None:
             if (tmp / "cache").exists():  # a cache job starts without one: set the last aside, delete it untimed
                 (tmp / "cache").rename(tmp / f"old{next(aside)}")
-            write_cache(teacher, tokens, {"teacher_sha256": "bench"}, cfg, capture, tmp / "cache", tmp / "work")
+            write_teacher_cache(teacher, tokens, {"teacher_sha256": "bench"}, cfg, capture, tmp / "cache", tmp / "work")
 
         times = _race({"forward": forward, "write": write}, rounds)
         forward_rate, write_rate = n_tokens / min(times["forward"]), n_tokens / min(times["write"])
@@ -180,7 +183,7 @@ def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int)
     capture = capture_for({"logit_hidden": arm}, exp.student.arch.n_layer, n_teacher)
     tmp = Path(tempfile.mkdtemp(prefix="kdbench-bench-"))
     try:
-        write_cache(teacher, tokens, {"teacher_sha256": "bench"}, exp.cache, capture, tmp / "cache", tmp / "work")
+        write_teacher_cache(teacher, tokens, {"teacher_sha256": "bench"}, exp.cache, capture, tmp / "cache", tmp / "work")
         d_t = width(teacher)
 
         def cached(a: ArmConfig):

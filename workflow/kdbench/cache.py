@@ -1,4 +1,7 @@
-"""Teacher activation cache: memory-mapped, checksummed shards written once, read by every student.
+"""The teacher cache's storage format: memory-mapped, checksummed shards written once, read by every student.
+
+What goes into a cache (running the teacher) is `kdbench.capture`'s job; this module only
+writes, verifies and reads the files.
 
 Layout of a cache directory::
 
@@ -22,52 +25,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import mmap
 import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Callable
 
 import numpy as np
 import torch
 
 from kdbench import KdbenchError
-from kdbench.data import token_dtype
 from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
-from kdbench.losses import Targets, flat_ids, zero_at
+from kdbench.losses import Targets
 
 FORMAT = "kdbench-cache/3"  # 2: per-component layer lists in the capture settings; 3: packed causal attentions
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
 _STAGING_BYTES = 4 << 20  # per component: direct writes of 4 MiB
-_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    top_k: int = 32                 # 4k + 4 bytes/token of logits; KL to the full distribution in fidelity.json
-    hidden_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # bf16 keeps the range of activations
-    shard_seqs: int = 256           # sequences per shard: the unit of resume and of checksums
-    batch_size: int = 32            # teacher forward batch
-    forward_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 autocast on GPUs
-
-
-@dataclass(frozen=True)
-class Capture:
-    """The teacher layers whose activations the arms need, per component (derived from the arms)."""
-    hidden: tuple[int, ...] = ()
-    attentions: tuple[int, ...] = ()
-    qkv: tuple[int, ...] = ()
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> "Capture":
-        """The capture a cache was written with, from its manifest's settings."""
-        return cls(**{f.name: tuple(settings[f.name]) for f in fields(cls)})
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def _storage(arr_dtype: str) -> np.dtype:
@@ -75,166 +53,15 @@ def _storage(arr_dtype: str) -> np.dtype:
     return np.dtype(np.uint16) if arr_dtype == "bfloat16" else np.dtype(arr_dtype)
 
 
-def _to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
-    t = t.detach().to(_TORCH[dtype]).cpu()
-    return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy()
+def stored(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, str]:
+    """A tensor as the cache stores it in `dtype`: (array, dtype name)."""
+    t = t.detach().to(TORCH_DTYPES[dtype]).cpu()
+    return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy(), dtype
 
 
 def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(a))
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
-
-
-def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest entries along the last dim, sorted, and their indices: `Tensor.topk`, in two levels.
-
-    Deal the V entries into n blocks of b (block j holds entries j, j + n, j + 2n, ...): the k
-    largest entries lie in the k blocks with the largest maxima, so a top-k over n maxima and one
-    over those blocks' k * b entries replace the top-k over V (b ~ sqrt(V / k), a power of two:
-    measured 15% faster than b = 5 at V = 1024, k = 32). Values equal `x.topk(k)` exactly; among
-    tied values the indices may differ.
-    """
-    v = x.shape[-1]
-    b = 1 << (math.isqrt(v // max(k, 1)).bit_length() - 1) if v >= k else 1
-    if b < 2:  # as many blocks as entries to keep: no gain
-        return x.topk(k, dim=-1)
-    n = v // b
-    maxima = x[..., : n * b].unflatten(-1, (b, n)).amax(-2)  # (..., n): elementwise over b rows, no strided reduce
-    blocks = maxima.topk(k, dim=-1, sorted=False).indices  # (..., k)
-    cols = (blocks.unsqueeze(-1) + n * torch.arange(b, device=x.device)).flatten(-2)  # (..., k * b)
-    if n * b < v:  # the entries left over are always candidates
-        cols = torch.cat([cols, torch.arange(n * b, v, device=x.device).expand(*cols.shape[:-1], -1)], -1)
-    values, j = x.gather(-1, cols).topk(k, dim=-1)
-    return values, cols.gather(-1, j)
-
-
-def topk_targets(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, T, V) logits -> top-k log-probs (B, T, k), ids (B, T, k), tail log-mass (B, T)."""
-    logits = logits.float()
-    top, ids = topk(logits, k)
-    p = torch.softmax(logits, dim=-1)  # one fused pass (max, exp, sum): measured 2x faster than sub + exp
-    flat = flat_ids(p, ids)
-    p_top = p.take(flat)  # p_top[..., 0] = 1 / sum exp(z - peak) >= 1 / V: its log never underflows
-    rest = zero_at(p, flat).sum(-1)  # a sum of positives: exact, no 1 - sum cancellation
-    log_total = (rest + p_top.sum(-1)).log()  # ~0: renormalises to the kept terms exactly
-    values = top - top[..., :1] + (p_top[..., :1].log() - log_total[..., None])  # log p in log space: no underflow
-    return values, ids, rest.log() - log_total
-
-
-def reconstruction_kl(logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
-    """Per-position KL(full teacher || top-k + uniform tail reconstruction), in nats.
-
-    `values, ids, tail` are `topk_targets(logits, k)`. Summed as -H(p) minus p's cross terms with
-    the k kept log-probs and with the tail's even share, so it takes two passes over V, not a V-wide q.
-    """
-    v, k = logits.shape[-1], ids.shape[-1]
-    if k >= v:
-        return torch.zeros(logits.shape[:-1])
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    p = logp.exp()
-    neg_entropy = torch.nansum(p * logp, -1)  # 0 * log 0 (a -inf logit) is NaN: counts 0
-    flat = flat_ids(p, ids)
-    p_rest = zero_at(p, flat).sum(-1)  # the true mass outside the top-k
-    tail_term = torch.where(tail > -math.inf, p_rest * (tail - math.log(v - k)), 0.0)  # an empty tail counts 0
-    return neg_entropy - (logp.take(flat).exp() * values).sum(-1) - tail_term
-
-
-def write_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, capture: Capture,
-                out_dir: Path, work_dir: Path, device: str = "cpu") -> dict:
-    """Run the teacher once over `tokens` (N, T) and write the cache into `out_dir`.
-
-    `identity` holds the hashes that make a cache valid for a consumer (teacher, tokenizer,
-    tokens). Shards accumulate in `work_dir`; on success it is renamed to `out_dir`.
-    """
-    settings = {**asdict(cfg), **asdict(capture)}
-    settings.pop("batch_size")  # does not change the contents
-    identity = json.loads(json.dumps({**identity, "settings": settings}))  # as it reads back from disk
-    work_dir = Path(work_dir)
-    if work_dir.exists() and (not (work_dir / "identity.json").exists() or read_json(work_dir / "identity.json") != identity):
-        shutil.rmtree(work_dir)
-    write_json(work_dir / "identity.json", identity)
-    teacher.eval().to(device)
-    if capture.attentions:
-        teacher.set_attn_implementation("eager")
-    n, seq_len = tokens.shape
-    vocab = teacher.config.vocab_size
-    k = min(cfg.top_k, vocab)
-    shards, fid = [], {"kl": [], "tail": []}
-    started, done_tokens, staging = time.perf_counter(), 0, {}
-    with ThreadPoolExecutor(max_workers=1) as pool:  # writes (in order) overlap the next forward passes
-        try:
-            in_flight: deque = deque()
-            for index, start in enumerate(range(0, n, cfg.shard_seqs)):
-                stop = min(start + cfg.shard_seqs, n)
-                meta_path = work_dir / f"{index:05d}.json"
-                if meta_path.exists():
-                    shards.append(pool.submit(read_json, meta_path))
-                    continue
-                writer = _ShardWriter(work_dir, index, start, stop - start, staging)
-                for b in range(start, stop, cfg.batch_size):
-                    arrays = _forward_batch(teacher, tokens[b : min(b + cfg.batch_size, stop)], k, cfg, capture,
-                                            device, fid if b == 0 else None)
-                    in_flight.append(pool.submit(writer.add, arrays))
-                    while len(in_flight) > 2:  # bounds memory; a write error (e.g. a full disk) surfaces here
-                        in_flight.popleft().result()
-                shards.append(pool.submit(writer.finish))
-                in_flight.append(shards[-1])
-                done_tokens += (stop - start) * seq_len
-                rate = done_tokens / (time.perf_counter() - started)
-                print(f"cache: shard {index} seqs {stop}/{n} {rate:,.0f} tok/s", flush=True)
-            shards = [f.result() for f in shards]
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # no later shard completes after a failed one
-            raise
-    if not fid["kl"]:  # shard 0 came from an interrupted run: measure fidelity on the same sample
-        _forward_batch(teacher, tokens[: cfg.batch_size], k, cfg, capture, device, fid)
-    shards.sort(key=lambda s: s["index"])
-    manifest = {
-        "format": FORMAT, **identity, "n_seqs": n, "seq_len": seq_len, "vocab_size": vocab, "top_k": k,
-        "shards": shards, "bytes_per_token": _bytes_per_token(shards, n * seq_len),
-    }
-    write_json(work_dir / "manifest.json", manifest)
-    write_json(work_dir / "fidelity.json", {
-        "top_k": k, "bytes_per_token": manifest["bytes_per_token"],
-        "kl_topk_mean": float(np.mean(fid["kl"])), "tail_mass_mean": float(np.mean(fid["tail"])),
-        "n_positions": len(fid["kl"]),
-    })
-    (work_dir / "identity.json").unlink()
-    if Path(out_dir).exists():
-        shutil.rmtree(out_dir)
-    work_dir.rename(out_dir)
-    return manifest
-
-
-@torch.no_grad()
-def _forward_batch(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
-                   fidelity: dict | None) -> dict[str, tuple[np.ndarray, str]]:
-    """One teacher forward pass over `seqs` -> {component: (array, stored dtype)}."""
-    from kdbench.models import forward_taps
-    from kdbench.train import bf16_autocast
-
-    ids = torch.from_numpy(seqs.astype(np.int64)).to(device)
-    with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
-        taps = forward_taps(teacher, ids, **asdict(capture))
-    values, top_ids, tail = topk_targets(taps.logits, k)
-    if fidelity is not None:
-        fidelity["kl"].extend(reconstruction_kl(taps.logits, values, top_ids, tail).flatten().tolist())
-        fidelity["tail"].extend(tail.exp().flatten().tolist())
-    id_dtype = str(token_dtype(teacher.config.vocab_size))
-    arrays = {"input_ids": (seqs, str(seqs.dtype)), "topk_logprobs": (_to_numpy(values, "float16"), "float16"),
-              "topk_ids": (top_ids.cpu().numpy().astype(id_dtype), id_dtype),
-              "tail_logprob": (_to_numpy(tail, "float32"), "float32")}
-    for name, dtype in (("hidden", cfg.hidden_dtype), ("qkv", cfg.hidden_dtype)):
-        if getattr(taps, name):
-            arrays[name] = (_to_numpy(taps.stacked(name, _TORCH[dtype]), dtype), dtype)
-    if taps.attentions:
-        maps = taps.stacked("attentions", torch.float16)  # (B, L, H, T, T); packing half the bytes
-        if fidelity is not None and maps.triu(1).any():  # checked on the sample batch
-            raise KdbenchError("cache: the teacher's attention maps have weight above the diagonal; "
-                               "packed attention storage needs a causal LM")
-        packed = maps.flatten(-2).index_select(-1, _causal_index(maps.shape[-1], str(maps.device)))
-        arrays["attentions"] = (_to_numpy(packed, "float16"), "float16")
-    return arrays
 
 
 @lru_cache(maxsize=8)
@@ -244,11 +71,68 @@ def _causal_index(seq_len: int, device: str) -> torch.Tensor:
     return rows * seq_len + cols
 
 
+def pack_causal(maps: torch.Tensor) -> torch.Tensor:
+    """(..., T, T) causal maps -> (..., T(T+1)/2) lower triangles, row by row: half the bytes."""
+    return maps.flatten(-2).index_select(-1, _causal_index(maps.shape[-1], str(maps.device)))
+
+
 def _unpack_causal(packed: torch.Tensor, seq_len: int) -> torch.Tensor:
     """(..., T(T+1)/2) packed lower triangles -> (..., T, T) maps, zero above the diagonal."""
     maps = packed.new_zeros(*packed.shape[:-1], seq_len * seq_len)
     maps.index_copy_(-1, _causal_index(seq_len, str(packed.device)), packed)
     return maps.unflatten(-1, (seq_len, seq_len))
+
+
+def write_cache(batches: Callable[[int, int], dict[str, tuple[np.ndarray, str]]], n_seqs: int, seq_len: int,
+                shard_seqs: int, batch_size: int, identity: dict, fidelity: dict, out_dir: Path, work_dir: Path) -> dict:
+    """Write the cache of `n_seqs` sequences into `out_dir`; returns its manifest.
+
+    `batches(start, stop)` gives the arrays of sequences start..stop-1 as {component: (array, stored
+    dtype)}. `identity` holds what makes a cache valid for a consumer (teacher, tokenizer, tokens,
+    capture settings); `fidelity` is stored as fidelity.json with the bytes per token. Shards
+    accumulate in `work_dir`, which a rerun with the same identity resumes; on success it is
+    renamed to `out_dir`.
+    """
+    identity = json.loads(json.dumps(identity))  # as it reads back from disk
+    work_dir = Path(work_dir)
+    if work_dir.exists() and (not (work_dir / "identity.json").exists() or read_json(work_dir / "identity.json") != identity):
+        shutil.rmtree(work_dir)
+    write_json(work_dir / "identity.json", identity)
+    shards, staging = [], {}
+    started, done_tokens = time.perf_counter(), 0
+    with ThreadPoolExecutor(max_workers=1) as pool:  # writes (in order) overlap the next batches
+        try:
+            in_flight: deque = deque()
+            for index, start in enumerate(range(0, n_seqs, shard_seqs)):
+                stop = min(start + shard_seqs, n_seqs)
+                meta_path = work_dir / f"{index:05d}.json"
+                if meta_path.exists():
+                    shards.append(pool.submit(read_json, meta_path))
+                    continue
+                writer = _ShardWriter(work_dir, index, start, stop - start, staging)
+                for b in range(start, stop, batch_size):
+                    in_flight.append(pool.submit(writer.add, batches(b, min(b + batch_size, stop))))
+                    while len(in_flight) > 2:  # bounds memory; a write error (e.g. a full disk) surfaces here
+                        in_flight.popleft().result()
+                shards.append(pool.submit(writer.finish))
+                in_flight.append(shards[-1])
+                done_tokens += (stop - start) * seq_len
+                rate = done_tokens / (time.perf_counter() - started)
+                print(f"cache: shard {index} seqs {stop}/{n_seqs} {rate:,.0f} tok/s", flush=True)
+            shards = [f.result() for f in shards]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # no later shard completes after a failed one
+            raise
+    shards.sort(key=lambda s: s["index"])
+    manifest = {"format": FORMAT, **identity, "n_seqs": n_seqs, "seq_len": seq_len, "shards": shards,
+                "bytes_per_token": _bytes_per_token(shards, n_seqs * seq_len)}
+    write_json(work_dir / "manifest.json", manifest)
+    write_json(work_dir / "fidelity.json", {**fidelity, "bytes_per_token": manifest["bytes_per_token"]})
+    (work_dir / "identity.json").unlink()
+    if Path(out_dir).exists():
+        shutil.rmtree(out_dir)
+    work_dir.rename(out_dir)
+    return manifest
 
 
 class _ShardWriter:
@@ -386,28 +270,3 @@ def _short(v) -> str:
     return s if len(s) <= 24 else s[:20] + "...'"
 
 
-def cache_teacher(teacher_dir: Path, data_dir: Path, cfg: CacheConfig, arms: dict, n_student_layers: int,
-                  student_tokens: int, out_dir: Path, work_dir: Path) -> dict:
-    """Cache what the arms need from the teacher over the sequences a student's token budget covers.
-
-    That is the first ceil(student_tokens / seq_len) training sequences (all of them if fewer);
-    students then draw seeded permutations of exactly these.
-    """
-    from kdbench.arms import capture_for
-    from kdbench.data import load_tokens
-    from kdbench.models import blocks, load_model, load_tokenizer, tokenizer_sha256, weights_sha256, width
-    from kdbench.train import device_for_rank
-
-    teacher = load_model(teacher_dir)
-    tokens = load_tokens(Path(data_dir) / "train.npy")
-    tokens = tokens[: math.ceil(student_tokens / tokens.shape[1])]
-    n_teacher = len(blocks(teacher))
-    capture = capture_for(arms, n_student_layers, n_teacher)
-    identity = {
-        "teacher_sha256": weights_sha256(teacher_dir),
-        "tokenizer_sha256": tokenizer_sha256(load_tokenizer(teacher_dir)),
-        "tokens_sha256": hashlib.sha256(np.ascontiguousarray(tokens).tobytes()).hexdigest(),
-        "teacher_layers": n_teacher, "teacher_width": width(teacher),
-    }
-    return write_cache(teacher, np.ascontiguousarray(tokens), identity, cfg, capture, out_dir, work_dir,
-                       device_for_rank())

@@ -1,13 +1,16 @@
-"""Strict config parsing: YAML sections become frozen dataclasses.
+"""The config schema: one frozen dataclass per config section, and the strict parser that builds them.
 
-`build(cls, data)` rejects unknown keys (naming the allowed ones), wrong types and
-values outside a `Literal`, always naming the dotted key path, so a typo in
-`config/config.yaml` fails before any work starts.
+Every key of `config/config.yaml` is a field below, with its default and a comment saying why
+(`docs/config.md` is generated from these classes). `build(cls, data)` rejects unknown keys
+(naming the allowed ones), wrong types and values outside a `Literal`, always naming the dotted
+key path, so a typo fails before any work starts. This module imports nothing heavy: the
+workflow parses it on every Snakemake invocation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 import types
 import typing
 from typing import Any, Literal, Mapping, TypeVar, Union
@@ -19,6 +22,162 @@ T = TypeVar("T")
 
 class ConfigError(KdbenchError):
     """A config value is missing, unknown or of the wrong type."""
+
+
+WorldFamily = Literal["fact_qa", "fact_paraphrase", "fact_negation", "context_qa", "induction", "comparison",
+                      "agreement"]
+DocType = Literal["bio", "qa", "negation", "context", "induction", "comparison", "agreement"]
+ENTITIES = (8, 96)  # both Q/A halves need 4 people; names come from a fixed list of 96
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 1234  # one seed fixes the whole world; components derive named sub-seeds from it
+    n_entities: int = 64  # few enough that each fact is stated 100+ times in biographies of a 1M-token corpus
+    n_docs: int = 20000  # about 1.0M tokens with the default 1024-token BPE
+    items_per_task: int = 300  # per family; the fact families are capped by the held-out facts (224 by default)
+    # The families of the suite; "comparison" needs more training than the 2-core default affords.
+    families: tuple[WorldFamily, ...] = ("fact_qa", "fact_paraphrase", "fact_negation", "context_qa", "induction",
+                                         "agreement")
+    # Biographies dominate because parametric facts need the most repetitions; types left out get no documents.
+    mix: dict[DocType, float] = field(default_factory=lambda: {
+        "bio": 0.38, "qa": 0.12, "negation": 0.10, "context": 0.12, "induction": 0.16, "agreement": 0.12})
+
+    def __post_init__(self) -> None:
+        lo, hi = ENTITIES
+        _check(lo <= self.n_entities <= hi, f"world.n_entities: {self.n_entities} is out of range; allowed: {lo}..{hi}")
+        for key in ("n_docs", "items_per_task"):
+            _check(getattr(self, key) >= 1, f"world.{key}: {getattr(self, key)} must be at least 1")
+        _check(bool(self.families) and len(set(self.families)) == len(self.families),
+               f"world.families: {list(self.families)} must name distinct task families")
+        for key, share in self.mix.items():
+            _check(share >= 0, f"world.mix.{key}: {share} must be a share >= 0")
+        _check(sum(self.mix.values()) > 0, "world.mix: at least one document type needs a positive share")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 1024  # small world vocabulary; BPE may stop below this
+    min_frequency: int = 2  # a pair seen once is noise, not vocabulary
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size >= 257, f"tokenizer.vocab_size: {self.vocab_size} is too small; allowed: >= 257 "
+                                       "(256 byte symbols + end of text)")
+        _check(self.min_frequency >= 1, f"tokenizer.min_frequency: {self.min_frequency} must be at least 1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "world"       # "world" (embedded synthetic corpus), a local .txt/.jsonl file, or a HF dataset id
+    text_field: str = "text"    # field holding the text in jsonl / HF datasets
+    hf_name: str | None = None  # HF dataset configuration name
+    hf_split: str = "train"     # HF dataset split read as the corpus
+    max_docs: int | None = None  # cap on documents read (None: all)
+    seq_len: int = 128           # tokens per training sequence
+    val_fraction: float = 0.02   # held-out sequences for validation loss (never the evaluation suite)
+    seed: int = 0                # which sequences go to validation
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    family: Literal["gpt2", "llama", "gpt_neox"] = "gpt2"  # GPT-2 is the smallest well-supported causal LM
+    n_layer: int = 2        # transformer blocks
+    d_model: int = 128      # hidden width
+    n_head: int = 2         # attention heads (d_model must divide by it)
+    d_ff: int | None = None  # None: 4 x d_model, the usual ratio
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    tokens: int = 1_000_000      # token budget: identical for every arm of a comparison
+    batch_size: int = 32         # sequences per step
+    lr: float = 2e-3             # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1    # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 30       # linear warm-up
+    weight_decay: float = 0.1    # on matrices only
+    grad_clip: float = 1.0       # max global grad norm
+    autocast: bool = True        # bfloat16 autocast where the hardware has it (see `devices.bf16_autocast`)
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    log_every_s: float = 5.0     # seconds between progress lines
+    curve_every: int = 10        # steps between recorded curve points
+    val_seqs: int = 64           # validation sequences for the held-out loss
+
+    def steps(self, seq_len: int) -> int:
+        return max(1, self.tokens // (self.batch_size * seq_len))
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    source: str = "train"  # "train": trained here on the corpus; else a HF hub id or a local model directory
+    arch: ArchConfig = field(default_factory=lambda: ArchConfig(n_layer=4, d_model=256, n_head=4))  # when trained here
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(tokens=2_000_000, lr=1e-3))  # when trained here
+    seed: int = 0          # initialisation and data order of the teacher
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    arch: ArchConfig = field(default_factory=ArchConfig)  # the same for every arm
+    init: str = "random"  # "random", "teacher_layers" (DistilBERT-style copy), or a pretrained model id/dir
+    train: TrainConfig = field(default_factory=TrainConfig)  # the same budget and schedule for every arm
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    top_k: int = 32                 # 4k + 4 bytes/token of logits; KL to the full distribution in fidelity.json
+    hidden_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # bf16 keeps the range of activations
+    shard_seqs: int = 256           # sequences per shard: the unit of resume and of checksums
+    batch_size: int = 32            # teacher forward batch
+    forward_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 autocast on GPUs
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # "synthetic" = the rendered local suite; other names are lm-eval tasks run the same way.
+    tasks: tuple[str, ...] = ("synthetic",)
+    # Fixed, never "auto": padding differs with batch size, so results could drift with it.
+    batch_size: int = 32
+    # Items per task for smoke runs; None = all. Part of the evaluation store's key.
+    limit: int | None = None
+    # "auto": cuda when a GPU is visible (the job's own under SLURM), else cpu; or "cpu", "cuda:1", ...
+    # Not part of the store's key: on an H100, CPU and CUDA log-likelihoods agreed to 6e-6 and no
+    # item's answer changed.
+    device: str = "auto"
+    # float32 keeps CPU and GPU scores comparable; part of the store's key.
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    # Experiment 1 (logit KD): every other arm is compared against it.
+    reference_arm: str = "logit"
+    # Experiment 2 (logit + hidden-state KD): the arm the headline asks about.
+    candidate_arm: str = "logit_hidden"
+    # "acc" or "acc_norm" (length-normalised); acc is the registered primary metric.
+    metric: Literal["acc", "acc_norm"] = "acc"
+    # Bootstrap resamples; 2000 gives CI ends stable to a few tenths of a point and p down to 0.001.
+    n_boot: int = 2000
+    # Two-sided confidence level; 1 - ci is also the significance level.
+    ci: float = 0.95
+    # Seeds the numpy generators, so tables are identical on rerun.
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    enabled: bool = False                           # off: every arm trains with its configured values
+    trials: int = 6                                 # per arm: the same search budget for every arm
+    tokens: int = 150_000                           # training tokens per trial
+    temperature: tuple[float, float] = (1.0, 4.0)   # log-uniform range, for arms with logit terms
+    weight_scale: tuple[float, float] = (0.25, 4.0)  # log-uniform multiplier of every teacher term's weight
+    seed: int = 0                                   # the student seed (initialisation, data order) of the trials
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+
 
 
 def build(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:

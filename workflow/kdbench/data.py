@@ -9,26 +9,15 @@ and the step (`batch_indices`), which makes resuming and cross-arm fairness triv
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from kdbench import KdbenchError
+from kdbench.config import DataConfig
 from kdbench.io import atomic_path, sha256_file, write_json
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "world"       # "world" (embedded synthetic corpus), a local .txt/.jsonl file, or a HF dataset id
-    text_field: str = "text"    # field holding the text in jsonl / HF datasets
-    hf_name: str | None = None  # HF dataset configuration name
-    hf_split: str = "train"
-    max_docs: int | None = None  # cap on documents read (None: all)
-    seq_len: int = 128           # tokens per training sequence
-    val_fraction: float = 0.02   # held-out sequences for validation loss (never the evaluation suite)
-    seed: int = 0                # which sequences go to validation
 
 
 def read_texts(cfg: DataConfig, path: Path | None = None) -> Iterator[str]:

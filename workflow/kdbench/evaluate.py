@@ -28,13 +28,13 @@ import difflib
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kdbench import KdbenchError
+from kdbench.config import EvalConfig
 from kdbench.io import atomic_path, read_json, sha256_file, write_json
 from kdbench.models import weights_sha256
 
@@ -48,21 +48,6 @@ _SEEDS = {"random": 0, "numpy": 1234, "torch": 1234, "fewshot": 1234}
 _METRICS = ({"metric": "acc", "aggregation": "mean", "higher_is_better": True},
             {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True})
 
-
-@dataclass(frozen=True)
-class EvalConfig:
-    # "synthetic" = the rendered local suite; other names are lm-eval tasks run the same way.
-    tasks: tuple[str, ...] = ("synthetic",)
-    # Fixed, never "auto": padding differs with batch size, so results could drift with it.
-    batch_size: int = 32
-    # Items per task for smoke runs; None = all. Part of the cache key.
-    limit: int | None = None
-    # "auto": cuda when a GPU is visible (the job's own under SLURM), else cpu; or "cpu", "cuda:1", ...
-    # Not part of the cache key: on an H100, CPU and CUDA log-likelihoods agreed to 6e-6 and no
-    # item's answer changed.
-    device: str = "auto"
-    # float32 keeps CPU and GPU scores comparable; part of the cache key.
-    dtype: str = "float32"
 
 
 def render_tasks(suite_dir: Path, out_dir: Path) -> list[str]:

@@ -6,17 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kdbench import KdbenchError
-from kdbench.arms import LAYER_TERMS, ArmConfig, check_arms
-from kdbench.cache import CacheConfig
-from kdbench.config import build
-from kdbench.data import DataConfig
-from kdbench.evaluate import EvalConfig
-from kdbench.report import StatsConfig
-from kdbench.student import StudentConfig
-from kdbench.teacher import TeacherConfig
-from kdbench.tokenizer import TokenizerConfig
-from kdbench.tuning import TuningConfig
-from kdbench.world import WorldConfig
+from kdbench.arms import ArmConfig, check_arms
+from kdbench.config import (CacheConfig, DataConfig, EvalConfig, StatsConfig, StudentConfig, TeacherConfig,
+                            TokenizerConfig, TuningConfig, WorldConfig, build)
+from kdbench.registry import LAYERED, reads
 
 
 @dataclass(frozen=True)
@@ -61,10 +54,9 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
 
 def capture_spec(exp: Experiment) -> dict[str, dict]:
     """The part of each arm that decides what the cache holds (so loss weights never rerun the cache)."""
-    layer_terms = set().union(*LAYER_TERMS.values())
     spec = {}
     for name, arm in exp.arms.items():
-        terms = sorted(layer_terms & set(arm.terms))
+        terms = sorted(t for t in arm.terms if reads([t]) & set(LAYERED))
         if terms:
             spec[name] = {"terms": {t: 1.0 for t in terms}, "layer_map": arm.layer_map}
     return spec

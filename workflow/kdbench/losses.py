@@ -8,7 +8,6 @@ counted position gives exactly 0 (still connected to the graph) instead of 0/0.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench import KdbenchError
+from kdbench.registry import register, spec, table
 
 # Empty buckets have log-prob -inf; flooring them to a finite value far below any real
 # log-prob makes 0 * log 0 terms exactly 0 and keeps gradients free of inf - inf.
@@ -48,40 +48,14 @@ class StudentOutputs:
     logit_pass: LogitPass | None = None  # set by the trainer: one pass over the logits for all the arm's logit terms
 
 
-LossFn = Callable[..., Tensor]
-LOSSES: dict[str, LossFn] = {}
-
-
-def register(name: str) -> Callable[[LossFn], LossFn]:
-    """Add a loss to `LOSSES` under `name`.
-
-    Hyperparameters must be keyword-only: that is how `loss_kwargs` tells them apart.
-    """
-
-    def add(fn: LossFn) -> LossFn:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
-        params = list(inspect.signature(fn).parameters.values())
-        if len(params) < 3 or any(p.kind is not p.KEYWORD_ONLY for p in params[3:]):
-            raise ValueError(f"loss {name!r}: expected fn(student, targets, mask, *, hyper...)")
-        LOSSES[name] = fn
-        return fn
-
-    return add
-
-
-def get_loss(name: str) -> LossFn:
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise KdbenchError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}") from None
+def get_loss(name: str) -> Callable[..., Tensor]:
+    spec(name)  # an unknown name is reported with the known ones
+    return table[name]
 
 
 def loss_kwargs(name: str, hyper: Mapping[str, Any]) -> dict[str, Any]:
     """The part of an arm-wide hyperparameter dict that loss `name` accepts."""
-    params = inspect.signature(get_loss(name)).parameters.values()
-    accepted = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
-    return {key: value for key, value in hyper.items() if key in accepted}
+    return {key: value for key, value in hyper.items() if key in spec(name).hyper}
 
 
 class HiddenProjector(nn.Module):
@@ -345,7 +319,7 @@ def _bucketed(
     return temperature**2 * _masked_mean(divergence(t_log, s_log), mask)
 
 
-@register("fkl")
+@register("fkl", reads=("logits",))
 def forward_kl(student: StudentOutputs, targets: Targets, mask: Tensor, *, temperature: float = 1.0) -> Tensor:
     """KL(teacher || student): mass-covering, the classic distillation term.
 
@@ -358,13 +332,13 @@ def forward_kl(student: StudentOutputs, targets: Targets, mask: Tensor, *, tempe
     return temperature**2 * torch.dot(p.flatten(), gap.flatten()) / mask.bool().sum().clamp_min(1)
 
 
-@register("rkl")
+@register("rkl", reads=("logits",))
 def reverse_kl(student: StudentOutputs, targets: Targets, mask: Tensor, *, temperature: float = 1.0) -> Tensor:
     """KL(student || teacher): mode-seeking, lets a small student ignore teacher modes."""
     return _bucketed("rkl", student, targets, mask, temperature, lambda t, s: _kl(s, t))
 
 
-@register("jsd")
+@register("jsd", reads=("logits",))
 def jensen_shannon(
     student: StudentOutputs, targets: Targets, mask: Tensor, *, temperature: float = 1.0, beta: float = 0.5
 ) -> Tensor:
@@ -384,7 +358,7 @@ def jensen_shannon(
     return _bucketed("jsd", student, targets, mask, temperature, jsd)
 
 
-@register("tvd")
+@register("tvd", reads=("logits",))
 def total_variation(student: StudentOutputs, targets: Targets, mask: Tensor, *, temperature: float = 1.0) -> Tensor:
     """Total variation 1/2 sum |t - s|: bounded, and symmetric in teacher and student."""
     return _bucketed(
@@ -411,7 +385,7 @@ def _hidden(name: str, student: StudentOutputs, targets: Targets) -> tuple[Tenso
     return s, t
 
 
-@register("hidden_mse")
+@register("hidden_mse", reads=("hidden",))
 def hidden_mse(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tensor:
     """Mean squared error over mapped layers, features and counted positions."""
     s, t = _hidden("hidden_mse", student, targets)
@@ -423,14 +397,14 @@ def hidden_mse(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tenso
     return sq / (mask.sum().clamp_min(1) * s.shape[1] * s.shape[3])
 
 
-@register("hidden_cos")
+@register("hidden_cos", reads=("hidden",))
 def hidden_cos(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tensor:
     """1 - cosine similarity: matches directions and ignores the scale of each state."""
     s, t = _hidden("hidden_cos", student, targets)
     return _masked_mean((1 - F.cosine_similarity(s, t, dim=-1)).mean(dim=1), mask)
 
 
-@register("attn_kl")
+@register("attn_kl", reads=("attentions",))
 def attention_kl(student: StudentOutputs, targets: Targets, mask: Tensor) -> Tensor:
     """TinyBERT-style KL(teacher row || student row) of attention maps.
 
@@ -455,7 +429,7 @@ def _relations(name: str, side: str, x: Tensor, heads: int, keep: Tensor) -> Ten
     return torch.log_softmax(scores.masked_fill(~keep, -math.inf), dim=-1)
 
 
-@register("relation")
+@register("relation", reads=("qkv",))
 def relation(student: StudentOutputs, targets: Targets, mask: Tensor, *, relation_heads: int = 4) -> Tensor:
     """MiniLMv2-style self-attention relation transfer (QQ, KK, VV).
 

@@ -11,7 +11,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -25,16 +25,9 @@ from transformers import (
 )
 
 from kdbench import KdbenchError
+from kdbench.config import ArchConfig
 from kdbench.io import sha256_file
 
-
-@dataclass(frozen=True)
-class ArchConfig:
-    family: Literal["gpt2", "llama", "gpt_neox"] = "gpt2"  # GPT-2 is the smallest well-supported causal LM
-    n_layer: int = 2
-    d_model: int = 128
-    n_head: int = 2
-    d_ff: int | None = None  # None: 4 x d_model, the usual ratio
 
 
 def build_model(arch: ArchConfig, vocab_size: int, max_len: int, eos_id: int, seed: int) -> PreTrainedModel:

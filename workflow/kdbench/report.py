@@ -21,7 +21,8 @@ import pandas as pd
 from kdbench import KdbenchError, plots, stats
 from kdbench.evaluate import FORMAT
 from kdbench.io import atomic_path, read_json
-from kdbench.stats import OVERALL, StatsConfig, task_label
+from kdbench.config import StatsConfig
+from kdbench.stats import OVERALL, task_label
 
 __all__ = ["ModelEval", "StatsConfig", "aggregate", "model_evals"]
 

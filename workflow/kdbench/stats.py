@@ -15,32 +15,17 @@ one item draw applies to all drawn seeds. Means, differences and CIs are in poin
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from kdbench import KdbenchError
+from kdbench.config import StatsConfig
 
 OVERALL = "overall"  # the unweighted mean over tasks, per seed
 TASK_PREFIX = "kdb_"  # rendered suite tasks; shown by family name
 
-
-@dataclass(frozen=True)
-class StatsConfig:
-    # Experiment 1 (logit KD): every other arm is compared against it.
-    reference_arm: str = "logit"
-    # Experiment 2 (logit + hidden-state KD): the arm the headline asks about.
-    candidate_arm: str = "logit_hidden"
-    # "acc" or "acc_norm" (length-normalised); acc is the registered primary metric.
-    metric: str = "acc"
-    # Bootstrap resamples; 2000 gives CI ends stable to a few tenths of a point and p down to 0.001.
-    n_boot: int = 2000
-    # Two-sided confidence level; 1 - ci is also the significance level.
-    ci: float = 0.95
-    # Seeds the numpy generators, so tables are identical on rerun.
-    seed: int = 0
 
 
 def task_label(task: str) -> str:

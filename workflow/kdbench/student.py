@@ -8,31 +8,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig
 
 from kdbench import KdbenchError
-from kdbench.arms import ArmConfig
-from kdbench.cache import Capture, TeacherCache
-from kdbench.config import as_dict, build
+from kdbench.arms import ArmConfig, Capture
+from kdbench.cache import TeacherCache
+from kdbench.config import StudentConfig, TrainConfig, as_dict, build
 from kdbench.data import load_tokens
 from kdbench.io import atomic_dir, read_json, write_json
+from kdbench.devices import device_for_rank, world
 from kdbench.layermap import layer_map
 from kdbench.memory import keep_freed_memory
-from kdbench.models import (ArchConfig, blocks, build_model, load_model, load_tokenizer, save_model,
+from kdbench.models import (blocks, build_model, load_model, load_tokenizer, save_model,
                             tokenizer_sha256, width)
 from kdbench.provenance import fingerprint
-from kdbench.train import Objective, TokenSource, TrainConfig, device_for_rank, train, world, write_curve
+from kdbench.train import Objective, TokenSource, train, write_curve
 
-
-@dataclass(frozen=True)
-class StudentConfig:
-    arch: ArchConfig = field(default_factory=ArchConfig)
-    init: str = "random"  # "random", "teacher_layers" (DistilBERT-style copy), or a pretrained model id/dir
-    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def init_student(cfg: StudentConfig, seed: int, tokenizer_dir: Path, seq_len: int, teacher_dir: Path | None,

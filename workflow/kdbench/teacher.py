@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdbench.arms import ArmConfig
-from kdbench.cache import Capture
-from kdbench.config import as_dict
+from kdbench.arms import ArmConfig, Capture
+from kdbench.config import TeacherConfig, as_dict
 from kdbench.data import load_tokens
 from kdbench.io import atomic_dir, read_json, write_json
-from kdbench.models import ArchConfig, build_model, load_model, load_tokenizer, save_model, width
-from kdbench.train import Objective, TokenSource, TrainConfig, device_for_rank, train, write_curve
+from kdbench.devices import device_for_rank
+from kdbench.models import build_model, load_model, load_tokenizer, save_model, width
+from kdbench.train import Objective, TokenSource, train, write_curve
 from kdbench.provenance import fingerprint
 
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    source: str = "train"  # "train": trained here on the corpus; else a HF hub id or a local model directory
-    arch: ArchConfig = field(default_factory=lambda: ArchConfig(n_layer=4, d_model=256, n_head=4))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(tokens=2_000_000, lr=1e-3))
-    seed: int = 0          # initialisation and data order of the teacher
 
 
 def train_teacher(cfg: TeacherConfig, data_dir: Path, tokenizer_dir: Path, out_dir: Path, work_dir: Path) -> None:

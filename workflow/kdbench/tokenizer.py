@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from kdbench import KdbenchError
+from kdbench.config import TokenizerConfig
 
 EOS = "<|endoftext|>"
 
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    vocab_size: int = 1024  # small world vocabulary; BPE may stop below this
-    min_frequency: int = 2  # a pair seen once is noise, not vocabulary
-
-    def __post_init__(self) -> None:
-        floor = len(pre_tokenizers.ByteLevel.alphabet()) + 1
-        if self.vocab_size < floor:
-            raise KdbenchError(f"vocab_size={self.vocab_size} is too small; allowed: >= {floor} (256 bytes + {EOS})")
-        if self.min_frequency < 1:
-            raise KdbenchError(f"min_frequency={self.min_frequency} must be at least 1")
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, out_dir: Path) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -21,9 +20,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdbench import KdbenchError
-from kdbench.arms import LOGIT_TERMS, ArmConfig
-from kdbench.cache import Capture
+from kdbench.arms import ArmConfig, Capture
+from kdbench.config import TrainConfig
 from kdbench.data import batch_indices
+from kdbench.devices import bf16_autocast, world
 from kdbench.io import atomic_path
 from kdbench.losses import HiddenProjector, StudentOutputs, Targets, get_loss, logit_pass, loss_kwargs
 from kdbench.models import forward_taps, width
@@ -31,24 +31,6 @@ from kdbench.models import forward_taps, width
 
 CHECKPOINT_FORMAT = 2  # 2: the hidden projector as one (L, D_t, D_s) weight and one (L, D_t) bias
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    tokens: int = 1_000_000      # token budget: identical for every arm of a comparison
-    batch_size: int = 32         # sequences per step
-    lr: float = 2e-3             # peak learning rate (AdamW)
-    min_lr_ratio: float = 0.1    # cosine decay ends at lr * min_lr_ratio
-    warmup_steps: int = 30       # linear warm-up
-    weight_decay: float = 0.1    # on matrices only
-    grad_clip: float = 1.0       # max global grad norm
-    autocast: bool = True        # bfloat16 autocast where the hardware has it (see `bf16_autocast`)
-    checkpoint_every: int = 100  # steps between resumable checkpoints
-    log_every_s: float = 5.0     # seconds between progress lines
-    curve_every: int = 10        # steps between recorded curve points
-    val_seqs: int = 64           # validation sequences for the held-out loss
-
-    def steps(self, seq_len: int) -> int:
-        return max(1, self.tokens // (self.batch_size * seq_len))
 
 
 class BatchSource(Protocol):
@@ -77,7 +59,7 @@ class Objective(nn.Module):
         super().__init__()
         self.arm, self.terms = arm, dict(arm.terms)
         self.losses = {n: (get_loss(n), loss_kwargs(n, arm.hyper)) for n in self.terms}
-        ce, buckets = "ce" in self.terms, bool(LOGIT_TERMS & set(self.terms))  # one pass over the logits serves both
+        ce, buckets = "ce" in self.terms, "logits" in arm.reads  # one pass over the logits serves both
         self.logit_parts = dict(ce=ce, buckets=buckets, temperature=arm.temperature if buckets else 1.0)
         student_layers, wanted = tuple(s for s, _ in pairs), [t for _, t in pairs]
         self.want: dict[str, tuple[int, ...]] = {}  # component -> student layers to tap
@@ -127,30 +109,10 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def device_for_rank() -> str:
-    """cuda:LOCAL_RANK when CUDA is there (torchrun sets LOCAL_RANK), else cpu."""
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
 
 
-def bf16_autocast(device: str, wanted: bool = True) -> torch.autocast:
-    """bfloat16 autocast on GPUs and on CPUs with AVX-512; off elsewhere.
-
-    Without native bf16 instructions the CPU emulates them: measured 10x slower than fp32
-    on an AVX2-only machine, so there `wanted` is overridden.
-    """
-    kind = torch.device(device).type
-    native = kind == "cuda" or "AVX512" in torch.backends.cpu.get_cpu_capability()
-    return torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=wanted and native)
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun with several processes."""
-    size = int(os.environ.get("WORLD_SIZE", 1))
-    if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), size) if size > 1 else (0, 1)
 
 
 class _Net(nn.Module):

@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from kdbench.arms import LOGIT_TERMS, TEACHER_TERMS, ArmConfig
-from kdbench.config import as_dict
+from kdbench.arms import ArmConfig
+from kdbench.config import TrainConfig, TuningConfig, as_dict
+from kdbench.registry import spec
 from kdbench.io import write_json
 from kdbench.student import fit_student
-from kdbench.train import TrainConfig
 
-
-@dataclass(frozen=True)
-class TuningConfig:
-    enabled: bool = False                           # off: every arm trains with its configured values
-    trials: int = 6                                 # per arm: the same search budget for every arm
-    tokens: int = 150_000                           # training tokens per trial
-    temperature: tuple[float, float] = (1.0, 4.0)   # log-uniform range, for arms with logit terms
-    weight_scale: tuple[float, float] = (0.25, 4.0)  # log-uniform multiplier of every teacher term's weight
-    seed: int = 0                                   # the student seed (initialisation, data order) of the trials
 
 
 def candidates(arm: ArmConfig, cfg: TuningConfig) -> list[ArmConfig]:
@@ -38,9 +29,9 @@ def candidates(arm: ArmConfig, cfg: TuningConfig) -> list[ArmConfig]:
     out = [arm]
     for _ in range(cfg.trials - 1):
         temperature, scale = draw(*cfg.temperature), draw(*cfg.weight_scale)
-        terms = {n: w * scale if n in TEACHER_TERMS else w for n, w in arm.terms.items()}
+        terms = {n: w * scale if spec(n).reads else w for n, w in arm.terms.items()}
         out.append(replace(arm, terms=terms,
-                           temperature=temperature if LOGIT_TERMS & set(arm.terms) else arm.temperature))
+                           temperature=temperature if "logits" in arm.reads else arm.temperature))
     return out
 
 

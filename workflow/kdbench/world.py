@@ -16,50 +16,16 @@ import itertools
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, get_args
 
 from kdbench import KdbenchError
-from kdbench.config import as_dict
+from kdbench.config import DocType, WorldConfig, WorldFamily, as_dict
 from kdbench.io import atomic_path, write_json
 
-FAMILIES: tuple[str, ...] = ("fact_qa", "fact_paraphrase", "fact_negation", "context_qa", "induction", "comparison",
-                              "agreement")
-DOC_TYPES: tuple[str, ...] = ("bio", "qa", "negation", "context", "induction", "comparison", "agreement")
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    seed: int = 1234  # one seed fixes the whole world; components derive named sub-seeds from it
-    n_entities: int = 64  # few enough that each fact is stated 100+ times in biographies of a 1M-token corpus
-    n_docs: int = 20000  # about 1.0M tokens with the default 1024-token BPE
-    items_per_task: int = 300  # per family; the fact families are capped by the held-out facts (224 by default)
-    # The families of the suite; "comparison" needs more training than the 2-core default affords.
-    families: tuple[str, ...] = ("fact_qa", "fact_paraphrase", "fact_negation", "context_qa", "induction", "agreement")
-    # Biographies dominate because parametric facts need the most repetitions; types left out get no documents.
-    mix: dict[str, float] = field(default_factory=lambda: {
-        "bio": 0.38, "qa": 0.12, "negation": 0.10, "context": 0.12, "induction": 0.16, "agreement": 0.12})
-
-    def __post_init__(self) -> None:
-        if not MIN_ENTITIES <= self.n_entities <= len(NAMES):
-            raise KdbenchError(f"n_entities={self.n_entities} is out of range; allowed: {MIN_ENTITIES}..{len(NAMES)} "
-                               f"(both QA halves need {MIN_ENTITIES // 2} people, names come from a fixed list)")
-        for key in ("n_docs", "items_per_task"):
-            if getattr(self, key) < 1:
-                raise KdbenchError(f"{key}={getattr(self, key)} must be at least 1")
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if unknown or not self.families or len(set(self.families)) < len(self.families):
-            raise KdbenchError(f"families={list(self.families)} must name distinct task families; "
-                               f"allowed: {', '.join(FAMILIES)}")
-        for key, share in self.mix.items():
-            if key not in DOC_TYPES:
-                raise KdbenchError(f"mix key {key!r} is not a document type; allowed: {', '.join(DOC_TYPES)}")
-            if not share >= 0:
-                raise KdbenchError(f"mix.{key}={share} must be a share >= 0")
-        if sum(self.mix.values()) <= 0:
-            raise KdbenchError("mix: at least one document type needs a positive share")
-
+FAMILIES: tuple[str, ...] = get_args(WorldFamily)
+DOC_TYPES: tuple[str, ...] = get_args(DocType)
 
 @dataclass(frozen=True)
 class Attribute:
@@ -104,7 +70,6 @@ NAMES: tuple[str, ...] = tuple(
     "Martin Nora Oscar Paul Ruth Simon Tom Uma Vera Walter Amy Brian Chloe Dylan Eric Fiona Gavin Helen Isaac Jane "
     "Kyle Lucy Mike Owen Ryan Sarah Ursula Vincent Will Zoe Adam Beth Colin Diana Edward Flora Hugo Iris James Kate "
     "Liam Mia Noah Olga Rita Sofia Tara Greg Heidi Ingrid Jonas Lena Marco Nadia Pablo Rachel Steve Theo Wanda".split())
-MIN_ENTITIES = 8
 SYLLABLES: tuple[str, ...] = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
 OBJECTS = ("apples", "coins", "books", "stamps", "marbles", "shells", "pencils", "cards")
 # Agreement grammar: (singular, plural) nouns, so the attractor can carry the opposite number.

@@ -1,8 +1,8 @@
 """Snakemake job: turn every evaluation into tables, statistics and figures."""
 from pathlib import Path
 
-from kdbench.config import build
-from kdbench.report import StatsConfig, aggregate, model_evals
+from kdbench.config import StatsConfig, build
+from kdbench.report import aggregate, model_evals
 from kdbench.snake import run_job
 
 p = snakemake.params

@@ -2,8 +2,8 @@
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
-from kdbench.cache import CacheConfig, cache_teacher
-from kdbench.config import build
+from kdbench.capture import cache_teacher
+from kdbench.config import CacheConfig, build
 from kdbench.snake import run_job
 
 p = snakemake.params

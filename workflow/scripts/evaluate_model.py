@@ -1,8 +1,8 @@
 """Snakemake job: evaluate one model on the held-out suite with lm-eval."""
 from pathlib import Path
 
-from kdbench.config import build
-from kdbench.evaluate import EvalConfig, evaluate_model
+from kdbench.config import EvalConfig, build
+from kdbench.evaluate import evaluate_model
 from kdbench.snake import run_job
 
 cfg = build(EvalConfig, snakemake.params.evaluation, "evaluation")

@@ -1,8 +1,8 @@
 """Snakemake job: tokenise and pack the corpus into train/val sequences."""
 from pathlib import Path
 
-from kdbench.config import build
-from kdbench.data import DataConfig, prepare, read_texts
+from kdbench.config import DataConfig, build
+from kdbench.data import prepare, read_texts
 from kdbench.models import load_tokenizer
 from kdbench.snake import run_job
 

@@ -2,11 +2,10 @@
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
-from kdbench.config import build
+from kdbench.config import TrainConfig, build
 from kdbench.io import read_json
 from kdbench.snake import run_job
 from kdbench.student import train_student_distributed
-from kdbench.train import TrainConfig
 
 w, p = snakemake.wildcards, snakemake.params
 tuned = snakemake.input.tuned

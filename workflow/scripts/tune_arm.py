@@ -2,10 +2,9 @@
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
-from kdbench.config import build
+from kdbench.config import TrainConfig, TuningConfig, build
 from kdbench.snake import run_job
-from kdbench.train import TrainConfig
-from kdbench.tuning import TuningConfig, tune_arm
+from kdbench.tuning import tune_arm
 
 w, p = snakemake.wildcards, snakemake.params
 arm = build(ArmConfig, p.arm, f"arms.{w.arm}")
