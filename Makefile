@@ -1,6 +1,7 @@
 # make run   set up .venv, then run the default benchmark (snakemake --cores all)
 # make test  set up .venv, then run the test suite (includes the smoke preset end to end)
 # make test-slurm  as root: a one-node SLURM cluster on localhost runs part of the smoke preset
+# EXP=<name> picks config/presets/<name>.yaml (run, smoke, report) or results/<name>/ (paper).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,8 +11,10 @@ export HF_HOME := $(CURDIR)/.hf_home
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+EXP ?= default
+PRESET := $(if $(filter default,$(EXP)),,--configfile config/presets/$(EXP).yaml)
 
-.PHONY: setup run smoke test test-slurm lint report paper clean
+.PHONY: setup run smoke test test-quick test-slurm lint report paper docs clean
 
 setup: $(STAMP)
 
@@ -23,13 +26,16 @@ $(STAMP): envs/requirements.lock pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/snakemake --cores all
+	$(BIN)/snakemake --cores all $(PRESET)
 
 smoke: setup
-	$(BIN)/snakemake --cores all --configfile config/presets/smoke.yaml
+	$(MAKE) run EXP=smoke
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-quick: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slurm: setup
 	.ci/slurm/test.sh
@@ -38,7 +44,13 @@ lint: setup
 	$(BIN)/snakemake --lint
 
 report: setup
-	$(BIN)/snakemake --report results/default/report.html
+	$(BIN)/snakemake --report results/$(EXP)/report.html $(PRESET)
+
+paper: setup
+	$(BIN)/kdbench paper results/$(EXP)
+
+docs: setup
+	$(BIN)/kdbench docs
 
 clean:
 	rm -rf results/default results/smoke logs benchmarks .snakemake

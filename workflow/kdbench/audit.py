@@ -26,10 +26,10 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kdbench import KdbenchError
-from kdbench.evaluate import _model_hashes
+from kdbench.evaluate import FORMAT as EVAL_FORMAT, model_hashes
 from kdbench.io import read_json, sha256_path
 from kdbench.provenance import RECORD_SUFFIX, record_path, tree_hashes
 
@@ -244,8 +244,8 @@ class _Auditor:
             self.visit(upstream, depth + 1)
             if upstream.outputs[path] != consumed:
                 self.broken_links.setdefault((path, consumed, upstream.file), []).append(self.show_file(rec.file))
-        for check in _CHECKS.get(rec.rule, ()):
-            check(self, rec)
+        self.check_states(rec)
+        self.check_evaluated_weights(rec)
 
     def add(self, path: str, depth: int, rec: Record | None, recorded: str) -> None:
         shown = self.show(path)
@@ -290,15 +290,17 @@ class _Auditor:
             return None  # its hash check already failed
 
     def check_evaluated_weights(self, rec: Record) -> None:
-        """The eval JSON scored the weights (and tokenizer) that are in the model folder now."""
+        """An evaluation scored the weights (and tokenizer) that are in its input model folder now."""
         out = next(iter(rec.outputs))
         result = self.json_of(self.local(out))
+        if result is None or result.get("format") != EVAL_FORMAT:
+            return
         for model in rec.data.get("inputs", {}).get("model", {}):
             local = self.local(model)
-            if result is None or local is None or not local.is_dir():
+            if local is None or not local.is_dir():
                 continue
             try:
-                weights, tokenizer = _model_hashes(local)
+                weights, tokenizer = model_hashes(local)
             except KdbenchError as e:
                 self.mismatch(model, str(e))
                 continue
@@ -309,16 +311,15 @@ class _Auditor:
                 self.mismatch(model, f"tokenizer.json hash {short(tokenizer)}, but {self.show(out)} used "
                                     f"{short(result.get('tokenizer_sha256'))}")
 
-    def check_described(self, rec: Record) -> None:
-        """What the artifact says about how it was made agrees with its record's params."""
-        inner, declared = _DESCRIBED[rec.rule]
-        out = next(iter(rec.outputs))
-        local = self.local(out)
-        described = self.json_of(local / inner if inner and local is not None else local)
-        if described is None:
-            return
-        for key, said, stated in _differences(declared(rec), described):
-            self.mismatch(out, f"{inner or Path(out).name} says {key}={stated!r}, its record says {said!r}")
+    def check_states(self, rec: Record) -> None:
+        """Each JSON output says about how it was made what its record says it must (the record's `states`)."""
+        for path, stated in rec.data.get("states", {}).items():
+            described = self.json_of(self.local(path))
+            if described is None:
+                continue
+            owner = next((o for o in rec.outputs if path == o or path.startswith(o.rstrip("/") + "/")), path)
+            for key, said, found in _differences(stated, described):
+                self.mismatch(owner, f"{Path(path).name} says {key}={found!r}, its record says {said!r}")
 
     def check_numbers(self) -> int:
         """Recompute every summary.csv row from the eval JSONs; return how many values were checked."""
@@ -401,22 +402,3 @@ def _same(expected: Any, cell: str) -> bool:
         except ValueError:
             return False
     return cell == str(expected)
-
-
-# rule -> (the file in the output that describes how it was made ("" = the output itself),
-#          what the record's params say that file must state)
-_DESCRIBED: dict[str, tuple[str, Callable[[Record], dict]]] = {
-    # Not compared: the JSON's "tasks" holds results, not names; the device is not part of a result's
-    # identity (a stored result computed on another device is reused).
-    "evaluate_model": ("", lambda r: {k: v for k, v in r.params.get("evaluation", {}).items()
-                                      if k not in ("tasks", "device")}),
-    "cache_teacher": ("manifest.json", lambda r: {"settings": r.params.get("cache", {})}),
-    "train_teacher": ("train.json", lambda r: {"config": r.params.get("teacher", {})}),
-    "train_student": ("train.json", lambda r: {"arm": r.wildcards.get("arm"), "seed": int(r.wildcards.get("seed", -1)),
-                                               "config": r.params.get("train", {}),
-                                               "arm_config": r.params.get("arm", {})}),
-}
-_CHECKS: dict[str, tuple[Callable[[_Auditor, Record], None], ...]] = {
-    "evaluate_model": (_Auditor.check_evaluated_weights, _Auditor.check_described),
-    **{rule: (_Auditor.check_described,) for rule in ("cache_teacher", "train_teacher", "train_student")},
-}

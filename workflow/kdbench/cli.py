@@ -2,6 +2,8 @@
 
     kdbench audit RESULTS_DIR [--json] [--partial] [--allow-mixed-code]
     kdbench verify-cache CACHE_DIR
+    kdbench paper RESULTS_DIR
+    kdbench docs [--check]
 
 Exit status: 0 when the check passes, 1 when it finds a problem, 2 on a usage error.
 """
@@ -47,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Rehash every shard file of a teacher cache; compare with its manifest.")
     verify.add_argument("cache_dir", type=Path, metavar="CACHE_DIR", help="e.g. results/smoke/cache")
     verify.set_defaults(run=_verify_cache)
+    paper = commands.add_parser(
+        "paper", help="regenerate every table and figure of a finished run into RESULTS_DIR/paper/",
+        description="Recompute the statistics, tables and figures from the evaluation JSONs of a finished run "
+                    "(no models needed), with the models and statistics settings its summary.csv record names.")
+    paper.add_argument("results_dir", type=Path, metavar="RESULTS_DIR", help="e.g. results/reference")
+    paper.set_defaults(run=_paper)
+    docs = commands.add_parser(
+        "docs", help="regenerate docs/config.md and the README's results section",
+        description="Write docs/config.md from the config schema and the README's results section from "
+                    "results/reference/; with --check, only report which of them are out of date.")
+    docs.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is out of date")
+    docs.set_defaults(run=_docs)
     return parser
 
 
@@ -88,6 +102,31 @@ def format_result(result: AuditResult) -> str:
         more = f" ({len(result.problems)} problems in all)" if len(result.problems) > 1 else ""
         lines.append(f"FAIL: first broken link: {path}: {message}{more}")
     return "\n".join(lines)
+
+
+def _paper(args: argparse.Namespace) -> int:
+    from kdbench.config import StatsConfig, build
+    from kdbench.io import read_json
+    from kdbench.provenance import record_path
+    from kdbench.report import aggregate, model_evals
+
+    record = record_path(args.results_dir / "summary.csv")
+    if not record.is_file():
+        raise KdbenchError(f"{args.results_dir}: no summary.csv record ({record.name}); give a finished run's folder")
+    params = read_json(record)["params"]
+    out = args.results_dir / "paper"
+    aggregate(model_evals(args.results_dir, params["models"]), build(StatsConfig, params["stats"], "stats"), out)
+    print(f"wrote the tables, headline and figures of {args.results_dir} into {out}")
+    return 0
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from kdbench.docs import regenerate
+
+    stale = regenerate(Path(__file__).resolve().parents[2], check=args.check)
+    for path in stale:
+        print(f"{'out of date' if args.check else 'rewrote'}: {path}")
+    return 1 if args.check and stale else 0
 
 
 def _verify_cache(args: argparse.Namespace) -> int:

@@ -101,12 +101,12 @@ def evaluate_model(model_dir: Path, cfg: EvalConfig, out_path: Path, include_pat
     lm-eval version, batch size, limit and dtype is copied instead of recomputed.
     """
     model_dir = Path(model_dir)
-    weights_sha, tokenizer_sha = _model_hashes(model_dir)
+    weights_sha, tokenizer_sha = model_hashes(model_dir)
     from lm_eval import __version__ as lm_eval_version
 
     manager, tasks = _load_tasks(cfg.tasks, include_path)
     task_sha = {name: _task_sha256(task) for name, task in tasks.items()}
-    key = _sha256_json({"model": weights_sha, "tokenizer": tokenizer_sha, "tasks": task_sha,
+    key = _sha256_json({"format": FORMAT, "model": weights_sha, "tokenizer": tokenizer_sha, "tasks": task_sha,
                         "lm_eval": lm_eval_version, "batch_size": cfg.batch_size,
                         "limit": cfg.limit, "dtype": cfg.dtype})
     stored = Path(store_dir) / f"{key}.json" if store_dir is not None else None
@@ -152,7 +152,7 @@ def _write_yaml(path: Path, obj: dict) -> None:
         tmp.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
 
 
-def _model_hashes(model_dir: Path) -> tuple[str, str | None]:
+def model_hashes(model_dir: Path) -> tuple[str, str | None]:
     """(hash over the weight files, hash of tokenizer.json or None); fails early on a bad dir."""
     tokenizer = model_dir / "tokenizer.json"
     return weights_sha256(model_dir), sha256_file(tokenizer) if tokenizer.is_file() else None

@@ -22,7 +22,7 @@ class Experiment:
     student: StudentConfig = field(default_factory=StudentConfig)
     seeds: tuple[int, ...] = (0, 1, 2)  # at least 3 for seed-level statistics
     cache: CacheConfig = field(default_factory=CacheConfig)
-    arms: dict[str, ArmConfig] = field(default_factory=lambda: {"ce": ArmConfig()})
+    arms: dict[str, ArmConfig] = field(default_factory=lambda: {"ce": ArmConfig()})  # arm name -> its loss configuration
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     gpus: int = 0                 # GPUs per training/caching/evaluation job; 0 on CPU-only machines

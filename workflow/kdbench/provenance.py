@@ -108,13 +108,19 @@ def job_seed(wildcards: Mapping[str, str], params: Mapping[str, Any]) -> int | N
 
 
 def write_record(outputs: Mapping[str, Sequence[Path]], *, rule: str, params: Mapping[str, Any],
-                 wildcards: Mapping[str, str], inputs: Mapping[str, Sequence[Path]], started: datetime) -> Path:
-    """Write the provenance record of one finished job beside its first output."""
+                 wildcards: Mapping[str, str], inputs: Mapping[str, Sequence[Path]], started: datetime,
+                 states: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write the provenance record of one finished job beside its first output.
+
+    `states` maps a JSON file among the outputs to what it must say about how it was made
+    (e.g. a student's train.json: its arm and training settings); the audit checks it.
+    """
     first = next(p for ps in outputs.values() for p in ps)
     record = {
         "rule": rule, "wildcards": dict(wildcards), "params": dict(params), "seed": job_seed(wildcards, params),
         "inputs": hash_files(inputs), "outputs": hash_files(outputs),
         "files": {str(p): tree_hashes(Path(p)) for ps in outputs.values() for p in ps if Path(p).is_dir()},
+        "states": {str(p): dict(s) for p, s in (states or {}).items()},
         "code": code_version(), "environment": environment(),
         "started": started.isoformat(), "ended": datetime.now(timezone.utc).isoformat(),
     }

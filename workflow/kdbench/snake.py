@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 from kdbench import KdbenchError
 from kdbench.memory import keep_freed_memory
@@ -25,8 +26,41 @@ def _named(files) -> dict[str, list[Path]]:
     return out
 
 
-def run_job(smk: Any, work: Callable[[], None]) -> None:
-    """Run `work` with stdout/stderr in the job's log; one-line errors; provenance on success."""
+class _PackedSequences(logging.Filter):
+    """Drops transformers' advice to pass an attention mask when the input holds the pad token.
+
+    Training sequences are packed documents joined by EOS, which is also the pad token: every
+    position is real and attends causally across the joins, so there is nothing to act on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "attention_mask" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _library_logs(log) -> Iterator[None]:
+    """Send transformers' log lines to the job's log (its handler holds the original stderr)."""
+    import transformers
+
+    logger = transformers.utils.logging.get_logger()  # the library's root logger
+    handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    streams = [h.setStream(log) for h in handlers]
+    quiet = _PackedSequences()  # on the handler: it sees the records of every transformers module
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h, stream in zip(handlers, streams):
+            h.setStream(stream)
+            h.removeFilter(quiet)
+
+
+def run_job(smk: Any, work: Callable[[], None], states: Mapping[str | Path, Mapping[str, Any]] | None = None) -> None:
+    """Run `work` with stdout/stderr in the job's log; one-line errors; provenance on success.
+
+    `states`: what JSON outputs must say about how they were made (see `provenance.write_record`).
+    """
     import torch
     import transformers
 
@@ -38,11 +72,11 @@ def run_job(smk: Any, work: Callable[[], None]) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", buffering=1) as log:
         try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), _library_logs(log):
                 work()
         except KdbenchError as e:
             print(f"error: {e}", file=log)
             print(f"kdbench error in rule {smk.rule}: {e}", file=sys.stderr)
             sys.exit(1)
     write_record(_named(smk.output), rule=smk.rule, params=dict(smk.params.items()),
-                 wildcards=dict(smk.wildcards.items()), inputs=_named(smk.input), started=started)
+                 wildcards=dict(smk.wildcards.items()), inputs=_named(smk.input), started=started, states=states)

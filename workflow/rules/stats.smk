@@ -14,6 +14,9 @@ rule aggregate:
         accuracy=report(f"{R}/figures/accuracy.png", caption="../report/accuracy.rst", category="Figures"),
         paired=report(f"{R}/figures/paired.png", caption="../report/paired.rst", category="Figures"),
         curves=report(f"{R}/figures/curves.png", caption="../report/curves.rst", category="Figures"),
+        accuracy_pdf=f"{R}/figures/accuracy.pdf",
+        paired_pdf=f"{R}/figures/paired.pdf",
+        curves_pdf=f"{R}/figures/curves.pdf",
     conda:
         ENV
     log:
@@ -23,7 +26,8 @@ rule aggregate:
     params:
         stats=config["stats"],
         models=MODELS,
-        results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
+        results=R,
+        out=R,
     script:
         "../scripts/aggregate.py"
 
@@ -37,8 +41,7 @@ rule paper:
         evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=MODELS)),
         models=ancient([f"{R}/{m}" for m in MODELS]),
     output:
-        summary=f"{R}/paper/summary.csv",
-        figures=directory(f"{R}/paper/figures"),
+        directory(f"{R}/paper"),
     conda:
         ENV
     log:
@@ -48,6 +51,7 @@ rule paper:
     params:
         stats=config["stats"],
         models=MODELS,
-        results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
+        results=R,
+        out=f"{R}/paper",
     script:
         "../scripts/aggregate.py"

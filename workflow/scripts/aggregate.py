@@ -7,5 +7,4 @@ from kdbench.snake import run_job
 
 p = snakemake.params
 cfg = build(StatsConfig, p.stats, "stats")
-run_job(snakemake, lambda: aggregate(model_evals(Path(p.results), p.models), cfg,
-                                     Path(snakemake.output.summary).parent))
+run_job(snakemake, lambda: aggregate(model_evals(Path(p.results), p.models), cfg, Path(p.out)))

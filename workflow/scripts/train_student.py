@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
-from kdbench.config import TrainConfig, build
+from kdbench.config import TrainConfig, as_dict, build
 from kdbench.io import read_json
 from kdbench.snake import run_job
 from kdbench.student import train_student_distributed
@@ -11,6 +11,8 @@ w, p = snakemake.wildcards, snakemake.params
 tuned = snakemake.input.tuned
 arm = build(ArmConfig, read_json(tuned[0])["chosen"] if tuned else p.arm, f"arms.{w.arm}")
 cfg = build(TrainConfig, p.train, "student.train")
+out = Path(snakemake.output[0])
 run_job(snakemake, lambda: train_student_distributed(
     snakemake.resources.gpu, w.arm, arm, cfg, int(w.seed), Path(snakemake.input.init), Path(snakemake.input.cache),
-    Path(snakemake.input.val).parent, Path(snakemake.output[0]), Path(p.work)))
+    Path(snakemake.input.val).parent, out, Path(p.work)),
+    states={out / "train.json": {"arm": w.arm, "seed": int(w.seed), "config": as_dict(cfg), "arm_config": as_dict(arm)}})
