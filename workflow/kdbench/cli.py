@@ -2,6 +2,7 @@
 
     kdbench audit RESULTS_DIR [--json] [--partial] [--allow-mixed-code]
     kdbench verify-cache CACHE_DIR
+    kdbench power RESULTS_DIR --mde POINTS [--reference ARM] [--candidate ARM] [--metric acc]
 
 Exit status: 0 when the check passes, 1 when it finds a problem, 2 on a usage error.
 """
@@ -47,7 +48,28 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Rehash every shard file of a teacher cache; compare with its manifest.")
     verify.add_argument("cache_dir", type=Path, metavar="CACHE_DIR", help="e.g. results/smoke/cache")
     verify.set_defaults(run=_verify_cache)
+    power = commands.add_parser(
+        "power", help="seeds and items the headline comparison needs for a target minimal detectable difference",
+        description="Estimate the variance components of candidate minus reference (overall) from a results "
+                    "folder's evaluations and tabulate the MDE for other seed and item counts.")
+    power.add_argument("results_dir", type=Path, metavar="RESULTS_DIR", help="e.g. results/reference")
+    power.add_argument("--mde", type=float, required=True, help="target MDE in points, e.g. 1.0")
+    power.add_argument("--reference", default=None, help="reference arm (default: stats.reference_arm's default)")
+    power.add_argument("--candidate", default=None, help="candidate arm (default: stats.candidate_arm's default)")
+    power.add_argument("--metric", default=None, choices=("acc", "acc_norm"), help="default: acc")
+    power.set_defaults(run=_power)
     return parser
+
+
+def _power(args: argparse.Namespace) -> int:
+    from kdbench.power import headline_components, plan
+    from kdbench.stats import StatsConfig
+
+    given = {"reference_arm": args.reference, "candidate_arm": args.candidate, "metric": args.metric}
+    cfg = StatsConfig(**{k: v for k, v in given.items() if v is not None})
+    components, n_seeds = headline_components(args.results_dir, cfg)
+    print(plan(components, n_seeds, args.mde, cfg))
+    return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
