@@ -76,7 +76,7 @@ def models(tmp_path_factory) -> list[ModelEval]:
 @pytest.fixture(scope="module")
 def report(models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    aggregate(models, StatsConfig(n_boot=1000), out)
+    aggregate(models, StatsConfig(), out)
     return out
 
 
@@ -116,11 +116,11 @@ def test_tables_and_headline(report):
     comp = pd.read_csv(report / "comparison.csv")
     assert set(comp["arm"]) == {"ce", "logit_hidden"} and set(comp["reference"]) == {"logit"}
     alpha = comp[(comp["arm"] == "logit_hidden") & (comp["task"] == "kdb_alpha")].iloc[0]
-    assert alpha["diff"] > 10 and alpha["p_holm"] < 0.05
+    assert alpha["diff"] > 10 and alpha["p_adj"] < 0.05 and alpha["role"] == "secondary"
 
 
 def test_rerun_is_byte_identical(models, report, tmp_path):
-    aggregate(models, StatsConfig(n_boot=1000), tmp_path)
+    aggregate(models, StatsConfig(), tmp_path)
     for name in OUTPUTS:
         assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
 
@@ -128,7 +128,7 @@ def test_rerun_is_byte_identical(models, report, tmp_path):
 def test_missing_candidate_and_no_curves(models, tmp_path):
     kept = [m for m in models if m.arm != "logit_hidden"]
     kept = [ModelEval(m.model, m.arm, m.seed, m.eval_path) for m in kept]
-    aggregate(kept, StatsConfig(n_boot=200), tmp_path)
+    aggregate(kept, StatsConfig(), tmp_path)
     assert "cannot be compared" in (tmp_path / "headline.txt").read_text()
     assert not (tmp_path / "figures/curves.png").exists()
     assert (tmp_path / "figures/paired.png").stat().st_size > 100
@@ -141,9 +141,9 @@ def test_refuses_inconsistent_inputs(models, tmp_path):
     data["samples"]["kdb_beta"] = data["samples"]["kdb_beta"][:10]
     write_json(short, data)
     with pytest.raises(KdbenchError, match="other items of kdb_beta"):
-        aggregate([*models, ModelEval("students/x/seed0", "x", 0, short)], StatsConfig(n_boot=100), tmp_path)
+        aggregate([*models, ModelEval("students/x/seed0", "x", 0, short)], StatsConfig(), tmp_path)
     with pytest.raises(KdbenchError, match="listed twice"):
-        aggregate([*models, models[-1]], StatsConfig(n_boot=100), tmp_path)
+        aggregate([*models, models[-1]], StatsConfig(), tmp_path)
     with pytest.raises(KdbenchError, match="metric"):
         aggregate(models, StatsConfig(metric="f1"), tmp_path)
 
@@ -156,5 +156,30 @@ def test_model_evals_follow_the_pipeline_layout(tmp_path):
     assert found[2].eval_path == tmp_path / "eval/students/logit/seed1/results.json"
     assert found[2].curve_path == tmp_path / "students/logit/seed1/curve.csv"
     assert found[3].curve_path is None and found[0].curve_path is None
+    assert found[2].train_path is None
     with pytest.raises(KdbenchError, match="arm and seed"):
         model_evals(tmp_path, ["students/logit"])
+
+
+def test_declared_tests_and_mde_are_stated(report):
+    headline = (report / "headline.txt").read_text()
+    assert "the declared primary test, unadjusted" in headline and "Holm-adjusted across all" in headline
+    assert re.search(r"detects an overall difference of \d+\.\d points with 80% power", headline)
+    assert "student tokens" not in headline  # no train.json in the fixture: conditions left out
+    comp = pd.read_csv(report / "comparison.csv")
+    assert list(comp["role"]).count("primary") == 1 and {"half_width", "mde", "p_adj", "p_shown"} <= set(comp.columns)
+    md = (report / "comparison.md").read_text()
+    assert md.startswith("Each arm minus logit") and "| primary |" in md and "| secondary |" in md
+
+
+def test_training_conditions_come_from_train_json(models, tmp_path):
+    with_train = []
+    for m in models:
+        if m.arm in ("logit", "logit_hidden"):
+            train = tmp_path / f"{m.arm}{m.seed}-train.json"
+            write_json(train, {"config": {"tokens": 400000, "lr": 0.003 if m.arm == "logit" else 0.001}})
+            m = ModelEval(m.model, m.arm, m.seed, m.eval_path, m.curve_path, train)
+        with_train.append(m)
+    aggregate(with_train, StatsConfig(), tmp_path / "out")
+    headline = (tmp_path / "out/headline.txt").read_text()
+    assert "student tokens 400,000; learning rate 0.003 (logit), 0.001 (logit_hidden)" in headline

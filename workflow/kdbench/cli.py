@@ -4,6 +4,7 @@
     kdbench verify-cache CACHE_DIR
     kdbench paper RESULTS_DIR
     kdbench docs [--check]
+    kdbench power RESULTS_DIR --mde POINTS [--reference ARM] [--candidate ARM] [--metric acc]
 
 Exit status: 0 when the check passes, 1 when it finds a problem, 2 on a usage error.
 """
@@ -61,7 +62,39 @@ def _parser() -> argparse.ArgumentParser:
                     "results/reference/; with --check, only report which of them are out of date.")
     docs.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is out of date")
     docs.set_defaults(run=_docs)
+    power = commands.add_parser(
+        "power", help="seeds and items the headline comparison needs for a target minimal detectable difference",
+        description="Estimate the variance components of candidate minus reference (overall) from a results "
+                    "folder's evaluations and tabulate the MDE for other seed and item counts.")
+    power.add_argument("results_dir", type=Path, metavar="RESULTS_DIR", help="e.g. results/reference")
+    power.add_argument("--mde", type=float, required=True, help="target MDE in points, e.g. 1.0")
+    power.add_argument("--reference", default=None, help="reference arm (default: the run's stats.reference_arm)")
+    power.add_argument("--candidate", default=None, help="candidate arm (default: the run's stats.candidate_arm)")
+    power.add_argument("--metric", default=None, choices=("acc", "acc_norm"), help="default: the run's stats.metric")
+    power.set_defaults(run=_power)
     return parser
+
+
+def _power(args: argparse.Namespace) -> int:
+    from kdbench.config import StatsConfig, build
+    from kdbench.power import headline_components, plan
+
+    given = {"reference_arm": args.reference, "candidate_arm": args.candidate, "metric": args.metric}
+    cfg = build(StatsConfig, {**_recorded(args.results_dir)["stats"], **{k: v for k, v in given.items() if v}}, "stats")
+    components, n_seeds = headline_components(args.results_dir, cfg)
+    print(plan(components, n_seeds, args.mde, cfg))
+    return 0
+
+
+def _recorded(results_dir: Path) -> dict:
+    """The params of a finished run's aggregate job (its models and statistics settings), from its record."""
+    from kdbench.io import read_json
+    from kdbench.provenance import record_path
+
+    record = record_path(results_dir / "summary.csv")
+    if not record.is_file():
+        raise KdbenchError(f"{results_dir}: no summary.csv record ({record.name}); give a finished run's folder")
+    return read_json(record)["params"]
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -106,14 +139,9 @@ def format_result(result: AuditResult) -> str:
 
 def _paper(args: argparse.Namespace) -> int:
     from kdbench.config import StatsConfig, build
-    from kdbench.io import read_json
-    from kdbench.provenance import record_path
     from kdbench.report import aggregate, model_evals
 
-    record = record_path(args.results_dir / "summary.csv")
-    if not record.is_file():
-        raise KdbenchError(f"{args.results_dir}: no summary.csv record ({record.name}); give a finished run's folder")
-    params = read_json(record)["params"]
+    params = _recorded(args.results_dir)
     out = args.results_dir / "paper"
     aggregate(model_evals(args.results_dir, params["models"]), build(StatsConfig, params["stats"], "stats"), out)
     print(f"wrote the tables, headline and figures of {args.results_dir} into {out}")

@@ -1,6 +1,6 @@
 """Report figures: accuracy per task by arm, paired differences vs the reference, training curves.
 
-The CIs drawn are the ones computed in `kdbench.stats` (seed x item bootstrap), not
+The CIs drawn are the ones computed in `kdbench.stats` (crossed seed x item intervals), not
 seaborn's own, so figures and tables always agree. Each figure is saved as PNG (for the
 Snakemake report) and PDF (for papers), without timestamps so reruns give equal files.
 """
@@ -62,7 +62,10 @@ def accuracy_figure(means: pd.DataFrame, chance: Mapping[str, float], arms: Sequ
 
 def paired_figure(comparisons: pd.DataFrame, arms: Sequence[str], reference: str, alpha: float,
                   out_base: Path) -> None:
-    """Forest plot of each arm minus the reference, per task and overall; filled = Holm-significant."""
+    """Forest plot of each arm minus the reference, per task and overall; filled = significant.
+
+    Significance is read from p_adj: the primary test's own p, Holm over the secondary family for the rest.
+    """
     colors = palette(arms)
     with sns.axes_style("whitegrid"):
         if comparisons.empty:
@@ -80,7 +83,7 @@ def paired_figure(comparisons: pd.DataFrame, arms: Sequence[str], reference: str
         for i, arm in enumerate(shown):
             rows = comparisons[comparisons["arm"] == arm].set_index("task").reindex(tasks)
             pos = y + 0.4 - step * (i + 0.5)
-            sig = (rows["p_holm"] < alpha).to_numpy()
+            sig = (rows["p_adj"] < alpha).to_numpy()
             ax.hlines(pos, rows["ci_lo"], rows["ci_hi"], color=colors[arm], linewidth=1.6)
             ax.scatter(rows["diff"][sig], pos[sig], color=colors[arm], zorder=3, label=arm)
             ax.scatter(rows["diff"][~sig], pos[~sig], facecolors="white", edgecolors=colors[arm], zorder=3,
@@ -88,7 +91,7 @@ def paired_figure(comparisons: pd.DataFrame, arms: Sequence[str], reference: str
         ax.axvline(0, color="black", linewidth=0.9)
         ax.axhline(0.5, color="0.75", linewidth=0.8)  # separates "overall" from the tasks
         ax.set_yticks(y, [task_label(t) for t in tasks])
-        ax.set_xlabel(f"difference vs {reference} (points, 95% CI); filled: Holm-adjusted p < {alpha:.2g}")
+        ax.set_xlabel(f"difference vs {reference} (points, 95% CI); filled: p < {alpha:.2g} (primary raw, secondary Holm)")
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         _save(fig, out_base)
 

@@ -4,8 +4,10 @@ Outputs in `out_dir` (all written atomically, identical on rerun):
 
 - ``summary.csv``: one row per (model, arm, seed, task, metric) as reported by lm-eval.
 - ``table.{md,csv,tex}``: arm means with 95% CIs per task and overall, in points.
-- ``comparison.{md,csv,tex}``: each arm minus the reference arm, paired over items and seeds.
-- ``headline.txt``: the answer to the research question in one sentence.
+- ``comparison.{md,csv,tex}``: each arm minus the reference arm, paired over items and seeds, with
+  the role of each test (one primary, the rest one Holm-adjusted secondary family), CI
+  half-width and minimal detectable difference.
+- ``headline.txt``: the answer to the research question in one paragraph.
 - ``figures/{accuracy,paired,curves}.{png,pdf}`` (curves only when training curves are given).
 """
 
@@ -24,7 +26,7 @@ from kdbench.io import atomic_path, read_json
 from kdbench.config import StatsConfig
 from kdbench.stats import OVERALL, task_label
 
-__all__ = ["ModelEval", "StatsConfig", "aggregate", "model_evals"]
+__all__ = ["ModelEval", "StatsConfig", "aggregate", "item_frame", "load_evals", "model_evals"]
 
 FIXED_ARMS = ("teacher", "init")  # reference points, not KD arms: never paired against the reference
 METRICS = ("acc", "acc_norm")
@@ -38,13 +40,14 @@ class ModelEval:
     seed: int | None  # None for the single teacher
     eval_path: Path  # the evaluate_model JSON
     curve_path: Path | None = None  # the student's curve.csv
+    train_path: Path | None = None  # the student's train.json: token budget and learning rate for the headline
 
 
 def model_evals(results_dir: Path, models: Sequence[str]) -> list[ModelEval]:
     """ModelEvals for the pipeline's layout: `<results>/eval/<model>/results.json`, curves in `<results>/<model>/`.
 
     Model names are "teacher", "students/init/seed<N>" (the untrained floor) and
-    "students/<arm>/seed<N>"; a student's curve.csv is used when it exists.
+    "students/<arm>/seed<N>"; a student's curve.csv and train.json are used when they exist.
     """
     results_dir = Path(results_dir)
     out = []
@@ -56,9 +59,11 @@ def model_evals(results_dir: Path, models: Sequence[str]) -> list[ModelEval]:
             arm, seed = parts[1], int(parts[2][4:])
         else:
             raise KdbenchError(f"report: cannot tell arm and seed from model name {model!r}")
-        curve = results_dir / model / "curve.csv"
+        curve, train = (results_dir / model / name for name in ("curve.csv", "train.json"))
+        trained = arm not in FIXED_ARMS
         out.append(ModelEval(model, arm, seed, results_dir / "eval" / model / "results.json",
-                             curve if arm not in FIXED_ARMS and curve.is_file() else None))
+                             curve if trained and curve.is_file() else None,
+                             train if trained and train.is_file() else None))
     return out
 
 
@@ -69,16 +74,15 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path) -> N
     if cfg.metric not in METRICS:
         raise KdbenchError(f"report: metric {cfg.metric!r} is not one of {', '.join(METRICS)}")
     out_dir = Path(out_dir)
-    evals = [_load(m) for m in models]
-    tasks = _check_tasks(models, evals)
+    evals, tasks = load_evals(models)
     arms = _arm_order(models)
     chance = {t: float(np.mean([1.0 / s["n_choices"] for s in evals[0]["samples"][t]])) for t in tasks}
     chance[OVERALL] = float(np.mean(list(chance.values())))
 
-    items = _items(models, evals, tasks, cfg.metric)
+    items = item_frame(models, evals, tasks, cfg.metric)
     means = stats.arm_means(items, arms, cfg)
     comparisons = stats.paired_comparisons(items, [a for a in arms if a not in FIXED_ARMS], cfg)
-    headline = stats.headline(comparisons, cfg)
+    headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg))
 
     _write_csv(out_dir / "summary.csv", _summary(models, evals, tasks, chance))
     _write_csv(out_dir / "table.csv", pd.concat([means, _chance_rows(chance)], ignore_index=True))
@@ -87,9 +91,9 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path) -> N
     wide = _wide_table(means, chance, arms, tasks)
     _write_text(out_dir / "table.md", f"{headline}\n\n{_markdown(wide)}")
     _write_text(out_dir / "table.tex", _latex(wide, rule_before_last=True))
-    narrow = _comparison_table(comparisons)
-    _write_text(out_dir / "comparison.md", _markdown(narrow) if len(narrow) else f"{headline}\n")
-    _write_text(out_dir / "comparison.tex", _latex(narrow) if len(narrow) else f"% {headline}\n")
+    narrow, caption = _comparison_table(comparisons, cfg), _comparison_caption(comparisons, cfg)
+    _write_text(out_dir / "comparison.md", f"{caption}\n\n{_markdown(narrow)}" if len(narrow) else f"{headline}\n")
+    _write_text(out_dir / "comparison.tex", f"% {caption}\n{_latex(narrow)}" if len(narrow) else f"% {headline}\n")
 
     figures = out_dir / "figures"
     plots.accuracy_figure(means, chance, arms, cfg.metric, figures / "accuracy")
@@ -97,6 +101,12 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path) -> N
     curves = _curves(models)
     if curves is not None:
         plots.curves_figure(curves, arms, figures / "curves")
+
+
+def load_evals(models: Sequence[ModelEval]) -> tuple[list[dict], list[str]]:
+    """(the evaluation JSON of each model, their common task list); refuses models that scored different items."""
+    evals = [_load(m) for m in models]
+    return evals, _check_tasks(models, evals)
 
 
 def _load(m: ModelEval) -> dict:
@@ -132,7 +142,8 @@ def _arm_order(models: Sequence[ModelEval]) -> list[str]:
     return [a for a in FIXED_ARMS if a in given] + [a for a in given if a not in FIXED_ARMS]
 
 
-def _items(models: Sequence[ModelEval], evals: list[dict], tasks: list[str], metric: str) -> pd.DataFrame:
+def item_frame(models: Sequence[ModelEval], evals: list[dict], tasks: list[str], metric: str) -> pd.DataFrame:
+    """The tidy item scores `kdbench.stats` reads: arm, seed, task, doc_id, value."""
     frames = []
     for m, e in zip(models, evals):
         for t in tasks:
@@ -171,21 +182,40 @@ def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], tasks: list[
     return pd.DataFrame(rows, columns=["arm", "seeds"] + [task_label(t) for t in columns])
 
 
-def _comparison_table(comparisons: pd.DataFrame) -> pd.DataFrame:
+def _training_conditions(models: Sequence[ModelEval], cfg: StatsConfig) -> dict[str, dict[str, float] | None]:
+    """Token budget and learning rate per headline arm, from train.json; None where unknown or seeds disagree."""
+    arms = (cfg.reference_arm, cfg.candidate_arm)
+    configs = {arm: [read_json(m.train_path).get("config", {}) for m in models if m.arm == arm and m.train_path]
+               for arm in arms}
+    out = {}
+    for key in ("tokens", "lr"):
+        values = {arm: {c.get(key) for c in configs[arm]} for arm in arms}
+        known = all(len(v) == 1 and None not in v for v in values.values())
+        out[key] = {arm: v.pop() for arm, v in values.items()} if known else None
+    return out
+
+
+def _comparison_caption(comparisons: pd.DataFrame, cfg: StatsConfig) -> str:
+    n_secondary = int((comparisons["role"] == stats.SECONDARY).sum())
+    return (f"Each arm minus {cfg.reference_arm}, paired over seeds and items, in points of {cfg.metric} "
+            f"({cfg.ci:.0%} CI over seeds and items). Primary test: {cfg.candidate_arm} vs {cfg.reference_arm} "
+            f"overall, p unadjusted. Secondary: the other {n_secondary} rows, one family, Holm-adjusted p. "
+            f"MDE: the true difference each test finds with {cfg.power:.0%} power at alpha {1 - cfg.ci:.2g}.")
+
+
+def _comparison_table(comparisons: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
+    """The printed comparison: p is the decision p (unadjusted for the primary test, Holm for the secondary family)."""
     return pd.DataFrame({
         "arm": comparisons["arm"],
         "vs": comparisons["reference"],
         "task": comparisons["task"].map(task_label),
+        "test": comparisons["role"],
         "diff [95% CI]": [f"{r.diff:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" for r in comparisons.itertuples()],
-        "p": comparisons["p"].map(_fmt_p),
-        "p (Holm)": comparisons["p_holm"].map(_fmt_p),
+        f"MDE ({cfg.power:.0%} power)": comparisons["mde"].map("{:.1f}".format),
+        "p (primary: raw; secondary: Holm)": comparisons["p_shown"],
         "Cohen's h": comparisons["cohen_h"].map("{:+.2f}".format),
         "seeds": comparisons["n_seeds"].astype(str),
     })
-
-
-def _fmt_p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _markdown(table: pd.DataFrame) -> str:
