@@ -25,7 +25,7 @@ from kdbench.models import build_model, forward_taps
 V, T, N = 61, 12, 10
 CAPTURE = Capture(hidden=(1, 3), attentions=(1, 3), qkv=(1, 3))
 CFG = CacheConfig(top_k=8, shard_seqs=4, batch_size=3)
-IDENTITY = {"teacher_sha256": "t" * 64, "tokenizer_sha256": "k" * 64, "tokens_sha256": "d" * 64,
+IDENTITY = {"teacher_sha256": "t" * 64, "vocabulary_sha256": "k" * 64, "tokens_sha256": "d" * 64,
             "teacher_layers": 3, "teacher_width": 16}
 
 
@@ -113,7 +113,7 @@ def test_truncated_shard_and_missing_manifest(tmp_path, tokens):
         TeacherCache(tmp_path / "cache")
 
 
-@pytest.mark.parametrize("expect", [{"teacher_sha256": "x" * 64}, {"top_k": 16}, {"tokenizer_sha256": "y"}])
+@pytest.mark.parametrize("expect", [{"teacher_sha256": "x" * 64}, {"top_k": 16}, {"vocabulary_sha256": "y"}])
 def test_stale_cache_is_refused(tmp_path, tokens, expect):
     write(tmp_path, tokens)
     key = next(iter(expect))

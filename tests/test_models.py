@@ -36,7 +36,7 @@ from kdbench.capture import cache_teacher
 from kdbench.data import prepare
 from kdbench.evaluate import resolve_device
 from kdbench.io import read_json
-from kdbench.models import blocks, build_model, load_model, load_tokenizer, save_model, tokenizer_sha256
+from kdbench.models import blocks, build_model, load_model, load_tokenizer, save_model, vocabulary_sha256
 from kdbench.student import init_student, train_student
 from kdbench.tokenizer import train_tokenizer
 
@@ -100,7 +100,7 @@ def test_imported_teacher_and_local_corpus(run):
     for (name, a), (_, b) in zip(mine.state_dict().items(), imported.state_dict().items()):
         assert torch.equal(a, b), name
     tok = load_tokenizer(res / "tokenizer")
-    assert tokenizer_sha256(tok) == tokenizer_sha256(load_tokenizer(run / "local" / "teacher"))
+    assert vocabulary_sha256(tok) == vocabulary_sha256(load_tokenizer(run / "local" / "teacher"))
     first = tok.decode(np.load(res / "data" / "train.npy")[0].tolist())
     assert "walks to town" in first  # packed from the local corpus, with the teacher's tokenizer
     assert read_json(res / "data" / "data.json")["vocab_size"] == len(tok)
@@ -113,7 +113,7 @@ def test_llama_student_distils_from_a_wider_gpt_neox(run, arm, term):
     assert (manifest["teacher_layers"], manifest["teacher_width"]) == (4, 48)
     student = load_model(res / "students" / arm / "seed0")
     assert (student.config.model_type, student.config.hidden_size, student.config.num_attention_heads) == ("llama", 32, 2)
-    assert tokenizer_sha256(load_tokenizer(res / "students" / arm / "seed0")) == tokenizer_sha256(load_tokenizer(res / "teacher"))
+    assert vocabulary_sha256(load_tokenizer(res / "students" / arm / "seed0")) == vocabulary_sha256(load_tokenizer(res / "teacher"))
     summary = read_json(res / "students" / arm / "seed0" / "train.json")
     assert summary["layer_pairs"] == ([[1, 2], [2, 4]] if arm == "logit_hidden" else [[2, 4]])
     curve = list(csv.DictReader(open(res / "students" / arm / "seed0" / "curve.csv")))

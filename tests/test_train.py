@@ -17,7 +17,7 @@ from kdbench.arms import ArmConfig, Capture
 from kdbench.config import ArchConfig, CacheConfig, StudentConfig, TrainConfig
 from kdbench.capture import write_teacher_cache
 from kdbench.data import batch_indices
-from kdbench.models import build_model, load_model, load_tokenizer, tokenizer_sha256, width
+from kdbench.models import build_model, load_model, load_tokenizer, vocabulary_sha256, width
 from kdbench.student import check_same_tokenizer, init_student, train_student
 from kdbench.train import CHECKPOINT_FORMAT, Objective, TokenSource, lr_at, train
 
@@ -60,7 +60,7 @@ def student_setup(tmp_path, tiny_tokenizer_dir):
                  tmp_path / "init")
     tokens = np.random.default_rng(0).integers(0, vocab, size=(24, T)).astype(np.uint16)
     teacher = build_model(ArchConfig(n_layer=4, d_model=24, n_head=2), vocab, T, tok.eos_token_id, seed=5)
-    identity = {"teacher_sha256": "t", "tokenizer_sha256": tokenizer_sha256(tok), "tokens_sha256": "d",
+    identity = {"teacher_sha256": "t", "vocabulary_sha256": vocabulary_sha256(tok), "tokens_sha256": "d",
                 "teacher_layers": 4, "teacher_width": 24}
     write_teacher_cache(teacher, tokens, identity, CacheConfig(top_k=8, shard_seqs=8),
                 Capture(hidden=(2, 4)), tmp_path / "cache", tmp_path / "cache-work")
@@ -168,7 +168,7 @@ def test_cache_with_another_tokenizer_is_refused(student_setup, tmp_path_factory
     init = student_setup / "init"
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (init / f).write_bytes((other / f).read_bytes())
-    with pytest.raises(KdbenchError, match="stale: (vocab_size|tokenizer_sha256)"):
+    with pytest.raises(KdbenchError, match="stale: (vocab_size|vocabulary_sha256)"):
         _train(student_setup, "bad")
 
 
@@ -201,7 +201,7 @@ def test_attention_and_relation_arms_train(tmp_path, tiny_tokenizer_dir, terms, 
                  tmp_path / "init")
     tokens = np.random.default_rng(0).integers(0, len(tok), size=(16, T)).astype(np.uint16)
     teacher = build_model(ArchConfig(n_layer=4, d_model=24, n_head=4), len(tok), T, tok.eos_token_id, seed=5)
-    identity = {"teacher_sha256": "t", "tokenizer_sha256": tokenizer_sha256(tok), "tokens_sha256": "d",
+    identity = {"teacher_sha256": "t", "vocabulary_sha256": vocabulary_sha256(tok), "tokens_sha256": "d",
                 "teacher_layers": 4, "teacher_width": 24}
     write_teacher_cache(teacher, tokens, identity, CacheConfig(top_k=8), capture, tmp_path / "cache", tmp_path / "cw")
     (tmp_path / "data").mkdir()

@@ -307,9 +307,9 @@ class _Auditor:
             if weights != result.get("model_sha256"):
                 self.mismatch(model, f"weights hash {short(weights)}, but {self.show(out)} scored "
                                     f"{short(result.get('model_sha256'))}")
-            if tokenizer != result.get("tokenizer_sha256"):
+            if tokenizer != result.get("tokenizer_json_sha256"):
                 self.mismatch(model, f"tokenizer.json hash {short(tokenizer)}, but {self.show(out)} used "
-                                    f"{short(result.get('tokenizer_sha256'))}")
+                                    f"{short(result.get('tokenizer_json_sha256'))}")
 
     def check_states(self, rec: Record) -> None:
         """Each JSON output says about how it was made what its record says it must (the record's `states`)."""

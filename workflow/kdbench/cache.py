@@ -42,7 +42,7 @@ from kdbench import KdbenchError
 from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
 from kdbench.losses import Targets
 
-FORMAT = "kdbench-cache/3"  # 2: per-component layer lists in the capture settings; 3: packed causal attentions
+FORMAT = "kdbench-cache/4"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
 _STAGING_BYTES = 4 << 20  # per component: direct writes of 4 MiB
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -23,7 +23,8 @@ from kdbench.config import CacheConfig
 from kdbench.data import load_tokens, token_dtype
 from kdbench.devices import bf16_autocast, device_for_rank
 from kdbench.losses import flat_ids, zero_at
-from kdbench.models import Taps, blocks, forward_taps, load_model, load_tokenizer, tokenizer_sha256, weights_sha256, width
+from kdbench.models import Taps, blocks, forward_taps, load_model, load_tokenizer, vocabulary_sha256, width
+from kdbench.provenance import weights_sha256
 
 
 def topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +155,7 @@ def cache_teacher(teacher_dir: Path, data_dir: Path, cfg: CacheConfig, arms: dic
     n_teacher = len(blocks(teacher))
     identity = {
         "teacher_sha256": weights_sha256(teacher_dir),
-        "tokenizer_sha256": tokenizer_sha256(load_tokenizer(teacher_dir)),
+        "vocabulary_sha256": vocabulary_sha256(load_tokenizer(teacher_dir)),
         "tokens_sha256": hashlib.sha256(tokens.tobytes()).hexdigest(),
         "teacher_layers": n_teacher, "teacher_width": width(teacher),
     }

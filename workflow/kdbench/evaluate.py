@@ -9,9 +9,9 @@ statistics can pair the same item across models and seeds.
 Output JSON (one per model), keys sorted:
 
     {
-      "format": "kdbench-eval/1",
+      "format": "kdbench-eval/2",
       "model_sha256": str,            # sha256_dir-style hash over the weight files only
-      "tokenizer_sha256": str | null, # tokenizer.json, which also decides the scores
+      "tokenizer_json_sha256": str | null,  # of tokenizer.json, which also decides the scores
       "lm_eval_version": str, "batch_size": int, "limit": int | null,
       "device": str, "dtype": str, "seeds": {"random": 0, "numpy": 1234, ...},
       "cache_key": str,
@@ -36,18 +36,23 @@ import yaml
 from kdbench import KdbenchError
 from kdbench.config import EvalConfig
 from kdbench.io import atomic_path, read_json, sha256_file, write_json
-from kdbench.models import weights_sha256
+from kdbench.provenance import weights_sha256
 
-FORMAT = "kdbench-eval/1"
+FORMAT = "kdbench-eval/2"  # 2: tokenizer_json_sha256 (the file), not tokenizer_sha256
 SUITE_ALIAS = "synthetic"  # config name for the rendered local suite
 GROUP = "kdb_suite"
-TASK_PREFIX = "kdb_"
+TASK_PREFIX = "kdb_"  # rendered suite tasks are kdb_<family>
 TASK_VERSION = 1.0  # bump when the rendered prompt format changes
 # Fixed seeds: zero-shot multiple choice is deterministic, but lm-eval seeds its samplers anyway.
 _SEEDS = {"random": 0, "numpy": 1234, "torch": 1234, "fewshot": 1234}
 _METRICS = ({"metric": "acc", "aggregation": "mean", "higher_is_better": True},
             {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True})
 
+
+
+def task_label(task: str) -> str:
+    """Display name: suite tasks by family ("kdb_agreement" -> "agreement"), lm-eval tasks as named."""
+    return task.removeprefix(TASK_PREFIX)
 
 
 def render_tasks(suite_dir: Path, out_dir: Path) -> list[str]:
@@ -120,7 +125,7 @@ def evaluate_model(model_dir: Path, cfg: EvalConfig, out_path: Path, include_pat
     result = {
         "format": FORMAT,
         "model_sha256": weights_sha,
-        "tokenizer_sha256": tokenizer_sha,
+        "tokenizer_json_sha256": tokenizer_sha,
         "lm_eval_version": lm_eval_version,
         "batch_size": cfg.batch_size,
         "limit": cfg.limit,

@@ -26,8 +26,6 @@ from transformers import (
 
 from kdbench import KdbenchError
 from kdbench.config import ArchConfig
-from kdbench.io import sha256_file
-
 
 
 def build_model(arch: ArchConfig, vocab_size: int, max_len: int, eos_id: int, seed: int) -> PreTrainedModel:
@@ -72,26 +70,6 @@ def save_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) -> No
     """Write weights (safetensors) and the tokenizer into `out_dir` (callers make it atomic)."""
     model.save_pretrained(out_dir, safe_serialization=True)
     load_tokenizer(tokenizer_dir).save_pretrained(out_dir)
-
-
-WEIGHT_GLOBS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json")
-
-
-def weights_sha256(model_dir: Path) -> str:
-    """Content hash of a saved model's weight files only (curves or logs beside them do not count).
-
-    lm-eval leaves `model_sha` empty for local models; this is the hash every record uses.
-    """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise KdbenchError(f"model directory {model_dir} does not exist")
-    weights = sorted({p for g in WEIGHT_GLOBS for p in model_dir.glob(g)})
-    if not weights:
-        raise KdbenchError(f"model directory {model_dir} has no weight files (*.safetensors or pytorch_model*.bin)")
-    h = hashlib.sha256()
-    for f in weights:
-        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
-    return h.hexdigest()
 
 
 def blocks(model: PreTrainedModel) -> nn.ModuleList:
@@ -179,7 +157,7 @@ def forward_taps(model: PreTrainedModel, input_ids: Tensor, hidden: tuple[int, .
                 qkv=tuple(_split_qkv(model, outs) for outs in store))
 
 
-def tokenizer_sha256(tokenizer) -> str:
+def vocabulary_sha256(tokenizer) -> str:
     """Semantic hash of a tokenizer (vocabulary + special tokens), independent of file formatting."""
     vocab = sorted(tokenizer.get_vocab().items())
     specials = sorted((k, str(v)) for k, v in tokenizer.special_tokens_map.items())

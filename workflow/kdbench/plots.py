@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from kdbench.io import atomic_path  # noqa: E402
-from kdbench.stats import task_label  # noqa: E402
+from kdbench.evaluate import task_label  # noqa: E402
 
 FIXED_COLORS = {"teacher": "black", "init": "0.55"}
 _CURVE_X = "tokens"

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from kdbench import KdbenchError
 from kdbench.io import IGNORED, sha256_file, sha256_path, write_json
 
 PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "lm_eval", "snakemake", "numpy", "pandas",
@@ -79,6 +80,26 @@ def environment() -> dict:
             "cuda": torch.version.cuda if cuda else None,
             "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
             "host": socket.gethostname()}
+
+
+WEIGHT_GLOBS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json")
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """Content hash of a saved model's weight files only (curves or logs beside them do not count).
+
+    lm-eval leaves `model_sha` empty for local models; this is the hash every record uses.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise KdbenchError(f"model directory {model_dir} does not exist")
+    weights = sorted({p for g in WEIGHT_GLOBS for p in model_dir.glob(g)})
+    if not weights:
+        raise KdbenchError(f"model directory {model_dir} has no weight files (*.safetensors or pytorch_model*.bin)")
+    h = hashlib.sha256()
+    for f in weights:
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
 
 
 def hash_files(paths: Mapping[str, Sequence[Path]]) -> dict[str, dict[str, str]]:

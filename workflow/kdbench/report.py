@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 
 from kdbench import KdbenchError, plots, stats
-from kdbench.evaluate import FORMAT
-from kdbench.io import atomic_path, read_json
+from kdbench.arms import REFERENCE_MODELS
 from kdbench.config import StatsConfig
-from kdbench.stats import OVERALL, task_label
+from kdbench.evaluate import FORMAT, task_label
+from kdbench.io import atomic_path, read_json
+from kdbench.stats import OVERALL
 
 __all__ = ["ModelEval", "StatsConfig", "aggregate", "item_frame", "load_evals", "model_evals"]
 
-FIXED_ARMS = ("teacher", "init")  # reference points, not KD arms: never paired against the reference
 METRICS = ("acc", "acc_norm")
 SUMMARY_COLUMNS = ["model", "arm", "seed", "task", "metric", "value", "chance", "n"]
 
@@ -60,7 +60,7 @@ def model_evals(results_dir: Path, models: Sequence[str]) -> list[ModelEval]:
         else:
             raise KdbenchError(f"report: cannot tell arm and seed from model name {model!r}")
         curve, train = (results_dir / model / name for name in ("curve.csv", "train.json"))
-        trained = arm not in FIXED_ARMS
+        trained = arm not in REFERENCE_MODELS
         out.append(ModelEval(model, arm, seed, results_dir / "eval" / model / "results.json",
                              curve if trained and curve.is_file() else None,
                              train if trained and train.is_file() else None))
@@ -81,7 +81,7 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path) -> N
 
     items = item_frame(models, evals, tasks, cfg.metric)
     means = stats.arm_means(items, arms, cfg)
-    comparisons = stats.paired_comparisons(items, [a for a in arms if a not in FIXED_ARMS], cfg)
+    comparisons = stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg)
     headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg))
 
     _write_csv(out_dir / "summary.csv", _summary(models, evals, tasks, chance))
@@ -139,7 +139,7 @@ def _check_tasks(models: Sequence[ModelEval], evals: list[dict]) -> list[str]:
 def _arm_order(models: Sequence[ModelEval]) -> list[str]:
     """teacher, init, then the KD arms in the order given."""
     given = list(dict.fromkeys(m.arm for m in models))
-    return [a for a in FIXED_ARMS if a in given] + [a for a in given if a not in FIXED_ARMS]
+    return [a for a in REFERENCE_MODELS if a in given] + [a for a in given if a not in REFERENCE_MODELS]
 
 
 def item_frame(models: Sequence[ModelEval], evals: list[dict], tasks: list[str], metric: str) -> pd.DataFrame:

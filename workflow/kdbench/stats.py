@@ -35,9 +35,9 @@ from scipy import stats as sps
 
 from kdbench import KdbenchError
 from kdbench.config import StatsConfig
+from kdbench.evaluate import task_label
 
 OVERALL = "overall"  # the unweighted mean over tasks, per seed
-TASK_PREFIX = "kdb_"  # rendered suite tasks; shown by family name
 PRIMARY, SECONDARY = "primary", "secondary"
 COMPARISON_COLUMNS = ["arm", "reference", "task", "role", "diff", "ci_lo", "ci_hi", "half_width", "se", "mde",
                       "p", "p_adj", "p_shown", "cohen_h", "n_seeds", "n_items"]
@@ -142,11 +142,6 @@ def estimate(mats: Sequence[np.ndarray]) -> Estimate:
     """The unweighted mean over tasks of seeds x items matrices, with its crossed-design variance."""
     mean, ms = mean_squares(mats)
     return ms.estimate(mean)
-
-
-def task_label(task: str) -> str:
-    """Display name: suite tasks by family ("kdb_syntax" -> "syntax"), lm-eval tasks as named."""
-    return task.removeprefix(TASK_PREFIX)
 
 
 def format_p(p: float) -> str:

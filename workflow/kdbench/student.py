@@ -23,7 +23,7 @@ from kdbench.devices import device_for_rank, world
 from kdbench.layermap import layer_map
 from kdbench.memory import keep_freed_memory
 from kdbench.models import (blocks, build_model, load_model, load_tokenizer, save_model,
-                            tokenizer_sha256, width)
+                            vocabulary_sha256, width)
 from kdbench.provenance import fingerprint
 from kdbench.train import Objective, TokenSource, train, write_curve
 
@@ -55,7 +55,7 @@ def init_student(cfg: StudentConfig, seed: int, tokenizer_dir: Path, seq_len: in
 
 def check_same_tokenizer(student_tok, teacher_tok, what: str) -> None:
     """Distillation compares token distributions: both sides must share one vocabulary."""
-    if tokenizer_sha256(student_tok) != tokenizer_sha256(teacher_tok):
+    if vocabulary_sha256(student_tok) != vocabulary_sha256(teacher_tok):
         raise KdbenchError(
             f"tokenizer mismatch: {what} has a vocabulary of {len(student_tok)} tokens, the teacher's has "
             f"{len(teacher_tok)}, and they differ; logit distillation needs one shared tokenizer")
@@ -89,7 +89,7 @@ def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init
     model = load_model(init_dir)
     tokenizer = load_tokenizer(init_dir)
     cache = TeacherCache(cache_dir, expect={"vocab_size": model.config.vocab_size,
-                                            "tokenizer_sha256": tokenizer_sha256(tokenizer)})
+                                            "vocabulary_sha256": vocabulary_sha256(tokenizer)})
     cache.select(arm.components)
     settings = cache.manifest["settings"]
     pairs = arm.pairs(len(blocks(model)), cache.manifest["teacher_layers"])

@@ -26,8 +26,8 @@ rule aggregate:
     params:
         stats=config["stats"],
         models=MODELS,
-        results=R,
-        out=R,
+        results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
+        out=lambda w, output: str(Path(output.summary).parent),
     script:
         "../scripts/aggregate.py"
 
@@ -51,7 +51,7 @@ rule paper:
     params:
         stats=config["stats"],
         models=MODELS,
-        results=R,
-        out=f"{R}/paper",
+        results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
+        out=lambda w, output: output[0],
     script:
         "../scripts/aggregate.py"
