@@ -47,6 +47,25 @@ def test_tuning_adds_one_search_per_teacher_arm(tmp_path):
     assert job_counts(out.stdout)["tune_arm"] == len(teacher_arms)
 
 
+def test_parsing_the_workflow_imports_no_heavy_library():
+    """The Snakefile's own imports (config schema, arms, registry) load without torch, transformers, pandas, seaborn."""
+    import subprocess
+    import sys
+
+    code = ("import sys, yaml; from kdbench.experiment import capture_spec, load_experiment; "
+            f"capture_spec(load_experiment(yaml.safe_load(open({str(REPO / 'config' / 'config.yaml')!r})))); "
+            "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'seaborn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_generated_docs_are_current():
+    """docs/config.md and the README's results section are what `kdbench docs` writes (run `make docs`)."""
+    from kdbench.docs import regenerate
+
+    assert [p.name for p in regenerate(REPO, check=True)] == []
+
+
 def test_lint_is_clean():
     out = snakemake("--lint", cwd=REPO)
     assert out.returncode == 0, out.stdout + out.stderr
