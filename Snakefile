@@ -8,6 +8,9 @@ min_version("9.0")
 
 
 configfile: f"{workflow.basedir}/config/config.yaml"
+# The report's landing page leads with the answer (headline, main table, forest plot). Build it with
+# `make report`, i.e. --report-stylesheet workflow/report/style.css, which lets that page scroll from its top.
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -21,6 +24,7 @@ include: "workflow/rules/stats.smk"
 
 localrules:
     all,
+    landing,
     paper,
     render_tasks,
 
@@ -28,4 +32,5 @@ localrules:
 rule all:
     input:
         rules.aggregate.output,
+        rules.landing.output,
     default_target: True
