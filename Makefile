@@ -1,7 +1,9 @@
 # make run   set up .venv, then run the default benchmark (snakemake --cores all)
-# make test  set up .venv, then run the test suite (includes the smoke preset end to end)
+# make test  set up .venv (and Chromium, for the report test), then run the test suite (includes the smoke preset end to end)
+# make test-quick  the tests that need no end-to-end run (under 2 minutes)
 # make test-slurm  as root: a one-node SLURM cluster on localhost runs part of the smoke preset
-# EXP=<name> picks config/presets/<name>.yaml (run, smoke, report) or results/<name>/ (paper).
+# EXP=<name> picks the experiment: config/presets/<name>.yaml for run, report and report-png (the default
+# experiment is config/config.yaml), results/<name>/ for paper (EXP=reference: the committed results).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,8 +15,9 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 EXP ?= default
 PRESET := $(if $(filter default,$(EXP)),,--configfile config/presets/$(EXP).yaml)
+REPORT := results/$(EXP)/report.html
 
-.PHONY: setup run smoke test test-quick test-slurm lint report paper docs clean
+.PHONY: setup browser run smoke test test-quick test-slurm lint report report-png paper docs clean
 
 setup: $(STAMP)
 
@@ -25,13 +28,19 @@ $(STAMP): envs/requirements.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# Debian's chromium renders the report in tests/test_report_html.py; without apt that test is skipped
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "chromium not installed: the report rendering test will be skipped"
+
 run: setup
 	$(BIN)/snakemake --cores all $(PRESET)
 
 smoke: setup
 	$(MAKE) run EXP=smoke
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-quick: setup
@@ -44,7 +53,10 @@ lint: setup
 	$(BIN)/snakemake --lint
 
 report: setup
-	$(BIN)/snakemake --report results/$(EXP)/report.html $(PRESET)
+	$(BIN)/snakemake $(PRESET) --report $(REPORT)
+
+report-png: report browser
+	$(BIN)/python -m kdbench.browser $(REPORT) $(REPORT:.html=.png)
 
 paper: setup
 	$(BIN)/kdbench paper results/$(EXP)

@@ -8,6 +8,8 @@ min_version("9.0")
 
 
 configfile: f"{workflow.basedir}/config/config.yaml"
+# The report's landing page leads with the answer: headline, main table and forest plot (rule landing).
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -21,6 +23,7 @@ include: "workflow/rules/stats.smk"
 
 localrules:
     all,
+    landing,
     paper,
     render_tasks,
 
@@ -28,4 +31,5 @@ localrules:
 rule all:
     input:
         rules.aggregate.output,
+        rules.landing.output,
     default_target: True

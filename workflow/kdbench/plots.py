@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -85,14 +86,14 @@ def paired_figure(comparisons: pd.DataFrame, arms: Sequence[str], reference: str
             pos = y + 0.4 - step * (i + 0.5)
             sig = (rows["p_adj"] < alpha).to_numpy()
             ax.hlines(pos, rows["ci_lo"], rows["ci_hi"], color=colors[arm], linewidth=1.6)
-            ax.scatter(rows["diff"][sig], pos[sig], color=colors[arm], zorder=3, label=arm)
-            ax.scatter(rows["diff"][~sig], pos[~sig], facecolors="white", edgecolors=colors[arm], zorder=3,
-                       label=None if sig.any() else arm)
+            ax.scatter(rows["diff"][sig], pos[sig], color=colors[arm], zorder=3)
+            ax.scatter(rows["diff"][~sig], pos[~sig], facecolors="white", edgecolors=colors[arm], zorder=3)
         ax.axvline(0, color="black", linewidth=0.9)
         ax.axhline(0.5, color="0.75", linewidth=0.8)  # separates "overall" from the tasks
         ax.set_yticks(y, [task_label(t) for t in tasks])
         ax.set_xlabel(f"difference vs {reference} (points, 95% CI); filled: p < {alpha:.2g} (primary raw, secondary Holm)")
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        handles = [Line2D([], [], color=colors[arm], marker="o", label=arm) for arm in shown]  # one per arm
+        ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         _save(fig, out_base)
 
 

@@ -4,15 +4,15 @@ rule aggregate:
         models=[f"{R}/{m}" for m in MODELS],
     output:
         summary=f"{R}/summary.csv",
-        table=report(f"{R}/table.md", caption="../report/table.rst", category="Tables"),
+        table=report(f"{R}/table.md", caption="../report/table.rst", category="Answer"),
         table_csv=f"{R}/table.csv",
         table_tex=f"{R}/table.tex",
         comparison=report(f"{R}/comparison.md", caption="../report/comparison.rst", category="Tables"),
         comparison_csv=f"{R}/comparison.csv",
         comparison_tex=f"{R}/comparison.tex",
-        headline=f"{R}/headline.txt",
+        headline=report(f"{R}/headline.txt", caption="../report/headline.rst", category="Answer"),
         accuracy=report(f"{R}/figures/accuracy.png", caption="../report/accuracy.rst", category="Figures"),
-        paired=report(f"{R}/figures/paired.png", caption="../report/paired.rst", category="Figures"),
+        paired=report(f"{R}/figures/paired.png", caption="../report/paired.rst", category="Answer"),
         curves=report(f"{R}/figures/curves.png", caption="../report/curves.rst", category="Figures"),
         accuracy_pdf=f"{R}/figures/accuracy.pdf",
         paired_pdf=f"{R}/figures/paired.pdf",
@@ -30,6 +30,26 @@ rule aggregate:
         out=lambda w, output: str(Path(output.summary).parent),
     script:
         "../scripts/aggregate.py"
+
+
+rule landing:
+    """HTML pieces of the report's landing page (workflow/report/workflow.rst): the answer, from this run's files."""
+    input:
+        headline=rules.aggregate.output.headline,
+        table=rules.aggregate.output.table,
+        paired=rules.aggregate.output.paired,
+    output:
+        headline=f"{R}/landing/headline.html",
+        table=f"{R}/landing/table.html",
+        paired=f"{R}/landing/paired.html",
+    conda:
+        ENV
+    log:
+        f"{LOGS}/landing.log",
+    benchmark:
+        f"{BENCH}/landing.tsv"
+    script:
+        "../scripts/landing.py"
 
 
 rule paper:
