@@ -106,6 +106,30 @@ def test_fresh_run_passes_walking_every_artifact(smoke):
 
 
 @pytest.mark.slow
+def test_tuned_arms_are_audited_by_what_their_records_state(smoke):
+    """The smoke preset tunes every teacher arm: train.json holds the chosen trial, and so does its record."""
+    tuned = sorted((smoke.results / "tuning").glob("*.json"))
+    assert tuned, "the smoke preset runs with tuning on"
+    for path in tuned:
+        chosen = read_json(path)["chosen"]
+        record = read_json(smoke.results / "students" / path.stem / "seed0.prov.json")
+        stated = next(v for k, v in record["states"].items() if k.endswith("train.json"))
+        assert stated["arm_config"] == chosen
+        assert read_json(smoke.results / "students" / path.stem / "seed0" / "train.json")["arm_config"] == chosen
+
+
+@pytest.mark.slow
+def test_train_json_disagreeing_with_its_record_is_named(run_copy):
+    path = run_copy / STUDENT / "train.json"
+    described = read_json(path)
+    described["config"]["lr"] *= 2
+    write_json(path, described)
+    rehash_record(run_copy, STUDENT)  # even with the folder's hash made to match, the statement disagrees
+    problems = audit(run_copy).problems
+    assert any(p == STUDENT and "train.json says config.lr=" in m for p, m in problems), problems
+
+
+@pytest.mark.slow
 def test_flipped_byte_in_student_checkpoint_is_named(run_copy):
     flip_byte(run_copy / STUDENT / "model.safetensors")
     path, message = first_problem(run_copy)
