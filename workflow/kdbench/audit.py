@@ -13,7 +13,8 @@ each job's record once (depth first, inputs before the checks that need them) an
   JSONs, cache manifests and train.json files state the settings their record says;
 - numbers: every summary.csv value, chance level and item count is recomputed from the
   eval JSONs, and each eval JSON's per-task metric from its per-item records;
-- code: all records come from one code version (commit + hash of uncommitted changes).
+- code: all records come from one code version (the committed code paths + hash of uncommitted changes;
+  commits that touch only docs or tests do not count).
 
 With `partial`, files that are absent (models and caches left out of a shared folder)
 are reported as not shipped; whatever is present must still match.
@@ -64,6 +65,12 @@ class Record:
     def code(self) -> tuple[str | None, str | None]:
         code = self.data.get("code", {})
         return code.get("commit"), code.get("diff_sha256")
+
+    @property
+    def code_key(self) -> tuple[str | None, str | None]:
+        """What identifies the code: the hash of its committed code paths (else the commit) and of the diff."""
+        code = self.data.get("code", {})
+        return code.get("tree") or code.get("commit"), code.get("diff_sha256")
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -180,8 +187,11 @@ class _Auditor:
                                f"{short(upstream.outputs[path])}: a file or record was replaced, or the jobs "
                                f"come from different runs")
         numbers = self.check_numbers()
-        versions = Counter(code_label(r.code) for r in self.visited.values())
+        versions = Counter(r.code_key for r in self.visited.values())
         self.check_code(versions)
+        labels = {}
+        for r in self.visited.values():
+            labels.setdefault(r.code_key, code_label(r.code))  # a version is named by its first record's commit
         notes = []
         unvisited = [self.show_file(r.file) for r in self.records if r.file not in self.visited]
         if unvisited:
@@ -195,8 +205,8 @@ class _Auditor:
         order = {path: i for i, path in enumerate(self.artifacts)}
         problems = [(path, message) for _, path, message in
                     sorted(self.problems, key=lambda p: (p[0], order.get(p[1], len(order))))]
-        return AuditResult(str(self.root), self.partial, list(self.artifacts.values()), problems, dict(versions),
-                           numbers, notes)
+        return AuditResult(str(self.root), self.partial, list(self.artifacts.values()), problems,
+                           {labels[k]: n for k, n in versions.items()}, numbers, notes)
 
     # --- paths and hashes -------------------------------------------------------------------
     def local(self, path: str) -> Path | None:
@@ -370,11 +380,11 @@ class _Auditor:
     def check_code(self, versions: Counter) -> None:
         if len(versions) <= 1 or self.allow_mixed_code:
             return
-        main_version = versions.most_common(1)[0][0]
-        odd = [f"{self.show_file(r.file)} ({code_label(r.code)})" for r in self.visited.values()
-               if code_label(r.code) != main_version]
+        main = versions.most_common(1)[0][0]
+        main_label = next(code_label(r.code) for r in self.visited.values() if r.code_key == main)
+        odd = [f"{self.show_file(r.file)} ({code_label(r.code)})" for r in self.visited.values() if r.code_key != main]
         self.problem(CODE, f"records come from {len(versions)} code versions: {len(self.visited) - len(odd)} at "
-                           f"{main_version}, the others {_listing(odd)} (--allow-mixed-code accepts this)", rank=2)
+                           f"{main_label}, the others {_listing(odd)} (--allow-mixed-code accepts this)", rank=2)
 
 
 def _listing(names: list[str], limit: int = 3) -> str:

@@ -40,10 +40,12 @@ def record_path(output: Path) -> Path:
 
 @lru_cache(maxsize=1)
 def code_version() -> dict:
-    """Git commit of the working tree, whether it is dirty, and a hash of what differs from it.
+    """Git commit of the working tree, the hash of its code, whether it is dirty, and a hash of what differs.
 
-    The hash covers the diff of tracked files and the content of untracked ones: a new
-    module that is not committed yet changes results as much as an edited one.
+    `tree` hashes the committed code paths only (`CODE_PATHS`), so commits that change docs or
+    tests leave it alone: that, with the diff hash, is what identifies the code of a run. The diff
+    hash covers the diff of tracked files and the content of untracked ones: a new module that
+    is not committed yet changes results as much as an edited one.
     """
     root = Path(__file__).resolve().parents[2]
 
@@ -56,13 +58,14 @@ def code_version() -> dict:
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return {"commit": None, "dirty": None, "diff_sha256": None}
+        return {"commit": None, "tree": None, "dirty": None, "diff_sha256": None}
     h = hashlib.sha256((git("diff", "HEAD", "--", *CODE_PATHS) or "").encode())
     untracked = (git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS) or "").split()
     for name in sorted(untracked):
         h.update(f"{name}\0{sha256_file(root / name)}\n".encode())
     dirty = h.hexdigest() != hashlib.sha256(b"").hexdigest()
-    return {"commit": commit.strip(), "dirty": dirty, "diff_sha256": h.hexdigest() if dirty else None}
+    tree = hashlib.sha256((git("ls-tree", "-r", "HEAD", "--", *CODE_PATHS) or "").encode()).hexdigest()
+    return {"commit": commit.strip(), "tree": tree, "dirty": dirty, "diff_sha256": h.hexdigest() if dirty else None}
 
 
 @lru_cache(maxsize=1)

@@ -164,6 +164,9 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 def arm_means(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfig) -> pd.DataFrame:
     """Mean over seeds and items per (arm, task) and overall, with a crossed seed x item t interval.
 
+    Intervals are clipped to [0, 100] points: with few seeds a t interval can reach past the
+    bounds of an accuracy.
+
     Columns: arm, task, mean, ci_lo, ci_hi, n_seeds, n_items (points; task "overall" last).
     """
     tasks = list(items["task"].unique())
@@ -173,7 +176,8 @@ def arm_means(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfig) -> pd.
         for task, group in _groups(tasks, mats):
             est = estimate(group)
             hw = est.half_width(cfg.ci)
-            rows.append([arm, task, 100 * float(est.mean), 100 * float(est.mean - hw), 100 * float(est.mean + hw),
+            lo, hi = np.clip([est.mean - hw, est.mean + hw], 0.0, 1.0)  # an accuracy lies in [0, 1]
+            rows.append([arm, task, 100 * float(est.mean), 100 * float(lo), 100 * float(hi),
                          len(seeds), sum(m.shape[1] for m in group)])
     return pd.DataFrame(rows, columns=["arm", "task", "mean", "ci_lo", "ci_hi", "n_seeds", "n_items"])
 
