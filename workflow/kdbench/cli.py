@@ -143,7 +143,9 @@ def _paper(args: argparse.Namespace) -> int:
 
     params = _recorded(args.results_dir)
     out = args.results_dir / "paper"
-    aggregate(model_evals(args.results_dir, params["models"]), build(StatsConfig, params["stats"], "stats"), out)
+    tuning = args.results_dir / "tuning"
+    aggregate(model_evals(args.results_dir, params["models"]), build(StatsConfig, params["stats"], "stats"), out,
+              tuning if tuning.is_dir() else None)
     print(f"wrote the tables, headline and figures of {args.results_dir} into {out}")
     return 0
 

@@ -164,11 +164,15 @@ class StatsConfig:
 @dataclass(frozen=True)
 class TuningConfig:
     enabled: bool = False                           # off: every arm trains with its configured values
-    trials: int = 6                                 # per arm: the same search budget for every arm
+    trials: int = 6                                 # per arm, ce included: the same search budget for every arm
     tokens: int = 150_000                           # training tokens per trial
+    lr_scale: tuple[float, float] = (0.25, 4.0)     # log-uniform multiplier of student.train.lr, for every arm
     temperature: tuple[float, float] = (1.0, 4.0)   # log-uniform range, for arms with logit terms
     weight_scale: tuple[float, float] = (0.25, 4.0)  # log-uniform multiplier of every teacher term's weight
     seed: int = 0                                   # the student seed (initialisation, data order) of the trials
+    # Also score the headline pair's trials on the suite, to report whether the sign of their difference
+    # holds across settings (never used to choose a trial).
+    sensitivity: bool = False
 
 
 def _check(ok: bool, message: str) -> None:

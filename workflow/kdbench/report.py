@@ -67,8 +67,11 @@ def model_evals(results_dir: Path, models: Sequence[str]) -> list[ModelEval]:
     return out
 
 
-def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path) -> None:
-    """Write every table, the headline and the figures for `models` into `out_dir`."""
+def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuning: Path | None = None) -> None:
+    """Write every table, the headline and the figures for `models` into `out_dir`.
+
+    `tuning`: the run's tuning folder, for the headline pair's sensitivity to the tuned settings.
+    """
     if not models:
         raise KdbenchError("report: no evaluated models")
     if cfg.metric not in METRICS:
@@ -83,6 +86,11 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path) -> N
     means = stats.arm_means(items, arms, cfg)
     comparisons = stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg)
     headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg))
+    sensitivity = tuning_sensitivity(tuning, cfg) if tuning is not None else None
+    if sensitivity is not None:
+        headline += " " + _sensitivity_sentence(sensitivity, cfg)
+        _write_csv(out_dir / "sensitivity.csv", sensitivity)
+        _write_text(out_dir / "sensitivity.md", _markdown(sensitivity.round(4)))
 
     _write_csv(out_dir / "summary.csv", _summary(models, evals, tasks, chance))
     _write_csv(out_dir / "table.csv", pd.concat([means, _chance_rows(chance)], ignore_index=True))
@@ -101,6 +109,41 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path) -> N
     curves = _curves(models)
     if curves is not None:
         plots.curves_figure(curves, arms, figures / "curves")
+
+
+def tuning_sensitivity(tuning: Path, cfg: StatsConfig) -> pd.DataFrame | None:
+    """The headline pair at every tuning setting: trial i of both arms shares its drawn settings.
+
+    One row per trial: learning rate, each arm's validation loss (what chose the trial) and the
+    candidate minus the reference on the suite (items only: one seed per trial). None unless
+    both arms were tuned with `tuning.sensitivity`.
+    """
+    arms = (cfg.reference_arm, cfg.candidate_arm)
+    paths = [Path(tuning) / arm / "tuning.json" for arm in arms]
+    if not all(p.is_file() for p in paths):
+        return None
+    ref, cand = (read_json(p)["trials"] for p in paths)
+    if not all("scores" in t for t in ref + cand):
+        return None
+    rows = []
+    for i, trials in enumerate(zip(ref, cand)):
+        models = [ModelEval(f"tuning/{arm}/trial{i}", arm, 0, path.parent / t["scores"])
+                  for arm, path, t in zip(arms, paths, trials)]
+        evals, tasks = load_evals(models)
+        comparison = stats.paired_comparisons(item_frame(models, evals, tasks, cfg.metric), [arms[1]], cfg)
+        overall = comparison[comparison["task"] == OVERALL].iloc[0]
+        rows.append({"trial": i, "lr": trials[1]["lr"], "temperature": trials[1]["arm"]["temperature"],
+                     f"val_loss_{arms[0]}": trials[0]["val_loss"], f"val_loss_{arms[1]}": trials[1]["val_loss"],
+                     "diff": overall["diff"], "ci_lo": overall["ci_lo"], "ci_hi": overall["ci_hi"]})
+    return pd.DataFrame(rows)
+
+
+def _sensitivity_sentence(table: pd.DataFrame, cfg: StatsConfig) -> str:
+    same = int((np.sign(table["diff"]) == np.sign(table["diff"].iloc[0])).sum())
+    return (f"Across the {len(table)} tuning settings (learning rate {table['lr'].min():.2g} to {table['lr'].max():.2g}, "
+            f"at the tuning budget, one seed each), {cfg.candidate_arm} minus {cfg.reference_arm} ranged from "
+            f"{table['diff'].min():+.1f} to {table['diff'].max():+.1f} points overall, with the sign of the "
+            f"configured setting's in {same} of {len(table)}.")
 
 
 def load_evals(models: Sequence[ModelEval]) -> tuple[list[dict], list[str]]:

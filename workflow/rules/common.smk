@@ -46,7 +46,9 @@ def rendered_tasks(wildcards):
 
 
 def tuned(wildcards):
-    """The tuning record of an arm, when tuning is on and the arm has teacher terms to tune."""
-    if EXP.tuning.enabled and EXP.arms[wildcards.arm].uses_teacher:
-        return [f"{R}/tuning/{wildcards.arm}.json"]
-    return []
+    """The tuning of an arm, when tuning is on (every arm is tuned, ce included)."""
+    return [f"{R}/tuning/{wildcards.arm}"] if EXP.tuning.enabled else []
+
+
+HEADLINE_PAIR = (EXP.stats.reference_arm, EXP.stats.candidate_arm)
+SENSITIVITY = [f"{R}/tuning/{arm}" for arm in HEADLINE_PAIR] if EXP.tuning.enabled and EXP.tuning.sensitivity else []

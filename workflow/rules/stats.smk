@@ -2,6 +2,7 @@ rule aggregate:
     input:
         evals=expand(f"{R}/eval/{{model}}/results.json", model=MODELS),
         models=[f"{R}/{m}" for m in MODELS],
+        tuning=SENSITIVITY,
     output:
         summary=f"{R}/summary.csv",
         table=report(f"{R}/table.md", caption="../report/table.rst", category="Answer"),
@@ -17,6 +18,7 @@ rule aggregate:
         accuracy_pdf=f"{R}/figures/accuracy.pdf",
         paired_pdf=f"{R}/figures/paired.pdf",
         curves_pdf=f"{R}/figures/curves.pdf",
+        **({"sensitivity": f"{R}/sensitivity.csv", "sensitivity_md": f"{R}/sensitivity.md"} if SENSITIVITY else {}),
     conda:
         ENV
     log:
@@ -60,6 +62,7 @@ rule paper:
     input:
         evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=MODELS)),
         models=ancient([f"{R}/{m}" for m in MODELS]),
+        tuning=ancient(SENSITIVITY),
     output:
         directory(f"{R}/paper"),
     conda:

@@ -24,8 +24,9 @@ if EXP.tuning.enabled:
             init=f"{R}/students/init/seed{EXP.tuning.seed}",
             cache=f"{R}/cache",
             val=f"{R}/data/val.npy",
+            tasks=lambda w: rendered_tasks(w) if f"{R}/tuning/{w.arm}" in SENSITIVITY else [],
         output:
-            f"{R}/tuning/{{arm}}.json",
+            directory(f"{R}/tuning/{{arm}}"),
         conda:
             ENV
         log:
@@ -36,6 +37,8 @@ if EXP.tuning.enabled:
             arm=lambda w: config["arms"][w.arm],
             train=config["student"]["train"],
             tuning=config.get("tuning", {}),
+            score=lambda w: f"{R}/tuning/{w.arm}" in SENSITIVITY,  # the headline pair, with tuning.sensitivity
+            evaluation=lambda w: config["evaluation"] if f"{R}/tuning/{w.arm}" in SENSITIVITY else {},
             work=lambda w: f"{WORK}/tuning/{w.arm}",
         threads: 1
         resources:

@@ -7,4 +7,5 @@ from kdbench.snake import run_job
 
 p = snakemake.params
 cfg = build(StatsConfig, p.stats, "stats")
-run_job(snakemake, lambda: aggregate(model_evals(Path(p.results), p.models), cfg, Path(p.out)))
+tuning = Path(p.results) / "tuning" if snakemake.input.tuning else None  # tuning.sensitivity: the headline pair
+run_job(snakemake, lambda: aggregate(model_evals(Path(p.results), p.models), cfg, Path(p.out), tuning))

@@ -1,4 +1,5 @@
 """Snakemake job: train one arm for one seed from the teacher cache (torchrun when gpu > 1)."""
+from dataclasses import replace
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
@@ -8,9 +9,11 @@ from kdbench.snake import run_job
 from kdbench.student import train_student_distributed
 
 w, p = snakemake.wildcards, snakemake.params
-tuned = snakemake.input.tuned
-arm = build(ArmConfig, read_json(tuned[0])["chosen"] if tuned else p.arm, f"arms.{w.arm}")
+arm = build(ArmConfig, p.arm, f"arms.{w.arm}")
 cfg = build(TrainConfig, p.train, "student.train")
+if snakemake.input.tuned:  # the trial that won on validation loss
+    tuned = read_json(Path(snakemake.input.tuned[0]) / "tuning.json")
+    arm, cfg = build(ArmConfig, tuned["chosen"], f"arms.{w.arm}"), replace(cfg, lr=tuned["lr"])
 out = Path(snakemake.output[0])
 run_job(snakemake, lambda: train_student_distributed(
     snakemake.resources.gpu, w.arm, arm, cfg, int(w.seed), Path(snakemake.input.init), Path(snakemake.input.cache),
