@@ -108,14 +108,14 @@ def test_fresh_run_passes_walking_every_artifact(smoke):
 @pytest.mark.slow
 def test_tuned_arms_are_audited_by_what_their_records_state(smoke):
     """The smoke preset tunes every teacher arm: train.json holds the chosen trial, and so does its record."""
-    tuned = sorted((smoke.results / "tuning").glob("*.json"))
+    tuned = sorted((smoke.results / "tuning").glob("*/tuning.json"))
     assert tuned, "the smoke preset runs with tuning on"
     for path in tuned:
-        chosen = read_json(path)["chosen"]
-        record = read_json(smoke.results / "students" / path.stem / "seed0.prov.json")
-        stated = next(v for k, v in record["states"].items() if k.endswith("train.json"))
-        assert stated["arm_config"] == chosen
-        assert read_json(smoke.results / "students" / path.stem / "seed0" / "train.json")["arm_config"] == chosen
+        arm, record = path.parent.name, read_json(path)
+        prov = read_json(smoke.results / "students" / arm / "seed0.prov.json")
+        stated = next(v for k, v in prov["states"].items() if k.endswith("train.json"))
+        assert stated["arm_config"] == record["chosen"] and stated["config"]["lr"] == record["lr"]
+        assert read_json(smoke.results / "students" / arm / "seed0" / "train.json")["arm_config"] == record["chosen"]
 
 
 @pytest.mark.slow
