@@ -1,8 +1,9 @@
 """Audit a results folder: walk back from every number in summary.csv to the corpus, rehashing everything.
 
 A provenance record only proves something when it is checked against the files and
-against the records around it. Starting at `summary.csv`'s record, the audit visits
-each job's record once (depth first, inputs before the checks that need them) and checks:
+against the records around it. Starting at `summary.csv`'s record, then every other record in
+the folder (analyses, the report's pieces), the audit visits each job's record once (depth
+first, inputs before the checks that need them) and checks:
 
 - outputs: every file or folder a record names hashes to what the record says (for a
   folder, the record's per-file hashes name the file that changed);
@@ -180,6 +181,8 @@ class _Auditor:
 
     def run(self) -> AuditResult:
         self.visit(self.top, 0)
+        for rec in self.records:  # the run's other outputs (analyses, the report's pieces) are audited too
+            self.visit(rec, 0)
         for (path, consumed, upstream_file), consumers in self.broken_links.items():
             upstream = self.visited[upstream_file]
             self.problem(path, f"consumed as sha256 {short(consumed)} by {_listing(consumers)}, but "
@@ -193,9 +196,6 @@ class _Auditor:
         for r in self.visited.values():
             labels.setdefault(r.code_key, code_label(r.code))  # a version is named by its first record's commit
         notes = []
-        unvisited = [self.show_file(r.file) for r in self.records if r.file not in self.visited]
-        if unvisited:
-            notes.append(f"records on no path to {SUMMARY}, not audited: {_listing(unvisited)}")
         environments = {repr(sorted(r.data.get("environment", {}).get("packages", {}).items()))
                         for r in self.visited.values()}
         if len(environments) > 1:
