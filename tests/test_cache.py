@@ -102,6 +102,23 @@ def test_flipped_byte_is_detected_by_verify(tmp_path, tokens):
         TeacherCache(tmp_path / "cache", verify=True)
 
 
+def test_flipped_byte_is_refused_on_first_read(tmp_path, tokens):
+    """What a student job sees: batches from intact shards, then the corrupt shard refused by name."""
+    write(tmp_path, tokens)
+    shard = tmp_path / "cache" / "00001.hidden.npy"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    cache = TeacherCache(tmp_path / "cache")
+    first = cache.manifest["shards"][1]["start"]
+    cache.batch(np.arange(first))  # shard 0 only: fine
+    cache.select(("input_ids", "topk_ids"))
+    cache.batch(np.arange(first, first + 2))  # shard 1, but not its hidden states
+    cache.select(("input_ids", "hidden"))
+    with pytest.raises(KdbenchError, match=r"shard 00001 \(00001.hidden.npy\): crc32 mismatch on first read"):
+        cache.batch(np.array([0, first]))
+
+
 def test_truncated_shard_and_missing_manifest(tmp_path, tokens):
     write(tmp_path, tokens)
     shard = tmp_path / "cache" / "00000.topk_ids.npy"

@@ -148,6 +148,14 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
         idx = batch_indices(cache.n_seqs, batch, 0, 0)
         cold_s = _timed(lambda: cache.batch(idx))  # written with direct I/O: the first read comes from disk
         read_s = min(_timed(lambda: cache.batch(idx)) for _ in range(20))
+
+        def crc32_all() -> None:  # what a student job checks on first read, over the whole cache
+            for shard in range(len(cache.manifest["shards"])):
+                for name in arm.components:
+                    cache.check_crc32(shard, name)
+
+        crc_cold_s = _timed(crc32_all)  # partly read by the batches above; the rest comes from disk
+        crc_s = min(_timed(crc32_all) for _ in range(3))
         step_s = min(_race({"step": _trainer(exp, arm, cache, exp.teacher.arch.n_layer, width(teacher), capture,
                                              steps=1)}, rounds=5)["step"])
         with torch.no_grad():
@@ -167,7 +175,10 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
         "write_over_forward": _paired(times, "write", "forward"),
         "write_over_forward_best": write_rate / forward_rate, "bytes_per_token": bytes_pt,
         "logit_bytes_per_token": logit_bytes, "read_batch_s": read_s, "read_batch_cold_s": cold_s, "train_step_s": step_s,
-        "read_share_of_step": read_s / step_s, "kl_topk": kl, "k_sweep": sweep,
+        "read_share_of_step": read_s / step_s,
+        "crc32_first_read_s": crc_s, "crc32_first_read_cold_s": crc_cold_s,
+        # a student trains on every cached token, so this is the check's share of its training time
+        "crc32_share_of_training": (crc_s / n_tokens) / (step_s / (batch * exp.data.seq_len)), "kl_topk": kl, "k_sweep": sweep,
         "threads": torch.get_num_threads(),
     }
 

@@ -2,11 +2,15 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from kdbench.checks import check_config_files, check_paths, check_tasks
 from kdbench.experiment import capture_spec, load_experiment
 
 
+check_config_files(workflow.configfiles)  # a key given twice in one file would silently keep the last
 validate(config, schema="../schemas/config.schema.yaml")
 EXP = load_experiment(config)  # strict: unknown keys, types, arms and layer maps fail here
+check_paths(EXP)  # local models and corpus files exist
+check_tasks(EXP.evaluation.tasks)  # lm-eval names (indexed once per lm-eval version; none for the default)
 
 R = f"results/{EXP.experiment}"  # every output of this experiment
 WORK = f"{R}/.work"  # resumable state (checkpoints, partial caches), never a declared output
