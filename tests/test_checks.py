@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kdbench import KdbenchError
-from kdbench.checks import check_config_files, check_paths, check_tasks, source_kind
+from kdbench.checks import check_config_files, check_models, check_paths, check_tasks, source_kind
 from kdbench.experiment import load_experiment
 
 from conftest import REPO, snakemake
@@ -74,3 +74,31 @@ def test_dry_run_refuses_before_any_job(tmp_path, preset, message):
     out = snakemake("-n", "--cores", "1", "--configfile", str(path), cwd=tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode != 0 and message in text, text[-2000:]
+
+
+def save_config(path: Path, family: str, **kw) -> str:
+    from transformers import AutoConfig
+
+    AutoConfig.for_model(family, **kw).save_pretrained(path)
+    return str(path)
+
+
+def test_models_are_checked_from_their_configs(tmp_path, monkeypatch):
+    """No weights: a model without attention is refused for the arms that read it, naming model, component and
+    arm; layer maps are checked against the depths in the loaded configs, not student.arch."""
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "kept"
+    mamba = save_config(tmp_path / "mamba", "mamba", hidden_size=32, num_hidden_layers=4, vocab_size=96)
+    with pytest.raises(KdbenchError, match=r"^arms.logit_hidden_attn: the teacher '.*mamba' \(mamba\) cannot give "
+                                           r"attentions, which attn_kl, ce, fkl, hidden_mse read: mamba: no attention"):
+        check_models(experiment(teacher={"source": mamba}), cache)
+    llama = save_config(tmp_path / "llama", "llama", hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=96)
+    arms = {"relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 4]]}}
+    pretrained = dict(student={"init": llama, "arch": {"n_layer": 2}}, arms=arms,
+                      stats={"reference_arm": "relation", "candidate_arm": "relation"})
+    found = check_models(experiment(teacher={"source": llama}, **pretrained), cache)  # student 6 deep, as loaded
+    assert (found["student"]["n_layer"], found["student"]["heads"], found["teacher"]["n_layer"]) == (6, 4, 6)
+    with pytest.raises(KdbenchError, match=r"^arms.relation: .*teacher layer 9"):
+        check_models(experiment(teacher={"source": llama}, **{**pretrained, "arms": {
+            "relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 9]]}}}), cache)

@@ -61,6 +61,12 @@ def stored(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, str]:
     return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy(), dtype
 
 
+def as_target(name: str, t: torch.Tensor, device: str) -> torch.Tensor:
+    """A component in its stored dtype (bfloat16 as such) -> what a training batch holds: ids as int64, the rest
+    float32, on `device`. The reader and the online teacher share it, so both give the same targets."""
+    return (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
+
+
 def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(a))
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
@@ -287,8 +293,7 @@ class TeacherCache:
         def get(name: str) -> torch.Tensor | None:
             if name not in self.components:
                 return None
-            t = _to_torch(self.gather(name, idx), self._dtypes[name])
-            t = (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
+            t = as_target(name, _to_torch(self.gather(name, idx), self._dtypes[name]), device)
             return _unpack_causal(t, self.seq_len) if name == "attentions" else t
         return Targets(**{name: get(name) for name in COMPONENTS})
 

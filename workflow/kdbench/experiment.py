@@ -53,7 +53,9 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
         arm = getattr(exp.stats, key)
         if arm not in exp.arms:
             raise KdbenchError(f"stats.{key}: {arm!r} is not an arm; arms: {', '.join(exp.arms)}")
-    check_arms(exp.arms, exp.student.arch.n_layer, exp.teacher.arch.n_layer if exp.trains_teacher else None)
+    pretrained = exp.student.init not in ("random", "teacher_layers")  # its depth is the loaded model's
+    check_arms(exp.arms, None if pretrained else exp.student.arch.n_layer,
+               exp.teacher.arch.n_layer if exp.trains_teacher else None)
     return exp
 
 

@@ -51,25 +51,29 @@ def build_model(arch: ArchConfig, vocab_size: int, max_len: int, eos_id: int, se
         return AutoModelForCausalLM.from_config(cfg)
 
 
-def load_model(source: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Load a causal LM from a local directory or a hub id (offline mode is honoured)."""
+def load_model(source: str | Path, dtype: torch.dtype = torch.float32, revision: str | None = None,
+               device_map: str | None = None) -> PreTrainedModel:
+    """Load a causal LM from a local directory or a hub id at `revision` (offline mode is honoured).
+
+    `device_map="auto"` spreads a model too big for one GPU over the visible GPUs (accelerate).
+    """
     try:
-        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, revision=revision, device_map=device_map)
     except (OSError, ValueError) as e:
         raise KdbenchError(f"cannot load model {str(source)!r}: {str(e).splitlines()[0]}") from e
 
 
-def load_tokenizer(source: str | Path):
+def load_tokenizer(source: str | Path, revision: str | None = None):
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        return AutoTokenizer.from_pretrained(str(source), revision=revision)
     except (OSError, ValueError) as e:
         raise KdbenchError(f"cannot load tokenizer {str(source)!r}: {str(e).splitlines()[0]}") from e
 
 
-def save_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) -> None:
-    """Write weights (safetensors) and the tokenizer into `out_dir` (callers make it atomic)."""
+def save_model(model: PreTrainedModel, tokenizer_source: str | Path, out_dir: Path, revision: str | None = None) -> None:
+    """Write weights (safetensors) and the tokenizer of `tokenizer_source` into `out_dir` (callers make it atomic)."""
     model.save_pretrained(out_dir, safe_serialization=True)
-    load_tokenizer(tokenizer_dir).save_pretrained(out_dir)
+    load_tokenizer(tokenizer_source, revision).save_pretrained(out_dir)
 
 
 def blocks(model: PreTrainedModel) -> nn.ModuleList:
@@ -145,7 +149,9 @@ def qkv_of(model: PreTrainedModel, layer: int) -> QKV:
     """The q/k/v projections of block `layer` (1-based), found by module name and checked against their sizes."""
     block = blocks(model)[layer - 1]
     cfg, kind = model.config, model.config.model_type
-    heads = cfg.num_attention_heads
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not heads:
+        raise KdbenchError(f"{kind}: no attention heads in its config (not an attention model)")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     named = {name.rsplit(".", 1)[-1]: m for name, m in block.named_modules() if name}
     for names in _SPLIT:
@@ -219,8 +225,46 @@ def forward_taps(model: PreTrainedModel, input_ids: Tensor, hidden: tuple[int, .
                 qkv=tuple(spec.split(outs) for spec, outs in store))
 
 
+def describe(model: PreTrainedModel) -> dict:
+    """What distillation can read from `model`: its shape, and per layer component why it cannot be captured."""
+    cfg, missing = model.config, {}
+    try:
+        for layer in range(1, len(blocks(model)) + 1):
+            qkv_of(model, layer)
+    except KdbenchError as e:
+        missing["qkv"] = str(e)
+    if not getattr(cfg, "num_attention_heads", None):
+        missing["attentions"] = f"{cfg.model_type}: no attention heads in its config (not an attention model)"
+    return {"model_type": cfg.model_type, "n_layer": len(blocks(model)), "width": width(model),
+            "heads": getattr(cfg, "num_attention_heads", None), "vocab_size": cfg.vocab_size, "missing": missing}
+
+
+def describe_config(config_dir: str | Path) -> dict:
+    """`describe` of the model a config.json defines, built on the meta device: no weights read or allocated."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(config_dir))
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise KdbenchError(f"{cfg.model_type}: an encoder-decoder model, not a decoder-only causal LM")
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except ValueError as e:
+        raise KdbenchError(f"{cfg.model_type}: not a causal LM ({str(e).splitlines()[0]})") from e
+    return describe(model)
+
+
 def vocabulary_sha256(tokenizer) -> str:
     """Semantic hash of a tokenizer (vocabulary + special tokens), independent of file formatting."""
     vocab = sorted(tokenizer.get_vocab().items())
     specials = sorted((k, str(v)) for k, v in tokenizer.special_tokens_map.items())
     return hashlib.sha256(json.dumps([vocab, specials]).encode()).hexdigest()
+
+
+if __name__ == "__main__":  # python -m kdbench.models CONFIG_DIR: describe a model from its config (kdbench.checks)
+    import sys
+
+    try:
+        print(json.dumps(describe_config(sys.argv[1])))
+    except KdbenchError as e:
+        print(json.dumps({"error": str(e)}))

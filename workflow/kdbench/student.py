@@ -47,8 +47,8 @@ def init_student(cfg: StudentConfig, seed: int, tokenizer_dir: Path, seq_len: in
                 raise KdbenchError("student.init 'teacher_layers' needs the teacher")
             copy_teacher_layers(model, load_model(teacher_dir))
     else:
-        check_same_tokenizer(load_tokenizer(cfg.init), tokenizer, cfg.init)
-        model = load_model(cfg.init)
+        check_same_tokenizer(load_tokenizer(cfg.init, cfg.revision), tokenizer, cfg.init)
+        model = load_model(cfg.init, revision=cfg.revision)
     with atomic_dir(out_dir) as tmp:
         save_model(model, tokenizer_dir, tmp)
 

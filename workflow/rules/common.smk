@@ -2,7 +2,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from kdbench.checks import check_config_files, check_paths, check_tasks
+from kdbench.checks import check_config_files, check_models, check_paths, check_tasks, student_depth
 from kdbench.experiment import capture_spec, load_experiment
 
 
@@ -11,6 +11,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 EXP = load_experiment(config)  # strict: unknown keys, types, arms and layer maps fail here
 check_paths(EXP)  # local models and corpus files exist
 check_tasks(EXP.evaluation.tasks)  # lm-eval names (indexed once per lm-eval version; none for the default)
+PRETRAINED = check_models(EXP)  # pretrained models' shapes from their configs: arms and layer maps fit them
 
 R = f"results/{EXP.experiment}"  # every output of this experiment
 WORK = f"{R}/.work"  # resumable state (checkpoints, partial caches), never a declared output

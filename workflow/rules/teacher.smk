@@ -37,5 +37,6 @@ else:
             f"{BENCH}/import_teacher.tsv"
         params:
             source=config["teacher"]["source"],
+            revision=EXP.teacher.revision,  # recorded in the job's provenance
         script:
             "../scripts/import_teacher.py"
