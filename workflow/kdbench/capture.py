@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -176,24 +176,48 @@ def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheC
                        work_dir)
 
 
+def student_sequences(data_dir: Path, student_tokens: int) -> np.ndarray:
+    """The training sequences a student's token budget covers: the first ceil(student_tokens / seq_len) (all
+    if fewer); students draw seeded permutations of exactly these, from the cache or online."""
+    tokens = load_tokens(Path(data_dir) / "train.npy")
+    return np.ascontiguousarray(tokens[: math.ceil(student_tokens / tokens.shape[1])])
+
+
+def _identity(teacher_dir: Path, teacher, tokens: np.ndarray) -> dict:
+    return {"teacher_sha256": weights_sha256(teacher_dir),
+            "vocabulary_sha256": vocabulary_sha256(load_tokenizer(teacher_dir)),
+            "tokens_sha256": hashlib.sha256(tokens.tobytes()).hexdigest(),
+            "teacher_layers": len(blocks(teacher)), "teacher_width": width(teacher)}
+
+
+@dataclass(frozen=True)
+class Online:
+    """teacher.mode online: a student job computes its targets with these cache settings, over the sequences
+    the cache would hold (the students' token budget, whatever a tuning trial trains on)."""
+    cache: CacheConfig
+    student_tokens: int
+
+
+def online_teacher(teacher_dir: Path, data_dir: Path, online: Online, arm: ArmConfig, n_student_layers: int,
+                   device: str) -> tuple[OnlineTeacher, dict]:
+    """An arm's teacher targets computed in its own job; returns the source and what a cache manifest would
+    say about it (identity, vocabulary, top_k, capture settings), so students check both alike."""
+    teacher = load_model(teacher_dir).to(device)
+    tokens, cfg = student_sequences(data_dir, online.student_tokens), online.cache
+    identity = _identity(teacher_dir, teacher, tokens)
+    capture = capture_for({"arm": arm}, n_student_layers, identity["teacher_layers"])
+    k = min(cfg.top_k, teacher.config.vocab_size)
+    manifest = {**identity, "vocab_size": teacher.config.vocab_size, "top_k": k, "settings": asdict(capture)}
+    return OnlineTeacher(teacher, tokens, k, cfg, capture, device), manifest
+
+
 def cache_teacher(teacher_dir: Path, data_dir: Path, cfg: CacheConfig, arms: dict[str, ArmConfig],
                   n_student_layers: int, student_tokens: int, out_dir: Path, work_dir: Path) -> dict:
-    """Cache what the arms need from the teacher over the sequences a student's token budget covers.
-
-    That is the first ceil(student_tokens / seq_len) training sequences (all of them if fewer);
-    students then draw seeded permutations of exactly these.
-    """
+    """Cache what the arms need from the teacher over the sequences a student's token budget covers."""
     spread = torch.cuda.device_count() > 1  # the job's GPUs: a teacher too big for one is spread over them
     teacher = load_model(teacher_dir, device_map="auto" if spread else None)
-    tokens = load_tokens(Path(data_dir) / "train.npy")
-    tokens = np.ascontiguousarray(tokens[: math.ceil(student_tokens / tokens.shape[1])])
-    n_teacher = len(blocks(teacher))
-    identity = {
-        "teacher_sha256": weights_sha256(teacher_dir),
-        "vocabulary_sha256": vocabulary_sha256(load_tokenizer(teacher_dir)),
-        "tokens_sha256": hashlib.sha256(tokens.tobytes()).hexdigest(),
-        "teacher_layers": n_teacher, "teacher_width": width(teacher),
-    }
-    capture = capture_for(arms, n_student_layers, n_teacher)
+    tokens = student_sequences(data_dir, student_tokens)
+    identity = _identity(teacher_dir, teacher, tokens)
+    capture = capture_for(arms, n_student_layers, identity["teacher_layers"])
     device = str(teacher.get_input_embeddings().weight.device) if spread else device_for_rank()  # where inputs go
     return write_teacher_cache(teacher, tokens, identity, cfg, capture, out_dir, work_dir, device)

@@ -114,6 +114,9 @@ class TeacherConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(tokens=2_000_000, lr=1e-3))  # when trained here
     seed: int = 0          # initialisation and data order of the teacher
     revision: str | None = None  # hub commit/tag of an imported teacher: pin a commit so a rerun gets the same weights
+    # "cache": run the teacher once and store its targets (disk, once); "online": every student job runs it
+    # (no disk, one teacher forward per student step); the targets are the same either way.
+    mode: Literal["cache", "online"] = "cache"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
+from kdbench.capture import Online
 from kdbench.config import TrainConfig, TuningConfig, as_dict
 from kdbench.registry import spec
 from kdbench.io import write_json
@@ -35,13 +36,13 @@ def candidates(arm: ArmConfig, cfg: TuningConfig) -> list[ArmConfig]:
     return out
 
 
-def tune_arm(arm_name: str, arm: ArmConfig, train: TrainConfig, cfg: TuningConfig, init_dir: Path, cache_dir: Path,
-             data_dir: Path, out_path: Path, work_dir: Path) -> ArmConfig:
+def tune_arm(arm_name: str, arm: ArmConfig, train: TrainConfig, cfg: TuningConfig, init_dir: Path, teacher: Path,
+             data_dir: Path, out_path: Path, work_dir: Path, online: Online | None = None) -> ArmConfig:
     """Train every candidate on `cfg.tokens` tokens; keep the lowest validation loss."""
     trials = []
     for i, candidate in enumerate(candidates(arm, cfg)):
         _, _, summary = fit_student(f"{arm_name}/trial{i}", candidate, replace(train, tokens=cfg.tokens), cfg.seed,
-                                    init_dir, cache_dir, data_dir, Path(work_dir) / f"trial{i}")
+                                    init_dir, teacher, data_dir, Path(work_dir) / f"trial{i}", online)
         trials.append({"arm": as_dict(candidate), "val_loss": summary["val_loss"]})
         print(f"tune {arm_name}: trial {i} val_loss {summary['val_loss']:.4f} {as_dict(candidate)}", flush=True)
     best = min(range(len(trials)), key=lambda i: trials[i]["val_loss"])

@@ -50,6 +50,13 @@ def rendered_tasks(wildcards):
     return [f"{R}/eval/tasks"] if EXP.synthetic_suite else []
 
 
+ONLINE = EXP.teacher.mode == "online"
+# What students read the teacher's targets from, and how: the cache, or the teacher itself run in their job.
+TEACHER_TARGETS = f"{R}/teacher" if ONLINE else f"{R}/cache"
+ONLINE_SPEC = {"cache": config["cache"], "student_tokens": EXP.student.train.tokens} if ONLINE else None
+ONLINE_INPUTS = [f"{R}/data/train.npy"] if ONLINE else []  # the sequences the teacher runs over
+
+
 def tuned(wildcards):
     """The tuning record of an arm, when tuning is on and the arm has teacher terms to tune."""
     if EXP.tuning.enabled and EXP.arms[wildcards.arm].uses_teacher:

@@ -15,7 +15,7 @@ if EXP.trains_teacher:
         benchmark:
             f"{BENCH}/train_teacher.tsv"
         params:
-            teacher=config["teacher"],
+            teacher={k: v for k, v in config["teacher"].items() if k != "mode"},  # how students read it is not the teacher's
             work=f"{WORK}/teacher",
         threads: workflow.cores
         priority: 10  # the critical path: everything downstream waits for it

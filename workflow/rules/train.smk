@@ -22,8 +22,9 @@ if EXP.tuning.enabled:
     rule tune_arm:
         input:
             init=f"{R}/students/init/seed{EXP.tuning.seed}",
-            cache=f"{R}/cache",
+            cache=TEACHER_TARGETS,
             val=f"{R}/data/val.npy",
+            train=ONLINE_INPUTS,
         output:
             f"{R}/tuning/{{arm}}.json",
         conda:
@@ -37,6 +38,7 @@ if EXP.tuning.enabled:
             train=config["student"]["train"],
             tuning=config.get("tuning", {}),
             work=lambda w: f"{WORK}/tuning/{w.arm}",
+            online=ONLINE_SPEC,
         threads: 1
         resources:
             gpu=GPUS,
@@ -47,8 +49,9 @@ if EXP.tuning.enabled:
 rule train_student:
     input:
         init=f"{R}/students/init/seed{{seed}}",
-        cache=f"{R}/cache",
+        cache=TEACHER_TARGETS,
         val=f"{R}/data/val.npy",
+        train=ONLINE_INPUTS,
         tuned=tuned,
     output:
         directory(f"{R}/students/{{arm}}/seed{{seed}}"),
@@ -62,6 +65,7 @@ rule train_student:
         arm=lambda w: config["arms"][w.arm],
         train=config["student"]["train"],
         work=lambda w: f"{WORK}/students/{w.arm}/seed{w.seed}",
+        online=ONLINE_SPEC,
     threads: 1
     resources:
         gpu=GPUS,
