@@ -102,6 +102,23 @@ def test_flipped_byte_is_detected_by_verify(tmp_path, tokens):
         TeacherCache(tmp_path / "cache", verify=True)
 
 
+def test_flipped_byte_is_refused_on_first_read(tmp_path, tokens):
+    """What a student job sees: batches from intact shards, then the corrupt shard refused by name."""
+    write(tmp_path, tokens)
+    shard = tmp_path / "cache" / "00001.hidden.npy"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    cache = TeacherCache(tmp_path / "cache")
+    first = cache.manifest["shards"][1]["start"]
+    cache.batch(np.arange(first))  # shard 0 only: fine
+    cache.select(("input_ids", "topk_ids"))
+    cache.batch(np.arange(first, first + 2))  # shard 1, but not its hidden states
+    cache.select(("input_ids", "hidden"))
+    with pytest.raises(KdbenchError, match=r"shard 00001 \(00001.hidden.npy\): crc32 mismatch on first read"):
+        cache.batch(np.array([0, first]))
+
+
 def test_truncated_shard_and_missing_manifest(tmp_path, tokens):
     write(tmp_path, tokens)
     shard = tmp_path / "cache" / "00000.topk_ids.npy"
@@ -205,3 +222,38 @@ def test_select_serves_only_what_an_arm_reads(tmp_path, tokens):
     assert batch.topk_ids is not None and batch.hidden is None
     with pytest.raises(KdbenchError, match="holds no attentions"):
         cache.select(ArmConfig(terms={"attn_kl": 1.0}).components)
+
+
+@pytest.mark.parametrize("idx", [[3, 4, 5], [7, 2, 9, 0]], ids=["writer's batch", "a training batch"])
+def test_online_teacher_gives_the_cached_targets_and_losses(tmp_path, tokens, idx):
+    """Online targets are the cache's: bit-equal on the batch the writer ran, and on any other batch within
+    the storage dtypes' rounding (the teacher's float sums may differ in the last bit with the batch's rows)."""
+    from kdbench.capture import OnlineTeacher
+    from kdbench.losses import Targets
+    from kdbench.train import Objective
+
+    write(tmp_path, tokens)
+    idx = np.array(idx)
+    cached = TeacherCache(tmp_path / "cache").batch(idx)
+    online = OnlineTeacher(teacher(), tokens, CFG.top_k, CFG, CAPTURE, "cpu").batch(idx)
+    exact = len(idx) == 3
+    for f in dataclasses.fields(Targets):
+        a, b = getattr(cached, f.name), getattr(online, f.name)
+        assert a.shape == b.shape and a.dtype == b.dtype, f.name
+        if exact or f.name in ("input_ids", "topk_ids"):
+            assert torch.equal(a, b), f.name
+        else:
+            torch.testing.assert_close(a, b, atol=2e-3, rtol=8e-3)  # bfloat16's rounding step is 2^-8
+    arm = ArmConfig(terms={"ce": 1.0, "fkl": 1.0, "hidden_mse": 1.0, "attn_kl": 1.0, "relation": 1.0},
+                    temperature=2.0, relation_heads=2, layer_map=[[1, 1], [2, 3]])
+    student = build_model(ArchConfig(n_layer=2, d_model=8, n_head=2), V, T, 0, seed=1)
+    objective = Objective(arm, arm.pairs(2, 3), CAPTURE, student, 16, seed=0)
+    mask = torch.ones(len(idx), T, dtype=torch.bool)
+    with torch.no_grad():
+        _, from_cache = objective(student, cached, mask)
+        _, from_online = objective(student, online, mask)
+    for name, value in from_cache.items():
+        if exact:
+            assert torch.equal(value, from_online[name]), name
+        else:
+            torch.testing.assert_close(value, from_online[name], rtol=1e-3, atol=1e-5)

@@ -64,6 +64,7 @@ def mutate(path: str, value):
     ("arms.logit_hidden.layer_map", [[1, 9]], r"arms.logit_hidden: .*teacher layer 9"),
     ("arms.teacher", {"terms": {"ce": 1.0}}, r"arms.teacher: reserved"),
     ("arms.logit.temperature", 0.0, r"arms.logit.temperature: must be > 0"),
+    ("stats.reference_arm", "logits", r"stats.reference_arm: .logits. is not an arm; arms: ce, logit,"),
     ("seeds", [1, 1], r"seeds: need distinct seeds"),
     ("bogus", 1, r"unknown config key 'bogus'"),
 ])

@@ -32,7 +32,7 @@ from kdbench import KdbenchError
 from kdbench.arms import ArmConfig
 from kdbench.config import CacheConfig, DataConfig, ArchConfig, StudentConfig, TokenizerConfig, TrainConfig
 from kdbench.cache import TeacherCache
-from kdbench.capture import cache_teacher
+from kdbench.capture import Online, cache_teacher
 from kdbench.data import prepare
 from kdbench.evaluate import resolve_device
 from kdbench.io import read_json
@@ -163,9 +163,19 @@ def test_teacher_with_padded_embeddings_feeds_a_student(tmp_path):
                   tmp_path / "cache", tmp_path / "work" / "cache")
     init_student(StudentConfig(arch=ArchConfig(family="llama", n_layer=2, d_model=32, n_head=2)), 0,
                  tmp_path / "teacher", 32, tmp_path / "teacher", tmp_path / "init")
-    train_student("logit_hidden", arms["logit_hidden"], TrainConfig(tokens=2048, batch_size=8, warmup_steps=2), 0,
+    train = TrainConfig(tokens=2048, batch_size=8, warmup_steps=2, curve_every=1)
+    train_student("logit_hidden", arms["logit_hidden"], train, 0,
                   tmp_path / "init", tmp_path / "cache", tmp_path / "data", tmp_path / "student", tmp_path / "work" / "s")
     assert (tmp_path / "student" / "model.safetensors").is_file()
+    # teacher.mode online: the same job with the teacher in the loop sees the cache's targets (within rounding)
+    online = Online(CacheConfig(top_k=8, shard_seqs=64), student_tokens=2048)
+    train_student("logit_hidden", arms["logit_hidden"], train, 0, tmp_path / "init", tmp_path / "teacher",
+                  tmp_path / "data", tmp_path / "online", tmp_path / "work" / "o", online)
+    cached, live = (list(csv.DictReader(open(tmp_path / d / "curve.csv"))) for d in ("student", "online"))
+    assert len(cached) == len(live) == 8
+    for name in ("loss_ce", "loss_fkl", "loss_hidden_mse"):
+        assert float(live[0][name]) == pytest.approx(float(cached[0][name]), rel=1e-3), name  # first step
+        assert float(live[-1][name]) == pytest.approx(float(cached[-1][name]), rel=2e-2), name  # after 8 steps
 
 
 def test_pythia_preset_plans_the_real_model_dag(tmp_path):

@@ -59,11 +59,11 @@ class ArmConfig:
         return layer_map(self.layer_map, n_student, n_teacher) if self.uses_layers else ()
 
 
-def check_arms(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int | None) -> None:
+def check_arms(arms: Mapping[str, ArmConfig], n_student: int | None, n_teacher: int | None) -> None:
     """Fail early, naming the arm, on reserved names, unknown losses, bad weights or layer maps.
 
-    `n_teacher` is None while a pretrained teacher's depth is unknown; its layer maps are
-    then checked by the cache job, which loads the teacher.
+    A depth is None while a pretrained model's is unknown; layer maps are then checked by
+    `checks.check_models` from the model's config, or by the cache job, which loads it.
     """
     if not arms:
         raise KdbenchError("arms: at least one arm is required")
@@ -80,7 +80,7 @@ def check_arms(arms: Mapping[str, ArmConfig], n_student: int, n_teacher: int | N
                 raise KdbenchError(f"arms.{name}.terms.{term}: weight {weight} is negative")
         if arm.temperature <= 0:
             raise KdbenchError(f"arms.{name}.temperature: must be > 0, got {arm.temperature}")
-        if n_teacher is None:
+        if n_teacher is None or n_student is None:
             continue
         try:
             arm.pairs(n_student, n_teacher)

@@ -200,6 +200,9 @@ class _Auditor:
                         for r in self.visited.values()}
         if len(environments) > 1:
             notes.append(f"records list {len(environments)} different sets of package versions")
+        sources = _sources(self.visited.values())
+        if sources:
+            notes.append(f"external sources at their revisions: {', '.join(sources)}")
         # The first broken link: hash and link problems before the content disagreements they cause,
         # then in the chain's order, walking back from summary.csv.
         order = {path: i for i, path in enumerate(self.artifacts)}
@@ -385,6 +388,19 @@ class _Auditor:
         odd = [f"{self.show_file(r.file)} ({code_label(r.code)})" for r in self.visited.values() if r.code_key != main]
         self.problem(CODE, f"records come from {len(versions)} code versions: {len(self.visited) - len(odd)} at "
                            f"{main_label}, the others {_listing(odd)} (--allow-mixed-code accepts this)", rank=2)
+
+
+def _sources(records) -> list[str]:
+    """'teacher EleutherAI/pythia-410m@<revision>' per imported model or dataset the records name (unpinned: @-)."""
+    found = set()
+    for rec in records:
+        p = rec.params
+        named = [("teacher", p.get("source"), p.get("revision")) if rec.rule == "import_teacher" else None,
+                 ("data", p["data"].get("source"), p["data"].get("revision")) if "data" in p else None,
+                 ("student", p["student"].get("init"), p["student"].get("revision")) if "student" in p else None]
+        found |= {f"{what} {source}@{revision or '-'}" for what, source, revision in filter(None, named)
+                  if source not in (None, "world", "random", "teacher_layers")}
+    return sorted(found)
 
 
 def _listing(names: list[str], limit: int = 3) -> str:

@@ -25,13 +25,11 @@ import yaml
 
 from kdbench.arms import ArmConfig, Capture, capture_for
 from kdbench.cache import TeacherCache
-from kdbench.capture import reconstruction_kl, topk_targets, write_teacher_cache
+from kdbench.capture import OnlineTeacher, reconstruction_kl, topk_targets, write_teacher_cache
 from kdbench.config import TrainConfig
 from kdbench.data import batch_indices
-from kdbench.devices import bf16_autocast
 from kdbench.experiment import Experiment, load_experiment
 from kdbench.io import write_json
-from kdbench.losses import Targets
 from kdbench.memory import keep_freed_memory
 from kdbench.models import build_model, forward_taps, load_model, width
 from kdbench.train import Objective, Stepper, TokenSource, batches
@@ -80,22 +78,6 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-class OnlineTeacher:
-    """A batch source that runs the teacher inside the training loop (online KD, no cache)."""
-
-    def __init__(self, teacher, tokens: np.ndarray, k: int, capture: Capture):
-        self.teacher, self.tokens, self.k, self.capture = teacher, tokens, k, capture
-        self.n_seqs, self.seq_len = tokens.shape
-
-    @torch.no_grad()
-    def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
-        ids = torch.from_numpy(self.tokens[idx].astype(np.int64)).to(device)
-        with bf16_autocast("cpu"):
-            taps = forward_taps(self.teacher, ids, **asdict(self.capture))
-        values, top, tail = topk_targets(taps.logits, self.k)
-        return Targets(input_ids=ids, topk_logprobs=values, topk_ids=top, tail_logprob=tail, hidden=taps.stacked("hidden"))
 
 
 def _trainer(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher: int, capture: Capture, steps: int):
@@ -148,6 +130,14 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
         idx = batch_indices(cache.n_seqs, batch, 0, 0)
         cold_s = _timed(lambda: cache.batch(idx))  # written with direct I/O: the first read comes from disk
         read_s = min(_timed(lambda: cache.batch(idx)) for _ in range(20))
+
+        def crc32_all() -> None:  # what a student job checks on first read, over the whole cache
+            for shard in range(len(cache.manifest["shards"])):
+                for name in arm.components:
+                    cache.check_crc32(shard, name)
+
+        crc_cold_s = _timed(crc32_all)  # partly read by the batches above; the rest comes from disk
+        crc_s = min(_timed(crc32_all) for _ in range(3))
         step_s = min(_race({"step": _trainer(exp, arm, cache, exp.teacher.arch.n_layer, width(teacher), capture,
                                              steps=1)}, rounds=5)["step"])
         with torch.no_grad():
@@ -167,7 +157,10 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
         "write_over_forward": _paired(times, "write", "forward"),
         "write_over_forward_best": write_rate / forward_rate, "bytes_per_token": bytes_pt,
         "logit_bytes_per_token": logit_bytes, "read_batch_s": read_s, "read_batch_cold_s": cold_s, "train_step_s": step_s,
-        "read_share_of_step": read_s / step_s, "kl_topk": kl, "k_sweep": sweep,
+        "read_share_of_step": read_s / step_s,
+        "crc32_first_read_s": crc_s, "crc32_first_read_cold_s": crc_cold_s,
+        # a student trains on every cached token, so this is the check's share of its training time
+        "crc32_share_of_training": (crc_s / n_tokens) / (step_s / (batch * exp.data.seq_len)), "kl_topk": kl, "k_sweep": sweep,
         "threads": torch.get_num_threads(),
     }
 
@@ -191,7 +184,7 @@ def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int)
             cache.select(a.components)  # as the training job reads it
             return _trainer(exp, a, cache, n_teacher, d_t, capture, steps)
 
-        online_source = OnlineTeacher(teacher, tokens, exp.cache.top_k, capture)
+        online_source = OnlineTeacher(teacher, tokens, exp.cache.top_k, exp.cache, capture, "cpu")
         times = _race({
             "ce": _trainer(exp, ArmConfig(terms={"ce": 1.0}), TokenSource(tokens), n_teacher, d_t, Capture(), steps),
             "cached_kd": cached(arm),

@@ -28,6 +28,7 @@ import json
 import mmap
 import shutil
 import time
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -42,7 +43,8 @@ from kdbench import KdbenchError
 from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
 from kdbench.losses import Targets
 
-FORMAT = "kdbench-cache/4"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity
+FORMAT = "kdbench-cache/5"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity;
+# 5: a crc32 per file beside its sha256, checked by every reader on first read
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
 _STAGING_BYTES = 4 << 20  # per component: direct writes of 4 MiB
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -57,6 +59,12 @@ def stored(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, str]:
     """A tensor as the cache stores it in `dtype`: (array, dtype name)."""
     t = t.detach().to(TORCH_DTYPES[dtype]).cpu()
     return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy(), dtype
+
+
+def as_target(name: str, t: torch.Tensor, device: str) -> torch.Tensor:
+    """A component in its stored dtype (bfloat16 as such) -> what a training batch holds: ids as int64, the rest
+    float32, on `device`. The reader and the online teacher share it, so both give the same targets."""
+    return (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
 
 
 def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
@@ -156,6 +164,7 @@ class _ShardWriter:
             data = np.ascontiguousarray(arr).data
             f["handle"].write(data)
             f["hash"].update(data)
+            f["crc32"] = zlib.crc32(data, f["crc32"])
             f["rows"] += len(arr)
 
     def _open(self, name: str, arr: np.ndarray, dtype: str) -> dict:
@@ -168,7 +177,8 @@ class _ShardWriter:
             self.staging[name] = DirectWriter.staging(_STAGING_BYTES)
         handle = DirectWriter(self._stack.enter_context(atomic_path(path)), self.staging[name])
         handle.write(header.getvalue())
-        return {"path": path, "handle": handle, "hash": hashlib.sha256(header.getvalue()), "rows": 0,
+        return {"path": path, "handle": handle, "hash": hashlib.sha256(header.getvalue()),
+                "crc32": zlib.crc32(header.getvalue()), "rows": 0,
                 "shape": [self.n_seqs, *arr.shape[1:]], "dtype": dtype}
 
     def finish(self) -> dict:
@@ -178,7 +188,8 @@ class _ShardWriter:
                 raise KdbenchError(f"cache shard {self.index:05d}: {f['path'].name} got {f['rows']} of {self.n_seqs} rows")
         self._stack.close()  # fsync and rename every file
         files = {name: {"file": f["path"].name, "shape": f["shape"], "dtype": f["dtype"],
-                        "bytes": f["path"].stat().st_size, "sha256": f["hash"].hexdigest()}
+                        "bytes": f["path"].stat().st_size, "sha256": f["hash"].hexdigest(),
+                        "crc32": f["crc32"]}
                  for name, f in self._files.items()}
         meta = {"index": self.index, "start": self.start, "n_seqs": self.n_seqs, "files": files}
         write_json(self.work_dir / f"{self.index:05d}.json", meta)
@@ -194,7 +205,12 @@ def _bytes_per_token(shards: list[dict], n_tokens: int) -> dict[str, float]:
 
 
 class TeacherCache:
-    """Read side: checks the manifest on open, memory-maps shards, serves `Targets` batches."""
+    """Read side: checks the manifest on open, memory-maps shards, serves `Targets` batches.
+
+    Each shard file is checked against its crc32 the first time a batch reads from it (a flipped
+    byte is refused, naming the file, before it trains anything); `verify=True` checks every
+    file's sha256 on open instead.
+    """
 
     def __init__(self, path: Path, expect: dict | None = None, verify: bool = False):
         self.path = Path(path)
@@ -210,6 +226,7 @@ class TeacherCache:
                 raise KdbenchError(f"cache {self.path} is stale: {key} is {_short(have)} but expected {_short(want)}; rerun cache_teacher")
         self.n_seqs, self.seq_len, self.vocab_size = m["n_seqs"], m["seq_len"], m["vocab_size"]
         self._starts = np.array([s["start"] for s in m["shards"]])
+        self._checked: set[tuple[int, str]] = set()  # (shard, component) files whose crc32 matched
         self._arrays: list[dict[str, np.ndarray]] = []
         for shard in m["shards"]:
             arrays = {}
@@ -228,6 +245,8 @@ class TeacherCache:
             raise KdbenchError(f"{where}: size {path.stat().st_size} bytes, manifest says {f['bytes']}")
         if verify and sha256_file(path) != f["sha256"]:
             raise KdbenchError(f"{where}: sha256 mismatch, the file is corrupt or was replaced")
+        if verify:
+            self._checked.add((shard["index"], name))
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as e:
@@ -247,6 +266,9 @@ class TeacherCache:
     def gather(self, name: str, idx: np.ndarray) -> np.ndarray:
         """Rows `idx` of one component as stored, in the given order."""
         shard = np.searchsorted(self._starts, idx, side="right") - 1
+        for s in set(shard.tolist()):
+            if (s, name) not in self._checked:
+                self.check_crc32(s, name)
         local = idx - self._starts[shard]
         first = self._arrays[0][name]
         out = np.empty((len(idx), *first.shape[1:]), first.dtype)
@@ -254,13 +276,24 @@ class TeacherCache:
             out[row] = self._arrays[s][name][i]
         return out
 
+    def check_crc32(self, index: int, name: str) -> None:
+        """Refuse shard `index`'s file of component `name` unless its bytes match the manifest's crc32."""
+        f = self.manifest["shards"][index]["files"][name]
+        crc = 0
+        with open(self.path / f["file"], "rb", buffering=0) as fh:
+            while chunk := fh.read(_STAGING_BYTES):
+                crc = zlib.crc32(chunk, crc)
+        if crc != f["crc32"]:
+            raise KdbenchError(f"cache shard {index:05d} ({f['file']}): crc32 mismatch on first read, the file is "
+                               "corrupt; rerun cache_teacher")
+        self._checked.add((index, name))
+
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
         """The `Targets` for sequences `idx`; float components become float32 on `device`."""
         def get(name: str) -> torch.Tensor | None:
             if name not in self.components:
                 return None
-            t = _to_torch(self.gather(name, idx), self._dtypes[name])
-            t = (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
+            t = as_target(name, _to_torch(self.gather(name, idx), self._dtypes[name]), device)
             return _unpack_causal(t, self.seq_len) if name == "attentions" else t
         return Targets(**{name: get(name) for name in COMPONENTS})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,11 @@ import torch
 
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig, Capture, capture_for
-from kdbench.cache import TORCH_DTYPES, pack_causal, stored, write_cache
+from kdbench.cache import TORCH_DTYPES, as_target, pack_causal, stored, write_cache
 from kdbench.config import CacheConfig
 from kdbench.data import load_tokens, token_dtype
 from kdbench.devices import bf16_autocast, device_for_rank
-from kdbench.losses import flat_ids, zero_at
+from kdbench.losses import Targets, flat_ids, zero_at
 from kdbench.models import Taps, blocks, forward_taps, load_model, load_tokenizer, vocabulary_sha256, width
 from kdbench.provenance import weights_sha256
 
@@ -88,21 +88,53 @@ def _taps(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device:
         return forward_taps(teacher, ids, **asdict(capture))
 
 
-def teacher_arrays(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture,
-                   device: str) -> dict[str, tuple[np.ndarray, str]]:
-    """One teacher forward pass over `seqs` (B, T) -> {component: (array, stored dtype)}."""
+def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture,
+                    device: str) -> dict[str, tuple[torch.Tensor, str]]:
+    """One teacher forward pass over `seqs` (B, T) -> {component: (tensor in its stored dtype, dtype name)}, on
+    the teacher's device; top-k ids as int64 and attention maps unpacked (the cache narrows and packs them)."""
     taps = _taps(teacher, seqs, cfg, capture, device)
     values, top_ids, tail = topk_targets(taps.logits, k)
-    id_dtype = str(token_dtype(teacher.config.vocab_size))
-    arrays = {"input_ids": (seqs, str(seqs.dtype)), "topk_logprobs": stored(values, "float16"),
-              "topk_ids": (top_ids.cpu().numpy().astype(id_dtype), id_dtype),
-              "tail_logprob": stored(tail, "float32")}
+    out = {"topk_logprobs": (values.half(), "float16"), "topk_ids": (top_ids, "int64"),
+           "tail_logprob": (tail.float(), "float32")}
     for name in ("hidden", "qkv"):
         if getattr(taps, name):
-            arrays[name] = stored(taps.stacked(name, TORCH_DTYPES[cfg.hidden_dtype]), cfg.hidden_dtype)
+            out[name] = (taps.stacked(name, TORCH_DTYPES[cfg.hidden_dtype]), cfg.hidden_dtype)
     if taps.attentions:
-        arrays["attentions"] = stored(pack_causal(taps.stacked("attentions", torch.float16)), "float16")
+        out["attentions"] = (taps.stacked("attentions", torch.float16), "float16")
+    return out
+
+
+def teacher_arrays(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture,
+                   device: str) -> dict[str, tuple[np.ndarray, str]]:
+    """One teacher forward pass over `seqs` (B, T) -> {component: (array, stored dtype)}, as the cache writes them."""
+    tensors = teacher_tensors(teacher, seqs, k, cfg, capture, device)
+    id_dtype = str(token_dtype(teacher.config.vocab_size))
+    top_ids, _ = tensors.pop("topk_ids")
+    arrays = {"input_ids": (seqs, str(seqs.dtype)), "topk_ids": (top_ids.cpu().numpy().astype(id_dtype), id_dtype)}
+    for name, (t, dtype) in tensors.items():
+        arrays[name] = stored(pack_causal(t) if name == "attentions" else t, dtype)
     return arrays
+
+
+class OnlineTeacher:
+    """A batch source that runs the teacher inside the student's job (online distillation, no cache).
+
+    The targets are the cache's: the same forward (eval mode, no grad, `cfg.forward_dtype`), top-k,
+    tail and layers, rounded to the cache's storage dtypes and converted as the reader converts them.
+    """
+
+    def __init__(self, teacher, tokens: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str):
+        self.teacher, self.tokens, self.k, self.cfg, self.capture, self.device = teacher, tokens, k, cfg, capture, device
+        self.n_seqs, self.seq_len = tokens.shape
+        teacher.eval().requires_grad_(False)
+        if capture.attentions:
+            teacher.set_attn_implementation("eager")  # fused kernels return no attention maps
+
+    def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
+        seqs = self.tokens[idx]
+        tensors = teacher_tensors(self.teacher, seqs, self.k, self.cfg, self.capture, self.device)
+        return Targets(input_ids=as_target("input_ids", torch.from_numpy(seqs.astype(np.int64)), device),
+                       **{name: as_target(name, t, device) for name, (t, _) in tensors.items()})
 
 
 def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str) -> dict:
@@ -128,7 +160,9 @@ def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheC
     `identity` names the teacher, tokenizer and tokens; the capture settings, vocabulary and k
     are added here, so a cache of other settings is never resumed or read as this one.
     """
-    teacher.eval().to(device)
+    teacher.eval()
+    if not getattr(teacher, "hf_device_map", None):  # a teacher spread over GPUs stays where it was put
+        teacher.to(device)
     if capture.attentions:
         teacher.set_attn_implementation("eager")  # fused kernels return no attention maps
     vocab = teacher.config.vocab_size
@@ -142,22 +176,48 @@ def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheC
                        work_dir)
 
 
+def student_sequences(data_dir: Path, student_tokens: int) -> np.ndarray:
+    """The training sequences a student's token budget covers: the first ceil(student_tokens / seq_len) (all
+    if fewer); students draw seeded permutations of exactly these, from the cache or online."""
+    tokens = load_tokens(Path(data_dir) / "train.npy")
+    return np.ascontiguousarray(tokens[: math.ceil(student_tokens / tokens.shape[1])])
+
+
+def _identity(teacher_dir: Path, teacher, tokens: np.ndarray) -> dict:
+    return {"teacher_sha256": weights_sha256(teacher_dir),
+            "vocabulary_sha256": vocabulary_sha256(load_tokenizer(teacher_dir)),
+            "tokens_sha256": hashlib.sha256(tokens.tobytes()).hexdigest(),
+            "teacher_layers": len(blocks(teacher)), "teacher_width": width(teacher)}
+
+
+@dataclass(frozen=True)
+class Online:
+    """teacher.mode online: a student job computes its targets with these cache settings, over the sequences
+    the cache would hold (the students' token budget, whatever a tuning trial trains on)."""
+    cache: CacheConfig
+    student_tokens: int
+
+
+def online_teacher(teacher_dir: Path, data_dir: Path, online: Online, arm: ArmConfig, n_student_layers: int,
+                   device: str) -> tuple[OnlineTeacher, dict]:
+    """An arm's teacher targets computed in its own job; returns the source and what a cache manifest would
+    say about it (identity, vocabulary, top_k, capture settings), so students check both alike."""
+    teacher = load_model(teacher_dir).to(device)
+    tokens, cfg = student_sequences(data_dir, online.student_tokens), online.cache
+    identity = _identity(teacher_dir, teacher, tokens)
+    capture = capture_for({"arm": arm}, n_student_layers, identity["teacher_layers"])
+    k = min(cfg.top_k, teacher.config.vocab_size)
+    manifest = {**identity, "vocab_size": teacher.config.vocab_size, "top_k": k, "settings": asdict(capture)}
+    return OnlineTeacher(teacher, tokens, k, cfg, capture, device), manifest
+
+
 def cache_teacher(teacher_dir: Path, data_dir: Path, cfg: CacheConfig, arms: dict[str, ArmConfig],
                   n_student_layers: int, student_tokens: int, out_dir: Path, work_dir: Path) -> dict:
-    """Cache what the arms need from the teacher over the sequences a student's token budget covers.
-
-    That is the first ceil(student_tokens / seq_len) training sequences (all of them if fewer);
-    students then draw seeded permutations of exactly these.
-    """
-    teacher = load_model(teacher_dir)
-    tokens = load_tokens(Path(data_dir) / "train.npy")
-    tokens = np.ascontiguousarray(tokens[: math.ceil(student_tokens / tokens.shape[1])])
-    n_teacher = len(blocks(teacher))
-    identity = {
-        "teacher_sha256": weights_sha256(teacher_dir),
-        "vocabulary_sha256": vocabulary_sha256(load_tokenizer(teacher_dir)),
-        "tokens_sha256": hashlib.sha256(tokens.tobytes()).hexdigest(),
-        "teacher_layers": n_teacher, "teacher_width": width(teacher),
-    }
-    capture = capture_for(arms, n_student_layers, n_teacher)
-    return write_teacher_cache(teacher, tokens, identity, cfg, capture, out_dir, work_dir, device_for_rank())
+    """Cache what the arms need from the teacher over the sequences a student's token budget covers."""
+    spread = torch.cuda.device_count() > 1  # the job's GPUs: a teacher too big for one is spread over them
+    teacher = load_model(teacher_dir, device_map="auto" if spread else None)
+    tokens = student_sequences(data_dir, student_tokens)
+    identity = _identity(teacher_dir, teacher, tokens)
+    capture = capture_for(arms, n_student_layers, identity["teacher_layers"])
+    device = str(teacher.get_input_embeddings().weight.device) if spread else device_for_rank()  # where inputs go
+    return write_teacher_cache(teacher, tokens, identity, cfg, capture, out_dir, work_dir, device)

@@ -75,6 +75,7 @@ class DataConfig:
     max_docs: int | None = None  # cap on documents read (None: all)
     seq_len: int = 128           # tokens per training sequence
     val_fraction: float = 0.02   # held-out sequences for validation loss (never the evaluation suite)
+    revision: str | None = None  # HF dataset commit/tag: pin a commit so a rerun reads the same documents
     seed: int = 0                # which sequences go to validation
 
 
@@ -112,6 +113,10 @@ class TeacherConfig:
     arch: ArchConfig = field(default_factory=lambda: ArchConfig(n_layer=4, d_model=256, n_head=4))  # when trained here
     train: TrainConfig = field(default_factory=lambda: TrainConfig(tokens=2_000_000, lr=1e-3))  # when trained here
     seed: int = 0          # initialisation and data order of the teacher
+    revision: str | None = None  # hub commit/tag of an imported teacher: pin a commit so a rerun gets the same weights
+    # "cache": run the teacher once and store its targets (disk, once); "online": every student job runs it
+    # (no disk, one teacher forward per student step); the targets are the same either way.
+    mode: Literal["cache", "online"] = "cache"
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class StudentConfig:
     arch: ArchConfig = field(default_factory=ArchConfig)  # the same for every arm
     init: str = "random"  # "random", "teacher_layers" (DistilBERT-style copy), or a pretrained model id/dir
     train: TrainConfig = field(default_factory=TrainConfig)  # the same budget and schedule for every arm
+    revision: str | None = None  # hub commit/tag of a pretrained init: pin a commit so a rerun starts the same
 
 
 @dataclass(frozen=True)

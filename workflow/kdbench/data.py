@@ -52,7 +52,7 @@ def _hf_texts(cfg: DataConfig) -> Iterator[str]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(cfg.source, cfg.hf_name, split=cfg.hf_split, streaming=True)
+        ds = datasets.load_dataset(cfg.source, cfg.hf_name, split=cfg.hf_split, streaming=True, revision=cfg.revision)
     except Exception as e:  # the hub raises many types; one line is what the user needs
         raise KdbenchError(f"cannot load dataset {cfg.source!r}: {str(e).splitlines()[0]}") from e
     for doc in ds:

@@ -34,12 +34,12 @@ from typing import Any
 import yaml
 
 from kdbench import KdbenchError
+from kdbench.checks import SUITE_ALIAS  # config name for the rendered local suite
 from kdbench.config import EvalConfig
 from kdbench.io import atomic_path, read_json, sha256_file, write_json
 from kdbench.provenance import weights_sha256
 
 FORMAT = "kdbench-eval/2"  # 2: tokenizer_json_sha256 (the file), not tokenizer_sha256
-SUITE_ALIAS = "synthetic"  # config name for the rendered local suite
 GROUP = "kdb_suite"
 TASK_PREFIX = "kdb_"  # rendered suite tasks are kdb_<family>
 TASK_VERSION = 1.0  # bump when the rendered prompt format changes

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig, check_arms
+from kdbench.checks import SUITE_ALIAS
 from kdbench.config import (CacheConfig, DataConfig, EvalConfig, StatsConfig, StudentConfig, TeacherConfig,
                             TokenizerConfig, TuningConfig, WorldConfig, build)
 from kdbench.registry import LAYERED, reads
@@ -34,7 +35,7 @@ class Experiment:
 
     @property
     def synthetic_suite(self) -> bool:
-        return "synthetic" in self.evaluation.tasks
+        return SUITE_ALIAS in self.evaluation.tasks
 
 
 def load_experiment(config: Mapping[str, Any]) -> Experiment:
@@ -48,7 +49,13 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
         raise KdbenchError("evaluation.tasks: 'synthetic' needs data.source 'world' (the suite comes from the world)")
     if exp.tuning.enabled and exp.tuning.seed not in exp.seeds:
         raise KdbenchError(f"tuning.seed: {exp.tuning.seed} is not one of seeds {list(exp.seeds)}")
-    check_arms(exp.arms, exp.student.arch.n_layer, exp.teacher.arch.n_layer if exp.trains_teacher else None)
+    for key in ("reference_arm", "candidate_arm"):
+        arm = getattr(exp.stats, key)
+        if arm not in exp.arms:
+            raise KdbenchError(f"stats.{key}: {arm!r} is not an arm; arms: {', '.join(exp.arms)}")
+    pretrained = exp.student.init not in ("random", "teacher_layers")  # its depth is the loaded model's
+    check_arms(exp.arms, None if pretrained else exp.student.arch.n_layer,
+               exp.teacher.arch.n_layer if exp.trains_teacher else None)
     return exp
 
 

@@ -51,64 +51,134 @@ def build_model(arch: ArchConfig, vocab_size: int, max_len: int, eos_id: int, se
         return AutoModelForCausalLM.from_config(cfg)
 
 
-def load_model(source: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """Load a causal LM from a local directory or a hub id (offline mode is honoured)."""
+def load_model(source: str | Path, dtype: torch.dtype = torch.float32, revision: str | None = None,
+               device_map: str | None = None) -> PreTrainedModel:
+    """Load a causal LM from a local directory or a hub id at `revision` (offline mode is honoured).
+
+    `device_map="auto"` spreads a model too big for one GPU over the visible GPUs (accelerate).
+    """
     try:
-        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, revision=revision, device_map=device_map)
     except (OSError, ValueError) as e:
         raise KdbenchError(f"cannot load model {str(source)!r}: {str(e).splitlines()[0]}") from e
 
 
-def load_tokenizer(source: str | Path):
+def load_tokenizer(source: str | Path, revision: str | None = None):
     try:
-        return AutoTokenizer.from_pretrained(str(source))
+        return AutoTokenizer.from_pretrained(str(source), revision=revision)
     except (OSError, ValueError) as e:
         raise KdbenchError(f"cannot load tokenizer {str(source)!r}: {str(e).splitlines()[0]}") from e
 
 
-def save_model(model: PreTrainedModel, tokenizer_dir: Path, out_dir: Path) -> None:
-    """Write weights (safetensors) and the tokenizer into `out_dir` (callers make it atomic)."""
+def save_model(model: PreTrainedModel, tokenizer_source: str | Path, out_dir: Path, revision: str | None = None) -> None:
+    """Write weights (safetensors) and the tokenizer of `tokenizer_source` into `out_dir` (callers make it atomic)."""
     model.save_pretrained(out_dir, safe_serialization=True)
-    load_tokenizer(tokenizer_dir).save_pretrained(out_dir)
+    load_tokenizer(tokenizer_source, revision).save_pretrained(out_dir)
 
 
 def blocks(model: PreTrainedModel) -> nn.ModuleList:
-    """The list of transformer blocks, whatever the family calls it."""
-    base = model.base_model
-    for name in ("h", "layers"):
-        if isinstance(getattr(base, name, None), nn.ModuleList):
-            return getattr(base, name)
-    raise KdbenchError(f"unsupported architecture {model.config.model_type!r}: no transformer blocks found")
+    """The transformer blocks: the module list in the model with one entry per hidden layer."""
+    n = model.config.num_hidden_layers
+    for _, module in model.base_model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise KdbenchError(f"unsupported architecture {model.config.model_type!r}: no list of {n} transformer blocks found")
 
 
 def width(model: PreTrainedModel) -> int:
     return model.get_input_embeddings().embedding_dim
 
 
-def _qkv_module(model: PreTrainedModel, layer: int) -> tuple[nn.Module, ...]:
+# Fused q/k/v projections, by module name, and how each family lays their outputs out.
+# "contiguous": [q | k | v] along the features; "per_head": (H, 3, hd) (GPT-NeoX, BLOOM);
+# "grouped": (G, H/G + 2, hd), each kv group's queries then its key and value (Falcon's new layout).
+_SPLIT = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+_FUSED = ("c_attn", "query_key_value", "qkv_proj", "Wqkv")
+_FUSED_LAYOUT = {"gpt2": "contiguous", "gpt_bigcode": "contiguous", "phi3": "contiguous", "gpt_neox": "per_head",
+                 "bloom": "per_head"}
+
+
+def _fused_layout(cfg) -> str | None:
+    if cfg.model_type == "falcon":  # three layouts, by config
+        return ("grouped" if cfg.new_decoder_architecture else "contiguous" if cfg.multi_query else "per_head")
+    return _FUSED_LAYOUT.get(cfg.model_type)
+
+
+def _out_features(m: nn.Module) -> int:
+    return m.weight.shape[1] if type(m).__name__ == "Conv1D" else m.weight.shape[0]  # GPT-2's Conv1D is (in, out)
+
+
+@dataclass(frozen=True)
+class QKV:
+    """Where a block's queries, keys and values come from: hooked projection modules and their layout."""
+    modules: tuple[nn.Module, ...]  # 3 separate projections, or 1 fused
+    layout: str                     # "split" | "contiguous" | "per_head" | "grouped"
+    heads: int                      # query heads
+    kv_heads: int                   # key/value heads (fewer under grouped- or multi-query attention)
+    head_dim: int
+
+    def split(self, outs: list[Tensor]) -> Tensor:
+        """Projection outputs -> (B, 3, T, H * hd), keys and values repeated to the query heads.
+
+        Under grouped-query attention kv head j serves query heads j * H/G ... (j + 1) * H/G - 1, so
+        repeating it to those heads gives each query head the keys and values it attends with, and
+        q/k/v relations and attention maps keep the query heads' layout (MiniLMv2 splits q, k and v
+        alike into relation heads).
+        """
+        h, g, hd = self.heads, self.kv_heads, self.head_dim
+        if self.layout == "split":
+            q, k, v = outs
+        else:
+            (fused,) = outs
+            b, t, _ = fused.shape
+            if self.layout == "contiguous":
+                q, k, v = fused.split([h * hd, g * hd, g * hd], dim=-1)
+            elif self.layout == "per_head":  # (B, T, H, 3, hd)
+                q, k, v = fused.view(b, t, h, 3, hd).unbind(3)
+            else:  # grouped: (B, T, G, H/G + 2, hd)
+                grouped = fused.view(b, t, g, h // g + 2, hd)
+                q, k, v = grouped[..., :-2, :], grouped[..., -2, :], grouped[..., -1, :]
+        b, t = q.shape[:2]
+        q, k, v = (x.reshape(b, t, -1, hd) for x in (q, k, v))
+        if g != h:
+            k, v = (x.repeat_interleave(h // g, dim=2) for x in (k, v))
+        return torch.stack([q, k, v], dim=1).flatten(-2)
+
+
+def qkv_of(model: PreTrainedModel, layer: int) -> QKV:
+    """The q/k/v projections of block `layer` (1-based), found by module name and checked against their sizes."""
     block = blocks(model)[layer - 1]
-    kind = model.config.model_type
-    if kind == "gpt2":
-        return (block.attn.c_attn,)
-    if kind == "gpt_neox":
-        return (block.attention.query_key_value,)
-    attn = getattr(block, "self_attn", None)
-    if attn is not None and all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj")):
-        return attn.q_proj, attn.k_proj, attn.v_proj
-    raise KdbenchError(f"relation loss: cannot find query/key/value projections in {kind!r} models")
+    cfg, kind = model.config, model.config.model_type
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not heads:
+        raise KdbenchError(f"{kind}: no attention heads in its config (not an attention model)")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    named = {name.rsplit(".", 1)[-1]: m for name, m in block.named_modules() if name}
+    for names in _SPLIT:
+        if all(n in named for n in names):
+            q, k, v = (named[n] for n in names)
+            kv_heads = _out_features(k) // head_dim
+            return _checked(QKV((q, k, v), "split", heads, kv_heads, head_dim), kind, _out_features(q), _out_features(k))
+    fused = next((named[n] for n in _FUSED if n in named), None)
+    if fused is None:
+        raise KdbenchError(f"{kind}: no query/key/value projections found in its blocks "
+                           f"(looked for {', '.join('/'.join(n) for n in _SPLIT)} and fused {', '.join(_FUSED)})")
+    layout = _fused_layout(cfg)
+    if layout is None:
+        raise KdbenchError(f"{kind}: fused q/k/v projection of unknown layout "
+                           f"(known for {', '.join(sorted([*_FUSED_LAYOUT, 'falcon']))})")
+    kv_out = (_out_features(fused) - heads * head_dim) / 2  # what is left for k and v
+    qkv = QKV((fused,), layout, heads, int(kv_out) // head_dim, head_dim)
+    return _checked(qkv, kind, heads * head_dim, kv_out)
 
 
-def _split_qkv(model: PreTrainedModel, outs: list[Tensor]) -> Tensor:
-    """Projection outputs -> (B, 3, T, D)."""
-    if len(outs) == 3:
-        return torch.stack(outs, dim=1)
-    (fused,) = outs  # (B, T, 3D)
-    b, t, three_d = fused.shape
-    if model.config.model_type == "gpt_neox":  # per-head interleaved: (B, T, H, 3, hd)
-        h = model.config.num_attention_heads
-        fused = fused.view(b, t, h, 3, three_d // (3 * h)).permute(0, 3, 1, 2, 4).reshape(b, 3, t, three_d // 3)
-        return fused
-    return fused.view(b, t, 3, three_d // 3).transpose(1, 2)
+def _checked(qkv: QKV, kind: str, q_out: int, kv_out: float) -> QKV:
+    ok = (q_out == qkv.heads * qkv.head_dim and kv_out == qkv.kv_heads * qkv.head_dim and qkv.kv_heads >= 1
+          and qkv.heads % qkv.kv_heads == 0)
+    if not ok:
+        raise KdbenchError(f"{kind}: q/k/v projection sizes {q_out}/{kv_out} do not match {qkv.heads} heads of "
+                           f"{qkv.head_dim} with {qkv.kv_heads} kv heads")
+    return qkv
 
 
 @dataclass
@@ -129,12 +199,10 @@ class Taps:
 
 
 @contextmanager
-def _capture_qkv(model: PreTrainedModel, layers: tuple[int, ...]) -> Iterator[list[list[Tensor]]]:
-    store: list[list[Tensor]] = [[] for _ in layers]
-    handles = []
-    for slot, layer in zip(store, layers):
-        for module in _qkv_module(model, layer):
-            handles.append(module.register_forward_hook(lambda _m, _i, out, slot=slot: slot.append(out)))
+def _capture_qkv(model: PreTrainedModel, layers: tuple[int, ...]) -> Iterator[list[tuple[QKV, list[Tensor]]]]:
+    store = [(qkv_of(model, layer), []) for layer in layers]
+    handles = [module.register_forward_hook(lambda _m, _i, out, slot=slot: slot.append(out))
+               for qkv, slot in store for module in qkv.modules]
     try:
         yield store
     finally:
@@ -154,7 +222,36 @@ def forward_taps(model: PreTrainedModel, input_ids: Tensor, hidden: tuple[int, .
                     use_cache=False)
     return Taps(logits=out.logits, hidden=tuple(out.hidden_states[l] for l in hidden),
                 attentions=tuple(out.attentions[l - 1] for l in attentions),
-                qkv=tuple(_split_qkv(model, outs) for outs in store))
+                qkv=tuple(spec.split(outs) for spec, outs in store))
+
+
+def describe(model: PreTrainedModel) -> dict:
+    """What distillation can read from `model`: its shape, and per layer component why it cannot be captured."""
+    cfg, missing = model.config, {}
+    try:
+        for layer in range(1, len(blocks(model)) + 1):
+            qkv_of(model, layer)
+    except KdbenchError as e:
+        missing["qkv"] = str(e)
+    if not getattr(cfg, "num_attention_heads", None):
+        missing["attentions"] = f"{cfg.model_type}: no attention heads in its config (not an attention model)"
+    return {"model_type": cfg.model_type, "n_layer": len(blocks(model)), "width": width(model),
+            "heads": getattr(cfg, "num_attention_heads", None), "vocab_size": cfg.vocab_size, "missing": missing}
+
+
+def describe_config(config_dir: str | Path) -> dict:
+    """`describe` of the model a config.json defines, built on the meta device: no weights read or allocated."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(config_dir))
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise KdbenchError(f"{cfg.model_type}: an encoder-decoder model, not a decoder-only causal LM")
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except ValueError as e:
+        raise KdbenchError(f"{cfg.model_type}: not a causal LM ({str(e).splitlines()[0]})") from e
+    return describe(model)
 
 
 def vocabulary_sha256(tokenizer) -> str:
@@ -162,3 +259,12 @@ def vocabulary_sha256(tokenizer) -> str:
     vocab = sorted(tokenizer.get_vocab().items())
     specials = sorted((k, str(v)) for k, v in tokenizer.special_tokens_map.items())
     return hashlib.sha256(json.dumps([vocab, specials]).encode()).hexdigest()
+
+
+if __name__ == "__main__":  # python -m kdbench.models CONFIG_DIR: describe a model from its config (kdbench.checks)
+    import sys
+
+    try:
+        print(json.dumps(describe_config(sys.argv[1])))
+    except KdbenchError as e:
+        print(json.dumps({"error": str(e)}))

@@ -16,6 +16,7 @@ from transformers import AutoConfig
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig, Capture
 from kdbench.cache import TeacherCache
+from kdbench.capture import Online, online_teacher
 from kdbench.config import StudentConfig, TrainConfig, as_dict, build
 from kdbench.data import load_tokens
 from kdbench.io import atomic_dir, read_json, write_json
@@ -47,8 +48,8 @@ def init_student(cfg: StudentConfig, seed: int, tokenizer_dir: Path, seq_len: in
                 raise KdbenchError("student.init 'teacher_layers' needs the teacher")
             copy_teacher_layers(model, load_model(teacher_dir))
     else:
-        check_same_tokenizer(load_tokenizer(cfg.init), tokenizer, cfg.init)
-        model = load_model(cfg.init)
+        check_same_tokenizer(load_tokenizer(cfg.init, cfg.revision), tokenizer, cfg.init)
+        model = load_model(cfg.init, revision=cfg.revision)
     with atomic_dir(out_dir) as tmp:
         save_model(model, tokenizer_dir, tmp)
 
@@ -83,31 +84,43 @@ def copy_teacher_layers(student: torch.nn.Module, teacher: torch.nn.Module) -> N
     student.load_state_dict(state)
 
 
-def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, cache_dir: Path,
-                data_dir: Path, work_dir: Path) -> tuple[torch.nn.Module, list[dict], dict]:
-    """Train one arm for one seed from the teacher cache; returns (model, curve, summary)."""
+def teacher_source(teacher: Path, arm: ArmConfig, init_dir: Path, model, data_dir: Path, online: Online | None):
+    """(batch source, manifest) of the teacher's targets: the cache at `teacher`, or, with `online`, the teacher
+    model at `teacher` run in this job. Either must match the student's vocabulary and tokenizer."""
+    expect = {"vocab_size": model.config.vocab_size, "vocabulary_sha256": vocabulary_sha256(load_tokenizer(init_dir))}
+    if online is None:
+        cache = TeacherCache(teacher, expect=expect)
+        cache.select(arm.components)
+        return cache, cache.manifest
+    source, manifest = online_teacher(teacher, data_dir, online, arm, len(blocks(model)), device_for_rank())
+    for key, want in expect.items():
+        if manifest[key] != want:
+            raise KdbenchError(f"online teacher {teacher}: {key} {manifest[key]!r} differs from the student's {want!r}")
+    return source, manifest
+
+
+def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, teacher: Path,
+                data_dir: Path, work_dir: Path, online: Online | None = None) -> tuple[torch.nn.Module, list[dict], dict]:
+    """Train one arm for one seed from the teacher cache at `teacher` (or, with `online`, the teacher model there);
+    returns (model, curve, summary)."""
     model = load_model(init_dir)
-    tokenizer = load_tokenizer(init_dir)
-    cache = TeacherCache(cache_dir, expect={"vocab_size": model.config.vocab_size,
-                                            "vocabulary_sha256": vocabulary_sha256(tokenizer)})
-    cache.select(arm.components)
-    settings = cache.manifest["settings"]
-    pairs = arm.pairs(len(blocks(model)), cache.manifest["teacher_layers"])
-    d_teacher = cache.manifest["teacher_width"]
-    objective = Objective(arm, pairs, Capture.from_settings(settings), model, d_teacher, seed)
-    key = fingerprint(arm_name, as_dict(arm), as_dict(cfg), seed, cache.manifest["tokens_sha256"],
-                      cache.manifest["teacher_sha256"], read_json(init_dir / "config.json"))
+    source, manifest = teacher_source(teacher, arm, init_dir, model, data_dir, online)
+    pairs = arm.pairs(len(blocks(model)), manifest["teacher_layers"])
+    objective = Objective(arm, pairs, Capture.from_settings(manifest["settings"]), model, manifest["teacher_width"],
+                          seed)
+    key = fingerprint(arm_name, as_dict(arm), as_dict(cfg), seed, manifest["tokens_sha256"],
+                      manifest["teacher_sha256"], read_json(init_dir / "config.json"))
     val = TokenSource(load_tokens(data_dir / "val.npy"))
-    curve, summary = train(model, objective, cache, cfg, seed, work_dir / "checkpoint.pt", key, val=val,
+    curve, summary = train(model, objective, source, cfg, seed, work_dir / "checkpoint.pt", key, val=val,
                            device=device_for_rank(), label=f"{arm_name}/seed{seed}")
     (work_dir / "checkpoint.pt").unlink(missing_ok=True)
     return model, curve, {**summary, "layer_pairs": pairs}
 
 
-def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, cache_dir: Path,
-                  data_dir: Path, out_dir: Path, work_dir: Path) -> None:
-    """Train one arm for one seed from the teacher cache and save the student."""
-    model, curve, summary = fit_student(arm_name, arm, cfg, seed, init_dir, cache_dir, data_dir, work_dir)
+def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, teacher: Path,
+                  data_dir: Path, out_dir: Path, work_dir: Path, online: Online | None = None) -> None:
+    """Train one arm for one seed from the teacher cache (or online) and save the student."""
+    model, curve, summary = fit_student(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, work_dir, online)
     if world()[0] != 0:
         return
     with atomic_dir(out_dir) as tmp:
@@ -118,13 +131,15 @@ def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, in
 
 
 def train_student_distributed(processes: int, arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int,
-                              init_dir: Path, cache_dir: Path, data_dir: Path, out_dir: Path, work_dir: Path) -> None:
+                              init_dir: Path, teacher: Path, data_dir: Path, out_dir: Path, work_dir: Path,
+                              online: Online | None = None) -> None:
     """Run `train_student` under torchrun with `processes` processes (DDP; nccl on GPUs, gloo on CPU)."""
     if processes <= 1:
-        return train_student(arm_name, arm, cfg, seed, init_dir, cache_dir, data_dir, out_dir, work_dir)
+        return train_student(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, out_dir, work_dir, online)
     job = Path(work_dir) / "job.json"
     write_json(job, {"arm_name": arm_name, "arm": as_dict(arm), "train": as_dict(cfg), "seed": seed,
-                     "paths": [str(p) for p in (init_dir, cache_dir, data_dir, out_dir, work_dir)]})
+                     "online": as_dict(online) if online else None,
+                     "paths": [str(p) for p in (init_dir, teacher, data_dir, out_dir, work_dir)]})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "kdbench.student", str(job)]
     done = subprocess.run(cmd, stdout=sys.stdout, stderr=sys.stderr)
@@ -137,8 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as run_job does for single-process jobs
     job = read_json(Path((argv or sys.argv[1:])[0]))
     arm = build(ArmConfig, job["arm"], f"arms.{job['arm_name']}")
+    online = build(Online, job["online"], "online") if job["online"] else None
     train_student(job["arm_name"], arm, build(TrainConfig, job["train"], "student.train"), job["seed"],
-                  *map(Path, job["paths"]))
+                  *map(Path, job["paths"]), online=online)
 
 
 if __name__ == "__main__":

@@ -31,15 +31,16 @@ def train_teacher(cfg: TeacherConfig, data_dir: Path, tokenizer_dir: Path, out_d
     (work_dir / "checkpoint.pt").unlink(missing_ok=True)
 
 
-def import_teacher(source: str, out_dir: Path) -> None:
-    """Copy a pretrained causal LM (hub id or directory) into the results tree, so it is hashed like any model."""
-    model = load_model(source)
+def import_teacher(source: str, out_dir: Path, revision: str | None = None) -> None:
+    """Copy a pretrained causal LM (hub id or directory, at `revision`) into the results tree, so it is hashed
+    like any model."""
+    model = load_model(source, revision=revision)
     with atomic_dir(out_dir) as tmp:
-        save_model(model, Path(source) if Path(source).exists() else source, tmp)
+        save_model(model, source, tmp, revision)
 
 
-def import_tokenizer(source: str, out_dir: Path) -> None:
-    """Save the tokenizer of a pretrained teacher; the corpus is tokenised with it."""
-    tokenizer = load_tokenizer(source)
+def import_tokenizer(source: str, out_dir: Path, revision: str | None = None) -> None:
+    """Save the tokenizer of a pretrained teacher (at `revision`); the corpus is tokenised with it."""
+    tokenizer = load_tokenizer(source, revision)
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp)

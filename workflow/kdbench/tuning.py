@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
+from kdbench.capture import Online
 from kdbench.config import EvalConfig, TrainConfig, TuningConfig, as_dict
 from kdbench.evaluate import evaluate_model
 from kdbench.io import atomic_dir, write_json
@@ -38,9 +39,9 @@ def candidates(arm: ArmConfig, train: TrainConfig, cfg: TuningConfig) -> list[tu
     return out
 
 
-def tune_arm(arm_name: str, arm: ArmConfig, train: TrainConfig, cfg: TuningConfig, init_dir: Path, cache_dir: Path,
-             data_dir: Path, out_dir: Path, work_dir: Path, score: tuple[EvalConfig, Path | None] | None = None
-             ) -> tuple[ArmConfig, TrainConfig]:
+def tune_arm(arm_name: str, arm: ArmConfig, train: TrainConfig, cfg: TuningConfig, init_dir: Path, teacher: Path,
+             data_dir: Path, out_dir: Path, work_dir: Path, score: tuple[EvalConfig, Path | None] | None = None,
+             online: Online | None = None) -> tuple[ArmConfig, TrainConfig]:
     """Train every candidate on `cfg.tokens` tokens; keep the lowest validation loss.
 
     Writes `out_dir/tuning.json`. With `score` (the evaluation settings and the rendered suite),
@@ -51,7 +52,7 @@ def tune_arm(arm_name: str, arm: ArmConfig, train: TrainConfig, cfg: TuningConfi
         for i, (candidate, settings) in enumerate(candidates(arm, train, cfg)):
             work = Path(work_dir) / f"trial{i}"
             model, _, summary = fit_student(f"{arm_name}/trial{i}", candidate, replace(settings, tokens=cfg.tokens),
-                                            cfg.seed, init_dir, cache_dir, data_dir, work)
+                                            cfg.seed, init_dir, teacher, data_dir, work, online)
             trial = {"arm": as_dict(candidate), "lr": settings.lr, "val_loss": summary["val_loss"]}
             if score is not None:
                 with atomic_dir(work / "model") as tmp:

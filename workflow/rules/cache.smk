@@ -14,7 +14,7 @@ rule cache_teacher:
     params:
         cache=config["cache"],
         capture=capture_spec(EXP),
-        student_layers=EXP.student.arch.n_layer,
+        student_layers=student_depth(EXP, PRETRAINED["student"]),
         student_tokens=EXP.student.train.tokens,
         work=f"{WORK}/cache",
     threads: workflow.cores

@@ -2,11 +2,16 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from kdbench.checks import check_config_files, check_models, check_paths, check_tasks, student_depth
 from kdbench.experiment import capture_spec, load_experiment
 
 
+check_config_files(workflow.configfiles)  # a key given twice in one file would silently keep the last
 validate(config, schema="../schemas/config.schema.yaml")
 EXP = load_experiment(config)  # strict: unknown keys, types, arms and layer maps fail here
+check_paths(EXP)  # local models and corpus files exist
+check_tasks(EXP.evaluation.tasks)  # lm-eval names (indexed once per lm-eval version; none for the default)
+PRETRAINED = check_models(EXP)  # pretrained models' shapes from their configs: arms and layer maps fit them
 
 R = f"results/{EXP.experiment}"  # every output of this experiment
 WORK = f"{R}/.work"  # resumable state (checkpoints, partial caches), never a declared output
@@ -43,6 +48,13 @@ GPUS = EXP.gpus  # GPUs per training, caching and evaluation job (0: CPU); the S
 
 def rendered_tasks(wildcards):
     return [f"{R}/eval/tasks"] if EXP.synthetic_suite else []
+
+
+ONLINE = EXP.teacher.mode == "online"
+# What students read the teacher's targets from, and how: the cache, or the teacher itself run in their job.
+TEACHER_TARGETS = f"{R}/teacher" if ONLINE else f"{R}/cache"
+ONLINE_SPEC = {"cache": config["cache"], "student_tokens": EXP.student.train.tokens} if ONLINE else None
+ONLINE_INPUTS = [f"{R}/data/train.npy"] if ONLINE else []  # the sequences the teacher runs over
 
 
 def tuned(wildcards):

@@ -47,6 +47,7 @@ else:
             f"{BENCH}/import_tokenizer.tsv"
         params:
             source=config["teacher"]["source"],
+            revision=EXP.teacher.revision,  # recorded in the job's provenance
         script:
             "../scripts/import_tokenizer.py"
 

@@ -15,7 +15,7 @@ if EXP.trains_teacher:
         benchmark:
             f"{BENCH}/train_teacher.tsv"
         params:
-            teacher=config["teacher"],
+            teacher={k: v for k, v in config["teacher"].items() if k != "mode"},  # how students read it is not the teacher's
             work=f"{WORK}/teacher",
         threads: workflow.cores
         priority: 10  # the critical path: everything downstream waits for it
@@ -37,5 +37,6 @@ else:
             f"{BENCH}/import_teacher.tsv"
         params:
             source=config["teacher"]["source"],
+            revision=EXP.teacher.revision,  # recorded in the job's provenance
         script:
             "../scripts/import_teacher.py"

@@ -22,9 +22,10 @@ if EXP.tuning.enabled:
     rule tune_arm:
         input:
             init=f"{R}/students/init/seed{EXP.tuning.seed}",
-            cache=f"{R}/cache",
+            cache=TEACHER_TARGETS,
             val=f"{R}/data/val.npy",
             tasks=lambda w: rendered_tasks(w) if f"{R}/tuning/{w.arm}" in SENSITIVITY else [],
+            train=ONLINE_INPUTS,
         output:
             directory(f"{R}/tuning/{{arm}}"),
         conda:
@@ -40,6 +41,7 @@ if EXP.tuning.enabled:
             score=lambda w: f"{R}/tuning/{w.arm}" in SENSITIVITY,  # the headline pair, with tuning.sensitivity
             evaluation=lambda w: config["evaluation"] if f"{R}/tuning/{w.arm}" in SENSITIVITY else {},
             work=lambda w: f"{WORK}/tuning/{w.arm}",
+            online=ONLINE_SPEC,
         threads: 1
         resources:
             gpu=GPUS,
@@ -50,8 +52,9 @@ if EXP.tuning.enabled:
 rule train_student:
     input:
         init=f"{R}/students/init/seed{{seed}}",
-        cache=f"{R}/cache",
+        cache=TEACHER_TARGETS,
         val=f"{R}/data/val.npy",
+        train=ONLINE_INPUTS,
         tuned=tuned,
     output:
         directory(f"{R}/students/{{arm}}/seed{{seed}}"),
@@ -65,6 +68,7 @@ rule train_student:
         arm=lambda w: config["arms"][w.arm],
         train=config["student"]["train"],
         work=lambda w: f"{WORK}/students/{w.arm}/seed{w.seed}",
+        online=ONLINE_SPEC,
     threads: 1
     resources:
         gpu=GPUS,

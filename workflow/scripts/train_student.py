@@ -3,6 +3,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
+from kdbench.capture import Online
 from kdbench.config import TrainConfig, as_dict, build
 from kdbench.io import read_json
 from kdbench.snake import run_job
@@ -17,5 +18,5 @@ if snakemake.input.tuned:  # the trial that won on validation loss
 out = Path(snakemake.output[0])
 run_job(snakemake, lambda: train_student_distributed(
     snakemake.resources.gpu, w.arm, arm, cfg, int(w.seed), Path(snakemake.input.init), Path(snakemake.input.cache),
-    Path(snakemake.input.val).parent, out, Path(p.work)),
+    Path(snakemake.input.val).parent, out, Path(p.work), build(Online, p.online, "online") if p.online else None),
     states={out / "train.json": {"arm": w.arm, "seed": int(w.seed), "config": as_dict(cfg), "arm_config": as_dict(arm)}})

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
+from kdbench.capture import Online
 from kdbench.config import EvalConfig, TrainConfig, TuningConfig, build
 from kdbench.snake import run_job
 from kdbench.tuning import tune_arm
@@ -11,4 +12,5 @@ arm = build(ArmConfig, p.arm, f"arms.{w.arm}")
 score = (build(EvalConfig, p.evaluation, "evaluation"), Path(i.tasks[0]) if i.tasks else None) if p.score else None
 run_job(snakemake, lambda: tune_arm(
     w.arm, arm, build(TrainConfig, p.train, "student.train"), build(TuningConfig, p.tuning, "tuning"),
-    Path(i.init), Path(i.cache), Path(i.val).parent, Path(snakemake.output[0]), Path(p.work), score))
+    Path(i.init), Path(i.cache), Path(i.val).parent, Path(snakemake.output[0]), Path(p.work), score,
+    build(Online, p.online, "online") if p.online else None))

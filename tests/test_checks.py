@@ -1,0 +1,104 @@
+"""kdbench.checks: what the workflow refuses at parse time, before any job runs, in one line naming the key.
+
+    .venv/bin/python -m pytest tests/test_checks.py -q   (about 30 s: one lm-eval task index, four dry runs)
+"""
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdbench import KdbenchError
+from kdbench.checks import check_config_files, check_models, check_paths, check_tasks, source_kind
+from kdbench.experiment import load_experiment
+
+from conftest import REPO, snakemake
+
+
+def experiment(**sections) -> object:
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg.update(sections)
+    return load_experiment(cfg)
+
+
+def test_duplicated_key_names_file_key_and_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("student:\n  train: {lr: 0.1}\n  init: random\n  train: {lr: 0.2}\n")
+    with pytest.raises(KdbenchError, match=r"dup.yaml: key 'train' appears twice in one mapping \(lines 2 and 4\)"):
+        check_config_files([path])
+    check_config_files([REPO / "config" / "config.yaml", *sorted((REPO / "config" / "presets").glob("*.yaml"))])
+
+
+@pytest.mark.parametrize("source, kind", [("EleutherAI/pythia-410m", "hub"), ("gpt2", "hub"), ("./teacher", "local"),
+                                          ("/abs/teacher", "local"), ("a/b/c", "local"), ("~/m", "local")])
+def test_source_kind(source, kind):
+    assert source_kind(source) == kind
+
+
+def test_missing_local_paths_name_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KdbenchError, match=r"^teacher.source: local path './teacher' does not exist"):
+        check_paths(experiment(teacher={"source": "./teacher"}))
+    with pytest.raises(KdbenchError, match=r"^student.init: local path '/no/student' does not exist"):
+        check_paths(experiment(student={"init": "/no/student"}))
+    with pytest.raises(KdbenchError, match=r"^data.source: local path 'local/c.jsonl' does not exist"):
+        check_paths(experiment(data={"source": "local/c.jsonl"}, evaluation={"tasks": ["arc_easy"]}))
+    (tmp_path / "teacher").mkdir()
+    with pytest.raises(KdbenchError, match=r"^teacher.source: './teacher' is a local path without config.json"):
+        check_paths(experiment(teacher={"source": "./teacher"}))
+    check_paths(experiment(teacher={"source": "EleutherAI/pythia-410m"}))  # a hub id: the import job resolves it
+
+
+def test_task_names_checked_against_the_index(tmp_path):
+    index = tmp_path / f"lm_eval-{version('lm_eval')}-tasks.json"
+    index.write_text('["arc_easy", "piqa"]')
+    check_tasks(("synthetic",), tmp_path / "absent")  # the default needs no index
+    check_tasks(("arc_easy", "piqa"), tmp_path)
+    with pytest.raises(KdbenchError, match=r"^evaluation.tasks\[1\]: unknown lm-eval task 'arc_esy'; did you mean arc_easy"):
+        check_tasks(("piqa", "arc_esy"), tmp_path)
+
+
+@pytest.mark.parametrize("preset, message", [
+    ("stats: {candidate_arm: logit_hiden}\n", "stats.candidate_arm: 'logit_hiden' is not an arm"),
+    ("teacher: {source: ./models/teacher}\n", "teacher.source: local path './models/teacher' does not exist"),
+    ("seeds: [0, 1]\nseeds: [0, 1, 2]\n", "key 'seeds' appears twice in one mapping (lines 1 and 2)"),
+    ("data: {source: HuggingFaceFW/fineweb-edu}\nteacher: {source: EleutherAI/pythia-410m}\n"
+     "evaluation: {tasks: [arc_easy, hellaswagg]}\n", "evaluation.tasks[1]: unknown lm-eval task 'hellaswagg'"),
+])
+def test_dry_run_refuses_before_any_job(tmp_path, preset, message):
+    """The real lm-eval index (built once per working directory) and Snakemake's own config loading."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(preset)
+    out = snakemake("-n", "--cores", "1", "--configfile", str(path), cwd=tmp_path)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and message in text, text[-2000:]
+
+
+def save_config(path: Path, family: str, **kw) -> str:
+    from transformers import AutoConfig
+
+    AutoConfig.for_model(family, **kw).save_pretrained(path)
+    return str(path)
+
+
+def test_models_are_checked_from_their_configs(tmp_path, monkeypatch):
+    """No weights: a model without attention is refused for the arms that read it, naming model, component and
+    arm; layer maps are checked against the depths in the loaded configs, not student.arch."""
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "kept"
+    mamba = save_config(tmp_path / "mamba", "mamba", hidden_size=32, num_hidden_layers=4, vocab_size=96)
+    with pytest.raises(KdbenchError, match=r"^arms.logit_hidden_attn: the teacher '.*mamba' \(mamba\) cannot give "
+                                           r"attentions, which attn_kl, ce, fkl, hidden_mse read: mamba: no attention"):
+        check_models(experiment(teacher={"source": mamba}), cache)
+    llama = save_config(tmp_path / "llama", "llama", hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=96)
+    arms = {"relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 4]]}}
+    pretrained = dict(student={"init": llama, "arch": {"n_layer": 2}}, arms=arms,
+                      stats={"reference_arm": "relation", "candidate_arm": "relation"})
+    found = check_models(experiment(teacher={"source": llama}, **pretrained), cache)  # student 6 deep, as loaded
+    assert (found["student"]["n_layer"], found["student"]["heads"], found["teacher"]["n_layer"]) == (6, 4, 6)
+    with pytest.raises(KdbenchError, match=r"^arms.relation: .*teacher layer 9"):
+        check_models(experiment(teacher={"source": llama}, **{**pretrained, "arms": {
+            "relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 9]]}}}), cache)

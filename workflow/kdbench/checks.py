@@ -1,0 +1,193 @@
+"""Planning checks the workflow runs when it parses, on what the config names outside itself.
+
+`experiment.load_experiment` checks the config as data; these look at the files and names it
+points to: duplicated keys in the config files themselves (a YAML mapping silently keeps the
+last), local model and corpus paths that do not exist, and lm-eval task names. Each failure is
+one line naming the key. Parse-time module: stdlib and yaml only; lm-eval's task index is built
+once in a subprocess (its import takes seconds) and kept per lm-eval version.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from kdbench import KdbenchError
+from kdbench.arms import check_arms
+
+# A hub repo id: "name" or "owner/name" (letters, digits, '-', '_', '.'); anything else is a path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_LOCAL_CORPUS = (".txt", ".jsonl")  # data.source suffixes read as local files (kdbench.data)
+SUITE_ALIAS = "synthetic"  # the rendered world suite (kdbench.evaluate), not an lm-eval name
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated within one mapping, naming its dotted path and line."""
+
+
+def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise KdbenchError(f"{loader.name}: key {key!r} appears twice in one mapping "
+                               f"(lines {seen[key] + 1} and {key_node.start_mark.line + 1}); YAML would keep the last")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    """Refuse a config file in which a key appears twice within one mapping."""
+    for path in paths:
+        with open(path) as f:
+            loader = _StrictLoader(f)
+            loader.name = str(path)
+            try:
+                loader.get_single_data()
+            finally:
+                loader.dispose()
+
+
+def source_kind(source: str) -> str:
+    """'local' for an existing path or one that cannot be a hub id, else 'hub'."""
+    return "local" if Path(source).expanduser().exists() or not _HUB_ID.match(source) else "hub"
+
+
+def check_paths(exp) -> None:
+    """Local model directories and corpus files the config names must exist (else one line naming the key)."""
+    named = [("data.source", exp.data.source, exp.data.source.endswith(_LOCAL_CORPUS))]
+    if not exp.trains_teacher:
+        named.append(("teacher.source", exp.teacher.source, False))
+    if exp.student.init not in ("random", "teacher_layers"):
+        named.append(("student.init", exp.student.init, False))
+    for key, source, is_file in named:
+        if key == "data.source" and source == "world":
+            continue
+        path = Path(source).expanduser()
+        if (is_file or source_kind(source) == "local") and not path.exists():
+            raise KdbenchError(f"{key}: local path {source!r} does not exist (relative to {os.getcwd()})")
+        if path.exists() and not is_file and not (path / "config.json").is_file():
+            raise KdbenchError(f"{key}: {source!r} is a local path without config.json, not a saved model")
+
+
+def lm_eval_tasks(cache_dir: Path = Path(".snakemake/kdbench")) -> frozenset[str]:
+    """Every task, group and tag name lm-eval's TaskManager knows; indexed once per lm-eval version."""
+    try:
+        tag = version("lm_eval")
+    except PackageNotFoundError as e:
+        raise KdbenchError("evaluation.tasks: lm-eval is not installed") from e
+    index = cache_dir / f"lm_eval-{tag}-tasks.json"
+    if not index.exists():
+        code = ("import json, sys; from lm_eval.tasks import TaskManager; "
+                "json.dump(sorted(TaskManager().all_tasks), sys.stdout)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if done.returncode:
+            raise KdbenchError(f"evaluation.tasks: cannot list lm-eval tasks: {done.stderr.strip().splitlines()[-1:]}")
+        _write(index, done.stdout)
+    return frozenset(json.loads(index.read_text()))
+
+
+def check_tasks(names: Iterable[str], cache_dir: Path = Path(".snakemake/kdbench")) -> None:
+    """Every evaluation task other than the synthetic suite must be an lm-eval name."""
+    wanted = [n for n in names if n != SUITE_ALIAS]
+    if not wanted:
+        return  # the default: no lm-eval index needed
+    known = lm_eval_tasks(cache_dir)
+    for i, name in enumerate(names):
+        if name != SUITE_ALIAS and name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KdbenchError(f"evaluation.tasks[{i}]: unknown lm-eval task {name!r}{hint}")
+
+
+def _hub_config_dir(repo: str, revision: str | None) -> Path | None:
+    """The snapshot folder of a hub model in the local Hugging Face cache, if its config.json is there."""
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
+    root = hub.expanduser() / f"models--{repo.replace('/', '--')}"
+    ref = root / "refs" / (revision or "main")
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = root / "snapshots" / commit if commit else None
+    return snapshot if snapshot is not None and (snapshot / "config.json").is_file() else None
+
+
+def model_config_dir(source: str, revision: str | None = None) -> Path | None:
+    """Where a model's config.json can be read without the network: its directory or the hub cache."""
+    if source_kind(source) == "local":
+        return Path(source).expanduser()
+    return _hub_config_dir(source, revision)
+
+
+def describe_model(source: str, revision: str | None = None,
+                   cache_dir: Path = Path(".snakemake/kdbench")) -> dict | None:
+    """`kdbench.models.describe` of a model from its config alone (None when no config.json is at hand).
+
+    Runs in a subprocess, since building even a weightless model imports torch and transformers;
+    the answer is kept per config.json content.
+    """
+    folder = model_config_dir(source, revision)
+    if folder is None:
+        return None
+    config = (folder / "config.json").read_bytes()
+    kept = cache_dir / f"model-{hashlib.sha256(config).hexdigest()[:16]}.json"
+    if not kept.exists():
+        package = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([package, os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run([sys.executable, "-m", "kdbench.models", str(folder)], capture_output=True, text=True,
+                              env=env)
+        if done.returncode:
+            raise KdbenchError(f"{source}: cannot read its config ({done.stderr.strip().splitlines()[-1:]})")
+        _write(kept, done.stdout)
+    return json.loads(kept.read_text())
+
+
+def check_models(exp, cache_dir: Path = Path(".snakemake/kdbench")) -> dict[str, dict | None]:
+    """Describe the pretrained teacher and student from their configs; refuse, before any job, an arm that
+    needs a component a model cannot give and a layer map that does not fit the loaded depths.
+
+    Returns {"teacher": ..., "student": ...} (None where trained or built here, or no config is at hand).
+    """
+    pretrained = exp.student.init not in ("random", "teacher_layers")
+    found = {"teacher": None if exp.trains_teacher else describe_model(exp.teacher.source, exp.teacher.revision,
+                                                                       cache_dir),
+             "student": describe_model(exp.student.init, exp.student.revision, cache_dir) if pretrained else None}
+    keys = {"teacher": ("teacher.source", exp.teacher.source), "student": ("student.init", exp.student.init)}
+    for side, info in found.items():
+        if info is None:
+            continue
+        key, source = keys[side]
+        if "error" in info:
+            raise KdbenchError(f"{key}: {source!r}: {info['error']}")
+        for name, arm in exp.arms.items():
+            for component in arm.layer_components:
+                if component in info["missing"]:
+                    raise KdbenchError(f"arms.{name}: the {side} {source!r} ({info['model_type']}) cannot give "
+                                       f"{component}, which {', '.join(sorted(arm.terms))} read: "
+                                       f"{info['missing'][component]}")
+    n_teacher = exp.teacher.arch.n_layer if exp.trains_teacher else (found["teacher"] or {}).get("n_layer")
+    check_arms(exp.arms, student_depth(exp, found["student"]), n_teacher)  # maps against the loaded depths
+    return found
+
+
+def student_depth(exp, student: dict | None) -> int:
+    """The student's number of blocks: the loaded model's when pretrained, else the configured architecture's."""
+    return student["n_layer"] if student else exp.student.arch.n_layer
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
