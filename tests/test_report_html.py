@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SMOKE, snakemake
+from conftest import SMOKE, snakemake
 from kdbench import browser
 
 FIGURES = ("accuracy", "paired", "curves")
