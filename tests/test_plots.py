@@ -16,7 +16,7 @@ def test_paired_legend_lists_each_arm_once(monkeypatch, tmp_path):
         "diff": [1.0, 0.5, 9.0, 2.0],
         "ci_lo": [-2.0, -1.0, 6.0, -1.0],
         "ci_hi": [4.0, 2.0, 12.0, 5.0],
-        "p_holm": [0.9, 0.8, 0.01, 0.3],
+        "p_adj": [0.9, 0.8, 0.01, 0.3],
     })
     plots.paired_figure(comparisons, ["teacher", "ce", "hidden"], "logit", 0.05, tmp_path / "paired")
     (fig,) = saved
