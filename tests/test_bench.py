@@ -23,6 +23,7 @@ def test_race_alternates_the_order_of_contenders():
     assert {name: len(t) for name, t in times.items()} == {"x": 2, "y": 2, "z": 2}
 
 
+@pytest.mark.slow  # times real training steps / cache writes
 def test_train_benchmark_reports_rates_and_ratios():
     result = bench.bench_train(None, n_seqs=32, steps=1, rounds=2)
     for key in ("ce_tokens_per_s", "cached_kd_tokens_per_s", "online_kd_tokens_per_s", "cached_logit_tokens_per_s",
@@ -31,6 +32,7 @@ def test_train_benchmark_reports_rates_and_ratios():
         assert math.isfinite(result[key]) and result[key] > 0, key
 
 
+@pytest.mark.slow  # times real training steps / cache writes
 def test_cache_benchmark_reports_the_promised_keys():
     result = bench.bench_cache(None, n_seqs=64, rounds=2)
     k = result["k"]

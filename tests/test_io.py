@@ -86,6 +86,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow  # runs training steps in two subprocesses
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_keep_freed_memory_cuts_page_faults_of_training_steps():
     """Training steps reuse freed memory instead of faulting fresh pages in (measured: 6,500 -> 1,800 per step)."""

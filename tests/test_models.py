@@ -93,6 +93,7 @@ def run(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # the local-models preset through snakemake
 def test_imported_teacher_and_local_corpus(run):
     res = run / EXP
     mine, imported = load_model(run / "local" / "teacher"), load_model(res / "teacher")
@@ -106,6 +107,7 @@ def test_imported_teacher_and_local_corpus(run):
     assert read_json(res / "data" / "data.json")["vocab_size"] == len(tok)
 
 
+@pytest.mark.slow  # the local-models preset through snakemake
 @pytest.mark.parametrize("arm, term", [("logit_hidden", "hidden_mse"), ("logit_relation", "relation")])
 def test_llama_student_distils_from_a_wider_gpt_neox(run, arm, term):
     res = run / EXP
@@ -122,6 +124,7 @@ def test_llama_student_distils_from_a_wider_gpt_neox(run, arm, term):
     assert not torch.equal(init.model.layers[0].mlp.up_proj.weight, student.model.layers[0].mlp.up_proj.weight)
 
 
+@pytest.mark.slow  # the local-models preset through snakemake
 def test_student_with_another_tokenizer_is_refused_before_training(run, tmp_path):
     root = tmp_path / "mismatch"
     shutil.copytree(run, root, symlinks=True)
@@ -136,6 +139,7 @@ def test_student_with_another_tokenizer_is_refused_before_training(run, tmp_path
     assert not (root / "logs" / "local-models" / "train_student" / "logit" / "seed0.log").exists()
 
 
+@pytest.mark.slow  # the local-models preset through snakemake
 def test_teacher_layers_init_within_a_family_and_width_only(run, tmp_path):
     res = run / EXP
     same = StudentConfig(arch=ArchConfig(family="gpt_neox", n_layer=2, d_model=48, n_head=4), init="teacher_layers")
