@@ -3,8 +3,8 @@
 The hub is out of reach here, so config/presets/local-models.yaml names local files instead: a
 4-layer, 48-wide GPT-NeoX teacher written by save_pretrained with a BPE tokenizer trained on a
 local jsonl corpus. The real DAG imports that teacher and its tokenizer, packs the corpus, caches
-the teacher and trains 2-layer, 32-wide Llama students: hidden_mse through the learned projection
-and the relation loss, across families, widths and head counts. Also checked: a student whose
+the teacher and trains 2-layer students made of its blocks 2 and 4 (teacher_layers, as in the
+pythia preset): hidden_mse through the learned projection and the relation loss. Also checked: a student whose
 pretrained initialisation has another tokenizer is refused before any training; teacher_layers
 copies blocks within a family and width and refuses otherwise; a teacher whose embedding matrix
 is padded beyond its tokenizer, as Pythia's is, feeds a student; the pythia preset plans the
@@ -109,19 +109,20 @@ def test_imported_teacher_and_local_corpus(run):
 
 @pytest.mark.slow  # the local-models preset through snakemake
 @pytest.mark.parametrize("arm, term", [("logit_hidden", "hidden_mse"), ("logit_relation", "relation")])
-def test_llama_student_distils_from_a_wider_gpt_neox(run, arm, term):
+def test_depth_pruned_student_distils_from_its_teacher(run, arm, term):
     res = run / EXP
     manifest = TeacherCache(res / "cache", verify=True).manifest
     assert (manifest["teacher_layers"], manifest["teacher_width"]) == (4, 48)
     student = load_model(res / "students" / arm / "seed0")
-    assert (student.config.model_type, student.config.hidden_size, student.config.num_attention_heads) == ("llama", 32, 2)
+    assert (student.config.model_type, student.config.hidden_size, student.config.num_attention_heads) == ("gpt_neox", 48, 4)
     assert vocabulary_sha256(load_tokenizer(res / "students" / arm / "seed0")) == vocabulary_sha256(load_tokenizer(res / "teacher"))
     summary = read_json(res / "students" / arm / "seed0" / "train.json")
     assert summary["layer_pairs"] == ([[1, 2], [2, 4]] if arm == "logit_hidden" else [[2, 4]])
     curve = list(csv.DictReader(open(res / "students" / arm / "seed0" / "curve.csv")))
     assert curve and all(math.isfinite(float(row[f"loss_{term}"])) and float(row[f"loss_{term}"]) > 0 for row in curve)
-    init = load_model(res / "students" / "init" / "seed0")
-    assert not torch.equal(init.model.layers[0].mlp.up_proj.weight, student.model.layers[0].mlp.up_proj.weight)
+    init, teacher = load_model(res / "students" / "init" / "seed0"), load_model(res / "teacher")
+    assert torch.equal(init.gpt_neox.layers[1].mlp.dense_h_to_4h.weight, teacher.gpt_neox.layers[3].mlp.dense_h_to_4h.weight)
+    assert not torch.equal(init.gpt_neox.layers[0].mlp.dense_h_to_4h.weight, student.gpt_neox.layers[0].mlp.dense_h_to_4h.weight)
 
 
 @pytest.mark.slow  # the local-models preset through snakemake
@@ -188,7 +189,8 @@ def test_pythia_preset_plans_the_real_model_dag(tmp_path):
     counts = job_counts(out.stdout + out.stderr)
     arms = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["arms"]
     students = len(arms) * 3
-    assert counts["import_teacher"] == counts["import_tokenizer"] == counts["cache_teacher"] == 1
+    assert counts["import_teacher"] == counts["import_tokenizer"] == 1
+    assert "cache_teacher" not in counts  # teacher.mode auto: the planned cache (3.7 TB) is above cache.max_gb
     assert counts["train_student"] == students and counts["evaluate_model"] == 1 + 3 + students
     assert not {"train_teacher", "train_tokenizer", "generate_world", "render_tasks"} & set(counts)
     assert "gpu=1" in out.stdout + out.stderr  # gpus: 1 reaches the GPU rules' resources

@@ -29,6 +29,9 @@ from kdbench.arms import check_arms
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _LOCAL_CORPUS = (".txt", ".jsonl")  # data.source suffixes read as local files (kdbench.data)
 SUITE_ALIAS = "synthetic"  # the rendered world suite (kdbench.evaluate), not an lm-eval name
+# config.json of hub models for planning offline (config/models/<owner>/<name>/), when the hub cache has none
+PLANNING_CONFIGS = Path(__file__).resolve().parents[2] / "config" / "models"
+DESCRIBE_VERSION = 2  # of `models.describe`'s answer, kept per config: 2 added head_dim and compute_params
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -59,6 +62,19 @@ def check_config_files(paths: Iterable[str | Path]) -> None:
                 loader.get_single_data()
             finally:
                 loader.dispose()
+
+
+def load_config(paths: Iterable[str | Path]) -> dict:
+    """Config files merged as Snakemake merges `--configfile`s: later files update mappings key by key."""
+    def update(base: dict, new: dict) -> dict:
+        for key, value in new.items():
+            base[key] = update(base.get(key, {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+                else value
+        return base
+    merged: dict = {}
+    for path in paths:
+        update(merged, yaml.safe_load(Path(path).read_text()) or {})
+    return merged
 
 
 def source_kind(source: str) -> str:
@@ -124,10 +140,12 @@ def _hub_config_dir(repo: str, revision: str | None) -> Path | None:
 
 
 def model_config_dir(source: str, revision: str | None = None) -> Path | None:
-    """Where a model's config.json can be read without the network: its directory or the hub cache."""
+    """Where a model's config.json can be read without the network: its directory, the hub cache, or the
+    planning copy under config/models/ (architecture only; the jobs load the hub's own)."""
     if source_kind(source) == "local":
         return Path(source).expanduser()
-    return _hub_config_dir(source, revision)
+    found = _hub_config_dir(source, revision)
+    return found or (PLANNING_CONFIGS / source if (PLANNING_CONFIGS / source / "config.json").is_file() else None)
 
 
 def describe_model(source: str, revision: str | None = None,
@@ -141,7 +159,7 @@ def describe_model(source: str, revision: str | None = None,
     if folder is None:
         return None
     config = (folder / "config.json").read_bytes()
-    kept = cache_dir / f"model-{hashlib.sha256(config).hexdigest()[:16]}.json"
+    kept = cache_dir / f"model{DESCRIBE_VERSION}-{hashlib.sha256(config).hexdigest()[:16]}.json"
     if not kept.exists():
         package = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([package, os.environ.get("PYTHONPATH", "")])}

@@ -5,6 +5,7 @@
     kdbench paper RESULTS_DIR
     kdbench docs [--check]
     kdbench power RESULTS_DIR --mde POINTS [--reference ARM] [--candidate ARM] [--metric acc]
+    kdbench plan [--configfile FILE ...] [--tflops 400]
 
 Exit status: 0 when the check passes, 1 when it finds a problem, 2 on a usage error.
 """
@@ -72,7 +73,29 @@ def _parser() -> argparse.ArgumentParser:
     power.add_argument("--candidate", default=None, help="candidate arm (default: the run's stats.candidate_arm)")
     power.add_argument("--metric", default=None, choices=("acc", "acc_norm"), help="default: the run's stats.metric")
     power.set_defaults(run=_power)
+    planner = commands.add_parser(
+        "plan", help="cache bytes, FLOPs and GPU-hours of an experiment, from model configs alone",
+        description="Read config/config.yaml and the given config files as the workflow does (later files win), "
+                    "describe the models from their config.json (no weights) and print the teacher cache's bytes "
+                    "per token and disk per component, FLOPs per arm and GPU-hours, cached and online.")
+    planner.add_argument("--configfile", nargs="+", type=Path, default=[], metavar="FILE",
+                         help="e.g. config/presets/pythia.yaml")
+    planner.add_argument("--tflops", type=float, default=None,
+                         help="effective TFLOPS per GPU (default 400: bf16 on an H100 SXM at 40%% MFU)")
+    planner.set_defaults(run=_plan)
     return parser
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from kdbench.checks import check_config_files, check_models, load_config
+    from kdbench.experiment import load_experiment
+    from kdbench.plan import DEFAULT_TFLOPS, plan, render
+
+    files = [Path(__file__).resolve().parents[2] / "config" / "config.yaml", *args.configfile]
+    check_config_files(files)
+    exp = load_experiment(load_config(files))
+    print(render(plan(exp, check_models(exp)), exp.experiment, args.tflops or DEFAULT_TFLOPS))
+    return 0
 
 
 def _power(args: argparse.Namespace) -> int:

@@ -115,8 +115,9 @@ class TeacherConfig:
     seed: int = 0          # initialisation and data order of the teacher
     revision: str | None = None  # hub commit/tag of an imported teacher: pin a commit so a rerun gets the same weights
     # "cache": run the teacher once and store its targets (disk, once); "online": every student job runs it
-    # (no disk, one teacher forward per student step); the targets are the same either way.
-    mode: Literal["cache", "online"] = "cache"
+    # (no disk, one teacher forward per student step); the targets are the same either way. "auto": cache
+    # when the planned cache fits cache.max_gb, else online (`kdbench plan` shows both costs).
+    mode: Literal["cache", "online", "auto"] = "cache"
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,9 @@ class CacheConfig:
     shard_seqs: int = 256           # sequences per shard: the unit of resume and of checksums
     batch_size: int = 32            # teacher forward batch
     forward_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 autocast on GPUs
+    # Disk the planned cache may take, checked at parse time: a larger one is refused (teacher.mode cache) or
+    # replaced by an online teacher (auto). 200 GB: a node-local NVMe share, far above every CPU preset.
+    max_gb: float = 200.0
 
 
 @dataclass(frozen=True)

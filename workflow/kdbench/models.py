@@ -235,8 +235,12 @@ def describe(model: PreTrainedModel) -> dict:
         missing["qkv"] = str(e)
     if not getattr(cfg, "num_attention_heads", None):
         missing["attentions"] = f"{cfg.model_type}: no attention heads in its config (not an attention model)"
-    return {"model_type": cfg.model_type, "n_layer": len(blocks(model)), "width": width(model),
-            "heads": getattr(cfg, "num_attention_heads", None), "vocab_size": cfg.vocab_size, "missing": missing}
+    heads = getattr(cfg, "num_attention_heads", None)
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    compute = sum(p.numel() for p in model.parameters() if p is not embedding) + (head.numel() if head is embedding else 0)
+    return {"model_type": cfg.model_type, "n_layer": len(blocks(model)), "width": width(model), "heads": heads,
+            "head_dim": heads and (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads),
+            "vocab_size": cfg.vocab_size, "compute_params": compute, "missing": missing}
 
 
 def describe_config(config_dir: str | Path) -> dict:

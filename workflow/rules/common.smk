@@ -4,6 +4,7 @@ from snakemake.utils import validate
 
 from kdbench.checks import check_config_files, check_models, check_paths, check_tasks, student_depth
 from kdbench.experiment import capture_spec, load_experiment
+from kdbench.plan import teacher_mode
 
 
 check_config_files(workflow.configfiles)  # a key given twice in one file would silently keep the last
@@ -12,6 +13,7 @@ EXP = load_experiment(config)  # strict: unknown keys, types, arms and layer map
 check_paths(EXP)  # local models and corpus files exist
 check_tasks(EXP.evaluation.tasks)  # lm-eval names (indexed once per lm-eval version; none for the default)
 PRETRAINED = check_models(EXP)  # pretrained models' shapes from their configs: arms and layer maps fit them
+TEACHER_MODE = teacher_mode(EXP, PRETRAINED)  # the planned cache fits cache.max_gb; "auto" resolved by the plan
 
 R = f"results/{EXP.experiment}"  # every output of this experiment
 WORK = f"{R}/.work"  # resumable state (checkpoints, partial caches), never a declared output
@@ -50,7 +52,7 @@ def rendered_tasks(wildcards):
     return [f"{R}/eval/tasks"] if EXP.synthetic_suite else []
 
 
-ONLINE = EXP.teacher.mode == "online"
+ONLINE = TEACHER_MODE == "online"
 # What students read the teacher's targets from, and how: the cache, or the teacher itself run in their job.
 TEACHER_TARGETS = f"{R}/teacher" if ONLINE else f"{R}/cache"
 ONLINE_SPEC = {"cache": config["cache"], "student_tokens": EXP.student.train.tokens} if ONLINE else None

@@ -1,0 +1,64 @@
+"""kdbench.plan: the planner's bytes against a real cache, auto mode, the disk limit. CPU, a few seconds.
+
+    .venv/bin/python -m pytest tests/test_plan.py -v
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kdbench import KdbenchError
+from kdbench.arms import capture_for
+from kdbench.capture import write_teacher_cache
+from kdbench.cli import main
+from kdbench.experiment import load_experiment
+from kdbench.models import build_model, describe
+from kdbench.plan import arch_shape, described_shape, plan, teacher_mode
+
+V, T = 300, 12  # ids above 255: two bytes each
+CONFIG = {"tokenizer": {"vocab_size": V}, "data": {"seq_len": T}, "seeds": [0],
+          "teacher": {"arch": {"family": "gpt2", "n_layer": 3, "d_model": 16, "n_head": 2}},
+          "student": {"arch": {"family": "gpt2", "n_layer": 2, "d_model": 8, "n_head": 2},
+                      "train": {"tokens": 118, "batch_size": 2}},
+          "cache": {"top_k": 8, "shard_seqs": 4, "batch_size": 3},
+          "arms": {"attn": {"terms": {"fkl": 1.0, "hidden_mse": 1.0, "attn_kl": 1.0}},
+                   "rel": {"terms": {"fkl": 1.0, "relation": 1.0}, "layer_map": "last", "relation_heads": 2}},
+          "stats": {"reference_arm": "attn", "candidate_arm": "rel"}}
+IDENTITY = {"teacher_sha256": "t" * 64, "vocabulary_sha256": "k" * 64, "tokens_sha256": "d" * 64,
+            "teacher_layers": 3, "teacher_width": 16}
+
+
+def test_planned_bytes_match_a_written_cache(tmp_path):
+    exp = load_experiment(CONFIG)
+    p = plan(exp, {})
+    assert p.n_seqs == 10 and p.layers == {"hidden": 2, "attentions": 2, "qkv": 1}
+    teacher = build_model(exp.teacher.arch, V, T, 0, seed=0)
+    tokens = np.random.default_rng(0).integers(0, V, size=(p.n_seqs, T)).astype(np.uint16)
+    manifest = write_teacher_cache(teacher, tokens, IDENTITY, exp.cache, capture_for(exp.arms, 2, 3),
+                                   tmp_path / "cache", tmp_path / "work")
+    assert manifest["bytes_per_token"] == pytest.approx(p.bytes_per_token, rel=0.02)
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "cache").glob("*.npy"))
+    assert on_disk == pytest.approx(p.cache_bytes, rel=0.02)
+
+
+def test_described_shape_of_a_built_model_matches_its_arch():
+    exp = load_experiment({**CONFIG, "teacher": {"arch": {"family": "gpt_neox", "n_layer": 2, "d_model": 64,
+                                                          "n_head": 4}}})
+    built = described_shape(describe(build_model(exp.teacher.arch, V, T, 0, seed=0)))
+    planned = arch_shape(exp.teacher.arch, V)
+    assert (built.n_layer, built.width, built.heads, built.head_dim) == (2, 64, 4, 16)
+    assert built.compute_params == pytest.approx(planned.compute_params, rel=0.03)  # biases and norms aside
+
+
+def test_auto_goes_online_above_max_gb_and_cache_mode_is_refused():
+    assert teacher_mode(load_experiment({**CONFIG, "teacher": {**CONFIG["teacher"], "mode": "auto"}}), {}) == "cache"
+    tight = {**CONFIG, "cache": {**CONFIG["cache"], "max_gb": 1e-6}}
+    assert teacher_mode(load_experiment({**tight, "teacher": {**CONFIG["teacher"], "mode": "auto"}}), {}) == "online"
+    with pytest.raises(KdbenchError, match=r"^cache.max_gb: the planned teacher cache is"):
+        teacher_mode(load_experiment(tight), {})
+
+
+def test_plan_command_prints_the_default(capsys):
+    assert main(["plan"]) == 0
+    out = capsys.readouterr().out
+    assert "bytes/token" in out and "total in mode cache" in out and "GPU-hours" in out
