@@ -228,9 +228,13 @@ def _run_lm_eval(model_dir: Path, cfg: EvalConfig, device: str, manager: Any, ta
 
 
 def _task_summary(raw: dict, name: str, task_sha: str) -> dict:
+    """A task's scores; a task without a length-normalised score (winogrande scores partial
+    sentences) reports its accuracy as `acc_norm`, so an `acc_norm` comparison covers every task."""
     metrics = raw["results"][name]
+    norm = "acc_norm" if "acc_norm,none" in metrics else "acc"
     return {
-        **{k: _number(metrics[f"{k},none"]) for k in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")},
+        "acc": _number(metrics["acc,none"]), "acc_stderr": _number(metrics["acc_stderr,none"]),
+        "acc_norm": _number(metrics[f"{norm},none"]), "acc_norm_stderr": _number(metrics[f"{norm}_stderr,none"]),
         "n": len(raw["samples"][name]),
         "task_sha256": task_sha,
         "version": str(raw["versions"][name]),
@@ -250,7 +254,7 @@ def _sample_record(sample: dict) -> dict:
         "doc_id": sample["doc_id"],
         "id": doc.get("id") if isinstance(doc, dict) else None,
         "acc": float(sample["acc"]),
-        "acc_norm": float(sample["acc_norm"]),
+        "acc_norm": float(sample.get("acc_norm", sample["acc"])),  # see `_task_summary`
         "n_choices": len(sample["resps"]),
         "label": int(label) if isinstance(label, str) and label.isdigit() else label,
         "loglik": [float(r[0][0]) for r in sample["resps"]],
