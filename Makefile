@@ -2,6 +2,7 @@
 # make test  set up .venv (and Chromium, for the report test), then run the test suite (includes the smoke preset end to end)
 # make test-quick  the tests that need no end-to-end run (under 2 minutes)
 # make test-slurm  as root: a one-node SLURM cluster on localhost runs part of the smoke preset
+# make gpu-check  on a GPU machine: the smoke preset on the GPU and the real preset's shapes, results/benchmarks/gpu.json
 # EXP=<name> picks the experiment: config/presets/<name>.yaml for run, report and report-png (the default
 # experiment is config/config.yaml), results/<name>/ for paper (EXP=reference: the committed results).
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ EXP ?= default
 PRESET := $(if $(filter default,$(EXP)),,--configfile config/presets/$(EXP).yaml)
 REPORT := results/$(EXP)/report.html
 
-.PHONY: setup browser run smoke test test-quick test-slurm lint report report-png paper docs clean
+.PHONY: setup browser run smoke test test-quick test-slurm gpu-check lint report report-png paper docs clean
 
 setup: $(STAMP)
 
@@ -48,6 +49,12 @@ test-quick: setup
 
 test-slurm: setup
 	.ci/slurm/test.sh
+
+# On a GPU machine, about 8 minutes: the smoke preset on the GPU, then the real preset's shapes (random
+# weights) cached and online; writes results/benchmarks/gpu.json
+gpu-check: setup
+	$(BIN)/snakemake --cores all --configfile config/presets/smoke.yaml --config gpus=1 experiment=smoke-gpu
+	$(BIN)/python -m kdbench.bench gpu --steps 8 --rounds 3
 
 lint: setup
 	$(BIN)/snakemake --lint

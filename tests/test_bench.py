@@ -42,3 +42,21 @@ def test_cache_benchmark_reports_the_promised_keys():
     kls = [s["kl_topk"] for s in result["k_sweep"]]
     assert all(math.isfinite(kl) and kl > -1e-6 for kl in kls)
     assert result["kl_topk"] == kls[[8, 16, 32, 64, 128].index(k)]
+
+
+def test_gpu_benchmark_runs_its_code_on_cpu_at_tiny_shapes(tmp_path):
+    """`make gpu-check`'s measurement, on CPU: a tiny teacher config stands in for the real preset's."""
+    from transformers import GPTNeoXConfig
+
+    GPTNeoXConfig(vocab_size=300, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=32).save_pretrained(tmp_path / "teacher")
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(f"""
+teacher: {{source: {tmp_path / 'teacher'}}}
+student: {{arch: {{family: gpt_neox, n_layer: 2, d_model: 32, n_head: 2}}, train: {{batch_size: 4}}}}
+data: {{seq_len: 16}}
+evaluation: {{tasks: [arc_easy]}}
+""")
+    result = bench.bench_gpu(preset, steps=2, rounds=1, device="cpu")
+    assert result["cached_tokens_per_s"] > 0 and result["online_tokens_per_s"] > 0
+    assert 0 < result["cached_student_mfu"] < 1 and result["online_over_cached"] > 0

@@ -2,6 +2,7 @@
 
     python -m kdbench.bench cache   # cache writing vs bare teacher forward; batch read vs training step; k sweep
     python -m kdbench.bench train   # tokens/s: plain CE vs cache-fed KD vs online KD (teacher in the loop)
+    python -m kdbench.bench gpu     # on CUDA, at the real preset's shapes: tokens/s, MFU, peak memory, online/cached
 
 Sizes follow config/config.yaml (teacher, student, seq_len). Contenders are timed in interleaved
 rounds, so a noisy shared machine slows all alike: rates are each contender's fastest round, and
@@ -16,7 +17,7 @@ import itertools
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,16 +81,20 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _trainer(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher: int, capture: Capture, steps: int):
+def _trainer(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher: int, capture: Capture, steps: int,
+             vocab: int = VOCAB, device: str = "cpu"):
     """A callable that runs `steps` steps of the training loop's own `Stepper` on a fresh student."""
     cfg: TrainConfig = exp.student.train
-    model = build_model(exp.student.arch, VOCAB, exp.data.seq_len, 0, seed=0)
+    model = build_model(exp.student.arch, vocab, exp.data.seq_len, 0, seed=0)
     objective = Objective(arm, arm.pairs(exp.student.arch.n_layer, n_teacher), capture, model, d_teacher, 0)
-    stepper = Stepper(model, objective, cfg, label="bench")
+    stepper = Stepper(model, objective, cfg, device, label="bench")
 
     def run() -> None:
-        for step, targets in enumerate(batches(source, cfg.batch_size, 0, 0, steps)):  # as the training loop reads them
+        batches_ = batches(source, cfg.batch_size, 0, 0, steps, device=device)  # as the training loop reads them
+        for step, targets in enumerate(batches_):
             stepper(targets, step, cfg.lr)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     return run
 
@@ -203,9 +208,62 @@ def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int)
             "threads": torch.get_num_threads()}
 
 
+def bench_gpu(preset: Path, steps: int, rounds: int, device: str = "cuda") -> dict:
+    """The real preset's teacher and student shapes with random weights on one GPU: `logit_hidden` from a
+    cache and online, tokens/s, model FLOPs utilisation against the GPU's bf16 peak, peak memory.
+
+    `device="cpu"` runs the same code on a tiny preset (the tests do)."""
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench gpu: no CUDA device here; run `make gpu-check` on a machine with a GPU")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kdbench.models import describe
+    from kdbench.plan import PEAK_TFLOPS, arch_shape, described_shape
+
+    config = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text())}
+    for key, value in yaml.safe_load(Path(preset).read_text()).items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    exp = load_experiment({**config, "gpus": 1})
+    teacher_config = AutoConfig.from_pretrained(str(REPO / "config" / "models" / exp.teacher.source))
+    teacher = AutoModelForCausalLM.from_config(teacher_config).to(device).eval()
+    vocab, seq_len, batch = teacher_config.vocab_size, exp.data.seq_len, exp.student.train.batch_size
+    tokens = _tokens(batch * steps, seq_len, vocab)
+    arm, n_teacher = exp.arms["logit_hidden"], teacher_config.num_hidden_layers
+    capture = capture_for({"logit_hidden": arm}, exp.student.arch.n_layer, n_teacher)
+    cfg = replace(exp.cache, forward_dtype="bfloat16" if cuda else "float32")
+    tmp = Path(tempfile.mkdtemp(prefix="kdbench-gpu-"))
+    try:
+        write_teacher_cache(teacher, tokens, {"teacher_sha256": "bench"}, cfg, capture, tmp / "cache", tmp / "work",
+                            device)
+        cache = TeacherCache(tmp / "cache")
+        cache.select(arm.components)
+        d_t = teacher_config.hidden_size
+        online = OnlineTeacher(teacher, tokens, cfg.top_k, cfg, capture, device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times = _race({"cached": _trainer(exp, arm, cache, n_teacher, d_t, capture, steps, vocab, device),
+                       "online": _trainer(exp, arm, online, n_teacher, d_t, capture, steps, vocab, device)}, rounds)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    step_tokens = steps * batch * seq_len
+    rates = {name: step_tokens / min(t) for name, t in times.items()}
+    student_flops = 3 * arch_shape(exp.student.arch, vocab).forward_flops(seq_len)  # forward + backward, per token
+    peak = PEAK_TFLOPS * 1e12
+    return {"device": torch.cuda.get_device_name(0) if cuda else device, "preset": str(preset), "steps": steps,
+            "rounds": rounds,
+            "cached_tokens_per_s": rates["cached"], "online_tokens_per_s": rates["online"],
+            "online_over_cached": _paired(times, "cached", "online"),
+            "cached_student_mfu": rates["cached"] * student_flops / peak,
+            "online_mfu": rates["online"] * (student_flops + described_shape(describe(teacher)).forward_flops(seq_len)) / peak,
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None, "peak_tflops_assumed": PEAK_TFLOPS}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kdbench.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=("cache", "train"))
+    parser.add_argument("name", choices=("cache", "train", "gpu"))
+    parser.add_argument("--preset", type=Path, default=REPO / "config" / "presets" / "pythia.yaml",
+                        help="gpu: the real preset whose shapes are timed (its teacher config under config/models/)")
     parser.add_argument("--teacher", type=Path, help="a trained teacher directory (default: random init)")
     parser.add_argument("--seqs", type=int, help="sequences of seq_len tokens to process (default: cache 2048, "
                         "8 shards, so the once-per-job costs weigh as in a job; train 512)")
@@ -216,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as in every pipeline job
     if args.name == "cache":
         result = bench_cache(args.teacher, args.seqs or 2048, args.rounds)
+    elif args.name == "gpu":
+        result = bench_gpu(args.preset, args.steps, args.rounds)
     else:
         result = bench_train(args.teacher, args.seqs or 512, args.steps, args.rounds)
     for key, value in result.items():

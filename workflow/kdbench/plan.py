@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from kdbench import KdbenchError
 from kdbench.arms import LOGIT_COMPONENTS, capture_for
 
-DEFAULT_TFLOPS = 400.0  # bf16 dense: an H100 SXM (989 TFLOPS peak) at 40% model FLOPs utilisation
+PEAK_TFLOPS = 989.0  # bf16 dense peak of an H100 / H200 SXM
+DEFAULT_TFLOPS = 400.0  # that peak at about 40% model FLOPs utilisation
 NPY_HEADER = 128  # bytes before each .npy file's data (format 1.0 pads its header to 128)
 _FP16, _FP32 = 2, 4
 
