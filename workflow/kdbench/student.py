@@ -18,6 +18,7 @@ from kdbench.arms import ArmConfig, Capture
 from kdbench.cache import TeacherCache
 from kdbench.config import StudentConfig, TrainConfig, as_dict, build
 from kdbench.data import load_tokens
+from kdbench.flops import training_flops
 from kdbench.io import atomic_dir, read_json, write_json
 from kdbench.devices import device_for_rank, world
 from kdbench.layermap import layer_map
@@ -25,6 +26,7 @@ from kdbench.memory import keep_freed_memory
 from kdbench.models import (blocks, build_model, load_model, load_tokenizer, save_model,
                             vocabulary_sha256, width)
 from kdbench.provenance import fingerprint
+from kdbench.registry import specs
 from kdbench.train import Objective, TokenSource, train, write_curve
 
 
@@ -84,12 +86,18 @@ def copy_teacher_layers(student: torch.nn.Module, teacher: torch.nn.Module) -> N
 
 
 def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, cache_dir: Path,
-                data_dir: Path, work_dir: Path) -> tuple[torch.nn.Module, list[dict], dict]:
-    """Train one arm for one seed from the teacher cache; returns (model, curve, summary)."""
+                data_dir: Path, work_dir: Path, teacher_sha256: str | None = None) -> tuple[torch.nn.Module, list[dict], dict]:
+    """Train one arm for one seed from the teacher cache; returns (model, curve, summary).
+
+    `teacher_sha256`: the weights hash of the teacher this student must distil from; a cache of any
+    other teacher (a random-teacher control's, say) is refused.
+    """
     model = load_model(init_dir)
     tokenizer = load_tokenizer(init_dir)
-    cache = TeacherCache(cache_dir, expect={"vocab_size": model.config.vocab_size,
-                                            "vocabulary_sha256": vocabulary_sha256(tokenizer)})
+    expect = {"vocab_size": model.config.vocab_size, "vocabulary_sha256": vocabulary_sha256(tokenizer)}
+    if teacher_sha256 is not None:
+        expect["teacher_sha256"] = teacher_sha256
+    cache = TeacherCache(cache_dir, expect=expect)
     cache.select(arm.components)
     settings = cache.manifest["settings"]
     pairs = arm.pairs(len(blocks(model)), cache.manifest["teacher_layers"])
@@ -101,13 +109,29 @@ def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init
     curve, summary = train(model, objective, cache, cfg, seed, work_dir / "checkpoint.pt", key, val=val,
                            device=device_for_rank(), label=f"{arm_name}/seed{seed}")
     (work_dir / "checkpoint.pt").unlink(missing_ok=True)
-    return model, curve, {**summary, "layer_pairs": pairs}
+    return model, curve, {**summary, "layer_pairs": pairs, "flops": _flops(arm, pairs, objective, model, cache, summary)}
+
+
+def _flops(arm: ArmConfig, pairs, objective: Objective, model, cache: TeacherCache, summary: dict) -> dict:
+    """This job's training FLOPs by component (`kdbench.flops`)."""
+    m = cache.manifest
+    reads: dict[str, int] = {}
+    for term in arm.terms:
+        for part in specs()[term].reads:
+            reads[part] = reads.get(part, 0) + (1 if part == "logits" else len(pairs))
+    teacher = {"layers": m["teacher_layers"], "width": m["teacher_width"], "vocab_size": m["vocab_size"],
+               "heads": m.get("teacher_heads", 1)} if arm.uses_teacher else None
+    projector = sum(p.numel() for p in objective.parameters())
+    return training_flops(sum(p.numel() for p in model.parameters()), projector, summary["tokens"], reads,
+                          model.config.vocab_size, cache.seq_len, width(model), teacher,
+                          min(summary["tokens"], cache.n_seqs * cache.seq_len))
 
 
 def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, cache_dir: Path,
-                  data_dir: Path, out_dir: Path, work_dir: Path) -> None:
+                  data_dir: Path, out_dir: Path, work_dir: Path, teacher_sha256: str | None = None) -> None:
     """Train one arm for one seed from the teacher cache and save the student."""
-    model, curve, summary = fit_student(arm_name, arm, cfg, seed, init_dir, cache_dir, data_dir, work_dir)
+    model, curve, summary = fit_student(arm_name, arm, cfg, seed, init_dir, cache_dir, data_dir, work_dir,
+                                        teacher_sha256)
     if world()[0] != 0:
         return
     with atomic_dir(out_dir) as tmp:
@@ -118,12 +142,15 @@ def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, in
 
 
 def train_student_distributed(processes: int, arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int,
-                              init_dir: Path, cache_dir: Path, data_dir: Path, out_dir: Path, work_dir: Path) -> None:
+                              init_dir: Path, cache_dir: Path, data_dir: Path, out_dir: Path, work_dir: Path,
+                              teacher_sha256: str | None = None) -> None:
     """Run `train_student` under torchrun with `processes` processes (DDP; nccl on GPUs, gloo on CPU)."""
     if processes <= 1:
-        return train_student(arm_name, arm, cfg, seed, init_dir, cache_dir, data_dir, out_dir, work_dir)
+        return train_student(arm_name, arm, cfg, seed, init_dir, cache_dir, data_dir, out_dir, work_dir,
+                             teacher_sha256)
     job = Path(work_dir) / "job.json"
     write_json(job, {"arm_name": arm_name, "arm": as_dict(arm), "train": as_dict(cfg), "seed": seed,
+                     "teacher_sha256": teacher_sha256,
                      "paths": [str(p) for p in (init_dir, cache_dir, data_dir, out_dir, work_dir)]})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "kdbench.student", str(job)]
@@ -138,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     job = read_json(Path((argv or sys.argv[1:])[0]))
     arm = build(ArmConfig, job["arm"], f"arms.{job['arm_name']}")
     train_student(job["arm_name"], arm, build(TrainConfig, job["train"], "student.train"), job["seed"],
-                  *map(Path, job["paths"]))
+                  *map(Path, job["paths"]), teacher_sha256=job.get("teacher_sha256"))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from kdbench.experiment import capture_spec, load_experiment
+from kdbench.experiment import budget_arms, cached_tokens, capture_spec, control_arms, load_experiment
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -17,12 +17,43 @@ SEEDS = list(EXP.seeds)
 STUDENTS = [f"students/{arm}/seed{seed}" for arm in ARMS for seed in SEEDS]
 FLOORS = [f"students/init/seed{seed}" for seed in SEEDS]
 MODELS = ["teacher", *FLOORS, *STUDENTS]
+# Random-teacher controls: "<arm>@random" twins, distilled from an untrained teacher (rules/analysis.smk).
+# They stay out of MODELS, so the headline's comparisons and their Holm family are the same with or without them.
+CONTROLS = control_arms(EXP)  # twin -> the arm it copies
+CONTROL_STUDENTS = [f"students/{arm}/seed{seed}" for arm in CONTROLS for seed in SEEDS]
+# Budget curves: reference, candidate and ce at each budget; the main budget reuses the main students.
+BUDGETS = list(EXP.analysis.budgets)
+
+
+def budget_model(budget, arm, seed):
+    if budget == EXP.student.train.tokens:
+        return f"students/{arm}/seed{seed}"
+    return f"budgets/b{budget}/students/{arm}/seed{seed}"
+
+
+BUDGET_MODELS = {b: [budget_model(b, a, s) for a in budget_arms(EXP) for s in SEEDS] for b in BUDGETS}
+BUDGET_ONLY = sorted({m for ms in BUDGET_MODELS.values() for m in ms if m.startswith("budgets/")})
 
 
 wildcard_constraints:
-    arm="|".join(ARMS),
+    arm="|".join([*ARMS, *CONTROLS]),
     seed=r"\d+",
-    model=r"teacher|students/[A-Za-z0-9_.-]+/seed\d+",
+    budget=r"\d+",
+    model=r"teacher|(budgets/b\d+/)?students/[A-Za-z0-9_.@-]+/seed\d+",
+
+
+def base_arm(arm):
+    """The arm whose settings a student trains with: a control twin's original, else the arm itself."""
+    return CONTROLS.get(arm, arm)
+
+
+def student_cache(wildcards):
+    return f"{R}/controls/cache" if wildcards.arm in CONTROLS else f"{R}/cache"
+
+
+def student_teacher(wildcards):
+    """The teacher whose cache this student must read (train_student refuses any other teacher's cache)."""
+    return f"{R}/controls/teacher" if wildcards.arm in CONTROLS else f"{R}/teacher"
 
 
 def corpus_files(wildcards):
@@ -47,6 +78,7 @@ def rendered_tasks(wildcards):
 
 def tuned(wildcards):
     """The tuning record of an arm, when tuning is on and the arm has teacher terms to tune."""
-    if EXP.tuning.enabled and EXP.arms[wildcards.arm].uses_teacher:
-        return [f"{R}/tuning/{wildcards.arm}.json"]
+    arm = base_arm(wildcards.arm)  # a control trains with its arm's tuned values
+    if EXP.tuning.enabled and EXP.arms[arm].uses_teacher:
+        return [f"{R}/tuning/{arm}.json"]
     return []

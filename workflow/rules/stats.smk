@@ -2,6 +2,8 @@ rule aggregate:
     input:
         evals=expand(f"{R}/eval/{{model}}/results.json", model=MODELS),
         models=[f"{R}/{m}" for m in MODELS],
+        budget_evals=expand(f"{R}/eval/{{model}}/results.json", model=BUDGET_ONLY),  # the headline's budget clause
+        budget_models=[f"{R}/{m}" for m in BUDGET_ONLY],
     output:
         summary=f"{R}/summary.csv",
         table=report(f"{R}/table.md", caption="../report/table.rst", category="Answer"),
@@ -26,6 +28,7 @@ rule aggregate:
     params:
         stats=config["stats"],
         models=MODELS,
+        budgets=BUDGET_MODELS,
         results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
         out=lambda w, output: str(Path(output.summary).parent),
     script:
@@ -60,6 +63,8 @@ rule paper:
     input:
         evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=MODELS)),
         models=ancient([f"{R}/{m}" for m in MODELS]),
+        budget_evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=BUDGET_ONLY)),
+        budget_models=ancient([f"{R}/{m}" for m in BUDGET_ONLY]),
     output:
         directory(f"{R}/paper"),
     conda:
@@ -71,6 +76,7 @@ rule paper:
     params:
         stats=config["stats"],
         models=MODELS,
+        budgets=BUDGET_MODELS,
         results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
         out=lambda w, output: output[0],
     script:

@@ -47,7 +47,8 @@ if EXP.tuning.enabled:
 rule train_student:
     input:
         init=f"{R}/students/init/seed{{seed}}",
-        cache=f"{R}/cache",
+        cache=student_cache,
+        teacher=student_teacher,
         val=f"{R}/data/val.npy",
         tuned=tuned,
     output:
@@ -59,7 +60,7 @@ rule train_student:
     benchmark:
         f"{BENCH}/train_student/{{arm}}/seed{{seed}}.tsv"
     params:
-        arm=lambda w: config["arms"][w.arm],
+        arm=lambda w: config["arms"][base_arm(w.arm)],
         train=config["student"]["train"],
         work=lambda w: f"{WORK}/students/{w.arm}/seed{w.seed}",
     threads: 1

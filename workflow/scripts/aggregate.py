@@ -2,9 +2,10 @@
 from pathlib import Path
 
 from kdbench.config import StatsConfig, build
-from kdbench.report import aggregate, model_evals
+from kdbench.report import aggregate, budget_models, model_evals
 from kdbench.snake import run_job
 
 p = snakemake.params
 cfg = build(StatsConfig, p.stats, "stats")
-run_job(snakemake, lambda: aggregate(model_evals(Path(p.results), p.models), cfg, Path(p.out)))
+run_job(snakemake, lambda: aggregate(model_evals(Path(p.results), p.models), cfg, Path(p.out),
+                                     budget_models(Path(p.results), p.budgets)))

@@ -1,9 +1,13 @@
-"""Snakemake job: train one arm for one seed from the teacher cache (torchrun when gpu > 1)."""
+"""Snakemake job: train one arm for one seed from the teacher cache (torchrun when gpu > 1).
+
+The cache must be the given teacher's (a control's cache is never read as the real teacher's).
+"""
 from pathlib import Path
 
 from kdbench.arms import ArmConfig
 from kdbench.config import TrainConfig, as_dict, build
 from kdbench.io import read_json
+from kdbench.provenance import weights_sha256
 from kdbench.snake import run_job
 from kdbench.student import train_student_distributed
 
@@ -14,5 +18,5 @@ cfg = build(TrainConfig, p.train, "student.train")
 out = Path(snakemake.output[0])
 run_job(snakemake, lambda: train_student_distributed(
     snakemake.resources.gpu, w.arm, arm, cfg, int(w.seed), Path(snakemake.input.init), Path(snakemake.input.cache),
-    Path(snakemake.input.val).parent, out, Path(p.work)),
+    Path(snakemake.input.val).parent, out, Path(p.work), weights_sha256(Path(snakemake.input.teacher))),
     states={out / "train.json": {"arm": w.arm, "seed": int(w.seed), "config": as_dict(cfg), "arm_config": as_dict(arm)}})
