@@ -182,7 +182,7 @@ class ControlsConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    # Agreement with the teacher's choices on the suite (split by teacher right/wrong) and KL(teacher || student)
+    # Agreement with the teacher's choices on the suite (split by teacher right/wrong) and the KL divergence of the student from the teacher
     # on the validation split: reads the evaluations and models that exist, so it is cheap.
     fidelity: bool = True
     # Linear CKA between every student layer and every teacher layer on validation sequences.

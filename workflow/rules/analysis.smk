@@ -1,32 +1,6 @@
 # Why the answer falls as it does (issue 18): random-teacher controls, budget curves, the probes
 # (KL and CKA on validation text) and the analysis tables, figures and why.md (kdbench.analysis).
-A = f"{R}/analysis"
-PROBES = EXP.analysis.fidelity or EXP.analysis.cka
-ANALYSIS = PROBES or bool(CONTROLS) or bool(BUDGETS)
 PROBED = [m for m in MODELS if m != "teacher"] + CONTROL_STUDENTS  # every student, floors and controls included
-
-
-def analysis_outputs():
-    """The files rule analyze writes under these settings (name -> path; report items wrapped)."""
-    out = {"why": report(f"{A}/why.md", caption="../report/why.rst", category="Answer")}
-    tables = []
-    if EXP.analysis.fidelity:
-        tables.append("fidelity")
-        out["fidelity_counts"] = f"{A}/fidelity_counts.csv"
-    if EXP.analysis.cka:
-        tables.append("cka")
-    if CONTROLS:
-        tables.append("controls")
-    if BUDGETS:
-        tables.append("budgets")
-    for name in tables:
-        out[f"{name}_md"] = report(f"{A}/{name}.md", caption=f"../report/{name}_table.rst", category="Why")
-        out[f"{name}_csv"] = f"{A}/{name}.csv"
-        out[f"{name}_tex"] = f"{A}/{name}.tex"
-        if name != "controls":
-            out[f"{name}_png"] = report(f"{A}/figures/{name}.png", caption=f"../report/{name}.rst", category="Why")
-            out[f"{name}_pdf"] = f"{A}/figures/{name}.pdf"
-    return out
 
 
 if CONTROLS:
@@ -153,7 +127,7 @@ if ANALYSIS:
             models=MODELS,
             controls=CONTROLS,
             budgets=BUDGET_MODELS,
-            results=R,
-            out=A,
+            results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
+            out=lambda w, output: str(Path(output.why).parent),
         script:
             "../scripts/analyze.py"

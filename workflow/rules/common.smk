@@ -33,6 +33,9 @@ def budget_model(budget, arm, seed):
 
 BUDGET_MODELS = {b: [budget_model(b, a, s) for a in budget_arms(EXP) for s in SEEDS] for b in BUDGETS}
 BUDGET_ONLY = sorted({m for ms in BUDGET_MODELS.values() for m in ms if m.startswith("budgets/")})
+A = f"{R}/analysis"  # the why analyses (rules/analysis.smk)
+PROBES = EXP.analysis.fidelity or EXP.analysis.cka
+ANALYSIS = PROBES or bool(CONTROLS) or bool(BUDGETS)
 
 
 wildcard_constraints:
@@ -82,3 +85,26 @@ def tuned(wildcards):
     if EXP.tuning.enabled and EXP.arms[arm].uses_teacher:
         return [f"{R}/tuning/{arm}.json"]
     return []
+
+
+def analysis_outputs():
+    """The files rule analyze writes under these settings (name -> path; report items wrapped)."""
+    out = {"why": report(f"{A}/why.md", caption="../report/why.rst", category="Answer")}
+    tables = []
+    if EXP.analysis.fidelity:
+        tables.append("fidelity")
+        out["fidelity_counts"] = f"{A}/fidelity_counts.csv"
+    if EXP.analysis.cka:
+        tables.append("cka")
+    if CONTROLS:
+        tables.append("controls")
+    if BUDGETS:
+        tables.append("budgets")
+    for name in tables:
+        out[f"{name}_md"] = report(f"{A}/{name}.md", caption=f"../report/{name}_table.rst", category="Why")
+        out[f"{name}_csv"] = f"{A}/{name}.csv"
+        out[f"{name}_tex"] = f"{A}/{name}.tex"
+        if name != "controls":
+            out[f"{name}_png"] = report(f"{A}/figures/{name}.png", caption=f"../report/{name}.rst", category="Why")
+            out[f"{name}_pdf"] = f"{A}/figures/{name}.pdf"
+    return out

@@ -41,10 +41,12 @@ rule landing:
         headline=rules.aggregate.output.headline,
         table=rules.aggregate.output.table,
         paired=rules.aggregate.output.paired,
+        why=[f"{A}/why.md"] if ANALYSIS else [],
     output:
         headline=f"{R}/landing/headline.html",
         table=f"{R}/landing/table.html",
         paired=f"{R}/landing/paired.html",
+        **({"why": f"{R}/landing/why.html"} if ANALYSIS else {}),
     conda:
         ENV
     log:
@@ -65,6 +67,9 @@ rule paper:
         models=ancient([f"{R}/{m}" for m in MODELS]),
         budget_evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=BUDGET_ONLY)),
         budget_models=ancient([f"{R}/{m}" for m in BUDGET_ONLY]),
+        # the why analyses (paper/analysis/): control evaluations and the probes' KL and CKA, never recomputed here
+        control_evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=CONTROL_STUDENTS)),
+        probes=ancient([f"{A}/probes/kl.csv", f"{A}/probes/cka.csv"] if PROBES else []),
     output:
         directory(f"{R}/paper"),
     conda:
@@ -79,5 +84,8 @@ rule paper:
         budgets=BUDGET_MODELS,
         results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
         out=lambda w, output: output[0],
+        analysis=config.get("analysis", {}) if ANALYSIS else None,
+        arms=config["arms"],
+        controls=CONTROLS,
     script:
-        "../scripts/aggregate.py"
+        "../scripts/paper.py"
