@@ -160,6 +160,9 @@ def test_smoke_run_passes_the_audit(smoke):
 
     result = audit(smoke)
     assert result.ok, result.problems[:5]
+    audited = {a.path for a in result.artifacts}
+    assert {"analysis/why.md", "analysis/probes/cka.csv", "controls/cache", "controls/teacher",
+            "students/logit_hidden@random/seed0", "budgets/b10000/students/ce/seed1"} <= audited
 
 
 @pytest.mark.slow

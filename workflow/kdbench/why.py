@@ -78,9 +78,10 @@ def _fidelity(t: pd.DataFrame, ref: str, cand: str, ci: str) -> list[str]:
         kept = ", ".join(f"{a} {_interval(_row(t, a).kept, _row(t, a).kept_lo, _row(t, a).kept_hi, '{:.1f}')}"
                          for a in shown)
         verdict = _compare(_row(t, cand), _row(t, "ce"), "inherited", cand, "ce") if "ce" in shown and cand in shown else ""
-        out.append(f"Of the {wrong} items the teacher got wrong, the student repeats the teacher's wrong answer on "
-                   f"{inh} percent (inherited errors: negative transfer{'; ' + verdict if verdict else ''}); of the "
-                   f"{int(first.n_teacher_right)} it got right, the student keeps {kept} percent.")
+        out.append(f"Of the {wrong} items the teacher got wrong, the share on which a student repeats the teacher's "
+                   f"wrong answer (inherited errors, negative transfer; ce never saw the teacher, so its share is the "
+                   f"rate without transfer) is {inh}{' (' + verdict + ')' if verdict else ''}; of the "
+                   f"{int(first.n_teacher_right)} it got right, the share a student keeps is {kept}.")
     if "kl" in t and np.isfinite(first.get("kl", np.nan)):
         kl = ", ".join(f"{a} {_interval(_row(t, a).kl, _row(t, a).kl_lo, _row(t, a).kl_hi, '{:.3f}')}" for a in shown)
         out.append(f"KL(teacher || student) on held-out validation text, nats per token: {kl}.")
