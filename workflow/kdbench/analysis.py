@@ -190,7 +190,7 @@ def _fidelity_view(t: pd.DataFrame) -> pd.DataFrame:
         "teacher right/wrong": [f"{r.n_teacher_right}/{r.n_teacher_wrong}" for r in t.itertuples()],
     })
     if "kl" in t:
-        view["KL(T||S) nats/token"] = [_ci(r.kl, r.kl_lo, r.kl_hi, "{:.3f}") for r in t.itertuples()]
+        view["KL(teacher, student) nats/token"] = [_ci(r.kl, r.kl_lo, r.kl_hi, "{:.3f}") for r in t.itertuples()]
     view["seeds"] = t["n_seeds"].astype(str)
     return view
 

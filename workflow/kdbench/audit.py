@@ -1,8 +1,9 @@
 """Audit a results folder: walk back from every number in summary.csv to the corpus, rehashing everything.
 
 A provenance record only proves something when it is checked against the files and
-against the records around it. Starting at `summary.csv`'s record (then at the `analyze`
-record, whose why.md and tables reach the controls, probes and budget curves), the audit visits
+against the records around it. Starting at `summary.csv`'s record (then at the records of
+`analyze`, whose why.md and tables reach the controls, probes and budget curves, `landing` and
+`paper`), the audit visits
 each job's record once (depth first, inputs before the checks that need them) and checks:
 
 - outputs: every file or folder a record names hashes to what the record says (for a
@@ -37,7 +38,9 @@ from kdbench.provenance import RECORD_SUFFIX, record_path, tree_hashes
 SUMMARY = "summary.csv"
 CODE = "(code)"  # the pseudo-path that code-version problems are filed under
 WORK = ".work"  # resumable job state, never a declared output
-ANALYSIS_RULES = ("analyze",)  # walked like summary.csv's record: why.md's chain (controls, probes, budget curves)
+# Walked like summary.csv's record: why.md's chain (controls, probes, budget curves), the landing
+# page's pieces and paper/, so every record of a finished run is audited.
+ROOT_RULES = ("analyze", "landing", "paper")
 
 
 def short(sha: str | None) -> str:
@@ -175,8 +178,8 @@ class _Auditor:
 
     def run(self) -> AuditResult:
         self.visit(self.top, 0)
-        for rec in self.records:  # the why analyses (why.md and its tables) trace back through their own inputs
-            if rec.rule in ANALYSIS_RULES:
+        for rec in self.records:  # why.md, the landing page and paper/ trace back through their own inputs
+            if rec.rule in ROOT_RULES:
                 self.visit(rec, 0)
         for (path, consumed, upstream_file), consumers in self.broken_links.items():
             upstream = self.visited[upstream_file]
