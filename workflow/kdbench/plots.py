@@ -149,12 +149,12 @@ def fidelity_figure(points: pd.DataFrame, arms: Sequence[str], out_base: Path) -
     colors = palette(arms)
     order = [a for a in arms if a in set(points["arm"])]
     with sns.axes_style("whitegrid"):
-        fig, ax = plt.subplots(figsize=(5.6, 4.0))
+        fig, ax = plt.subplots(figsize=(7.0, 4.0))
         sns.scatterplot(data=points, x="agreement", y="accuracy", hue="arm", hue_order=order, palette=colors,
                         s=45, ax=ax)
         ax.set_xlabel("top-1 agreement with the teacher (points)")
         ax.set_ylabel("held-out accuracy (points)")
-        ax.set_title("Fidelity vs generalisation (one point per arm and seed)")
+        fig.suptitle("Fidelity vs generalisation (one point per arm and seed)")
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         _save(fig, out_base)
 
