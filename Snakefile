@@ -19,6 +19,7 @@ include: "workflow/rules/cache.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/stats.smk"
+include: "workflow/rules/analysis.smk"
 
 
 localrules:
@@ -32,4 +33,5 @@ rule all:
     input:
         rules.aggregate.output,
         rules.landing.output,
+        rules.analyze.output if ANALYSIS else [],
     default_target: True

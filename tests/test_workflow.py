@@ -46,6 +46,24 @@ def test_tuning_adds_one_search_per_arm(tmp_path):
     assert job_counts(out.stdout)["tune_arm"] == len(config["arms"])  # ce tunes its learning rate too
 
 
+def test_controls_and_budgets_add_their_jobs(tmp_path):
+    preset = tmp_path / "why.yaml"
+    preset.write_text("controls: {random_teacher: [logit, logit_hidden]}\n"
+                      "analysis: {budgets: [100000, 400000, 1600000]}\n")
+    out = snakemake("-n", "--cores", "2", "--configfile", str(preset), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    counts = job_counts(out.stdout)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    seeds = len(config["seeds"])
+    assert counts["train_student"] == (len(config["arms"]) + 2) * seeds  # + logit@random, logit_hidden@random
+    assert counts["train_budget"] == 2 * 3 * seeds  # 400000 is the main budget: its students are reused
+    assert counts["init_random_teacher"] == counts["cache_control"] == counts["probe_models"] == counts["analyze"] == 1
+    from kdbench.experiment import cached_tokens, load_experiment
+
+    merged = {**config, **yaml.safe_load(preset.read_text())}
+    assert cached_tokens(load_experiment(merged)) == 1600000  # the real teacher's cache covers the largest budget
+
+
 def test_parsing_the_workflow_imports_no_heavy_library():
     """The Snakefile's own imports (config schema, arms, registry) load without torch, transformers, pandas, seaborn."""
     import subprocess
@@ -102,6 +120,51 @@ def test_smoke_run_produces_tables_figures_and_provenance(smoke):
 
 
 @pytest.mark.slow
+def test_smoke_run_produces_every_analysis(smoke):
+    """Controls, fidelity, CKA and budget curves end to end, with why.md, the report pieces and provenance."""
+    a = smoke / "analysis"
+    for name in ("fidelity", "cka", "controls", "budgets"):
+        for ext in ("csv", "md", "tex"):
+            assert (a / f"{name}.{ext}").stat().st_size > 100, name
+    for fig in ("fidelity", "cka", "budgets"):
+        for ext in ("png", "pdf"):
+            assert (a / "figures" / f"{fig}.{ext}").stat().st_size > 1000
+    why = (a / "why.md").read_text()
+    for clause in ("random-teacher controls", "Top-1 agreement", "teacher got wrong", "KL(teacher || student)",
+                   "Linear CKA", "Budget curves"):
+        assert clause in why, clause
+    cka = list(csv.DictReader(open(a / "cka.csv")))
+    assert {"init", "ce", "logit", "logit_hidden", "logit_hidden@random"} <= {r["arm"] for r in cka}
+    fidelity = list(csv.DictReader(open(a / "fidelity.csv")))
+    assert {r["arm"] for r in fidelity} >= {"init", "ce", "logit_hidden", "logit_hidden@random"}
+    budgets = list(csv.DictReader(open(a / "budgets.csv")))
+    assert {(int(r["budget"]), r["arm"]) for r in budgets} == {(b, arm) for b in (10000, 20000)
+                                                              for arm in ("logit", "logit_hidden", "ce")}
+    assert all(float(r["flops"]) > 0 for r in budgets)
+    assert "Across student token budgets" in (smoke / "headline.txt").read_text()
+    control = read_json(smoke / "controls" / "cache" / "manifest.json")
+    assert control["teacher_sha256"] != read_json(smoke / "cache" / "manifest.json")["teacher_sha256"]
+    train = read_json(smoke / "students" / "logit_hidden@random" / "seed0" / "train.json")
+    assert train["flops"]["teacher_forward"] > 0 and train["flops"]["projector"] > 0
+    assert read_json(smoke / "students" / "ce" / "seed0" / "train.json")["flops"]["teacher_forward"] == 0
+    assert "<p" in (smoke / "landing" / "why.html").read_text()
+    for record in ("analysis/why.md", "analysis/probes/kl.csv", "controls/teacher", "controls/cache",
+                   "budgets/b10000/students/logit/seed0"):
+        assert read_json(smoke / f"{record}.prov.json")["outputs"], record
+
+
+@pytest.mark.slow
+def test_smoke_run_passes_the_audit(smoke):
+    from kdbench.audit import audit
+
+    result = audit(smoke)
+    assert result.ok, result.problems[:5]
+    audited = {a.path for a in result.artifacts}
+    assert {"analysis/why.md", "analysis/probes/cka.csv", "controls/cache", "controls/teacher",
+            "students/logit_hidden@random/seed0", "budgets/b10000/students/ce/seed1"} <= audited
+
+
+@pytest.mark.slow
 def test_smoke_rerun_has_nothing_to_do(smoke):
     out = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke.parents[1])
     assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr
@@ -117,6 +180,7 @@ def test_paper_target_regenerates_without_training(smoke):
     paper = smoke / "paper"
     assert (paper / "summary.csv").read_text() == (smoke / "summary.csv").read_text()
     assert (paper / "figures" / "paired.pdf").stat().st_size > 1000
+    assert (paper / "analysis" / "why.md").read_text() == (smoke / "analysis" / "why.md").read_text()
 
 
 @pytest.mark.slow

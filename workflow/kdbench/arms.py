@@ -15,6 +15,7 @@ from kdbench.layermap import layer_map, teacher_layers
 from kdbench.registry import LAYERED, reads, specs
 
 REFERENCE_MODELS = ("teacher", "init")  # models evaluated beside the arms, never arms themselves
+CONTROL_SUFFIX = "@random"  # "<arm>@random": the arm distilled from an untrained teacher (reserved: '@')
 LOGIT_COMPONENTS = ("topk_logprobs", "topk_ids", "tail_logprob")  # what "logits" is stored as in the cache
 
 
@@ -68,9 +69,9 @@ def check_arms(arms: Mapping[str, ArmConfig], n_student: int | None, n_teacher: 
     if not arms:
         raise KdbenchError("arms: at least one arm is required")
     for name, arm in arms.items():
-        if name in REFERENCE_MODELS or "/" in name:
+        if name in REFERENCE_MODELS or "/" in name or "@" in name:
             raise KdbenchError(f"arms.{name}: reserved or invalid arm name; not allowed: "
-                               f"{', '.join(REFERENCE_MODELS)} or '/'")
+                               f"{', '.join(REFERENCE_MODELS)}, '/' or '@' (control twins are named <arm>@random)")
         if not arm.terms:
             raise KdbenchError(f"arms.{name}.terms: at least one loss term is required")
         for term, weight in arm.terms.items():

@@ -38,6 +38,8 @@ from kdbench.provenance import RECORD_SUFFIX, record_path, tree_hashes
 SUMMARY = "summary.csv"
 CODE = "(code)"  # the pseudo-path that code-version problems are filed under
 WORK = ".work"  # resumable job state, never a declared output
+# Walked like summary.csv's record: why.md's chain (controls, probes, budget curves), the landing
+# page's pieces and paper/, so every record of a finished run is audited.
 
 
 def short(sha: str | None) -> str:

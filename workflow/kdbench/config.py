@@ -185,6 +185,39 @@ class TuningConfig:
     sensitivity: bool = False
 
 
+@dataclass(frozen=True)
+class ControlsConfig:
+    # Arms that get a twin "<arm>@random" distilled from an untrained teacher of the same architecture:
+    # it separates knowledge transfer from the regularising effect of the extra loss terms.
+    random_teacher: tuple[str, ...] = ()
+    # Initialisation seed of the untrained teacher; its own, so it is no earlier state of the real teacher.
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    # Agreement with the teacher's choices on the suite (split by teacher right/wrong) and the KL divergence of the student from the teacher
+    # on the validation split: reads the evaluations and models that exist, so it is cheap.
+    fidelity: bool = True
+    # Linear CKA between every student layer and every teacher layer on validation sequences.
+    cka: bool = True
+    # Student token budgets of the budget curves (reference, candidate and ce each trained once per budget
+    # and seed, a full run with its own schedule); empty: off. The cache then covers the largest budget.
+    budgets: tuple[int, ...] = ()
+    # Seeds of the budget curves: the first N of `seeds` (null: all); a curve at the main budget reads
+    # those seeds' main students. Fewer seeds keep the largest budgets affordable.
+    budget_seeds: int | None = None
+    # Validation sequences the KL and CKA probes read (x seq_len token positions; CKA's cost grows with them).
+    val_seqs: int = 64
+
+    def __post_init__(self) -> None:
+        _check(all(b >= 1 for b in self.budgets) and len(set(self.budgets)) == len(self.budgets),
+               f"analysis.budgets: {list(self.budgets)} must be distinct positive token counts")
+        _check(self.budget_seeds is None or self.budget_seeds >= 2,
+               f"analysis.budget_seeds: {self.budget_seeds} must be at least 2 (a seed-level interval needs two)")
+        _check(self.val_seqs >= 2, f"analysis.val_seqs: {self.val_seqs} must be at least 2")
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)

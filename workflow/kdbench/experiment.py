@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kdbench import KdbenchError
-from kdbench.arms import ArmConfig, check_arms
+from kdbench.arms import CONTROL_SUFFIX, ArmConfig, check_arms
 from kdbench.checks import SUITE_ALIAS
-from kdbench.config import (CacheConfig, DataConfig, EvalConfig, StatsConfig, StudentConfig, TeacherConfig,
+from kdbench.config import (AnalysisConfig, CacheConfig, ControlsConfig, DataConfig, EvalConfig, StatsConfig, StudentConfig, TeacherConfig,
                             TokenizerConfig, TuningConfig, WorldConfig, build)
 from kdbench.registry import LAYERED, reads
 
@@ -28,6 +28,8 @@ class Experiment:
     stats: StatsConfig = field(default_factory=StatsConfig)
     gpus: int = 0                 # GPUs per training/caching/evaluation job; 0 on CPU-only machines
     tuning: TuningConfig = field(default_factory=TuningConfig)  # optional per-arm search on the validation split
+    controls: ControlsConfig = field(default_factory=ControlsConfig)  # random-teacher twins of named arms
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # why: fidelity, CKA, budget curves
 
     @property
     def trains_teacher(self) -> bool:
@@ -56,7 +58,32 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
     pretrained = exp.student.init not in ("random", "teacher_layers")  # its depth is the loaded model's
     check_arms(exp.arms, None if pretrained else exp.student.arch.n_layer,
                exp.teacher.arch.n_layer if exp.trains_teacher else None)
+    for arm in exp.controls.random_teacher:
+        if arm not in exp.arms or not exp.arms[arm].uses_teacher:
+            raise KdbenchError(f"controls.random_teacher: {arm!r} is not an arm that reads the teacher; "
+                               f"arms that do: {', '.join(a for a, c in exp.arms.items() if c.uses_teacher)}")
+    if exp.controls.random_teacher and exp.controls.seed == exp.teacher.seed and exp.trains_teacher:
+        raise KdbenchError(f"controls.seed: {exp.controls.seed} equals teacher.seed; the untrained teacher would "
+                           "start where the real one did")
+    for arm in (exp.stats.reference_arm, exp.stats.candidate_arm, "ce") if exp.analysis.budgets else ():
+        if arm not in exp.arms:
+            raise KdbenchError(f"analysis.budgets: the budget curves train arm {arm!r}, which is not in arms")
     return exp
+
+
+def control_arms(exp: Experiment) -> dict[str, str]:
+    """Control twin name -> the arm it copies ("logit@random" -> "logit")."""
+    return {f"{arm}{CONTROL_SUFFIX}": arm for arm in exp.controls.random_teacher}
+
+
+def budget_arms(exp: Experiment) -> list[str]:
+    """The arms of the budget curves: reference, candidate and ce (once each)."""
+    return list(dict.fromkeys((exp.stats.reference_arm, exp.stats.candidate_arm, "ce"))) if exp.analysis.budgets else []
+
+
+def cached_tokens(exp: Experiment) -> int:
+    """Student tokens the real teacher's cache must cover: the main budget or the largest budget curve's."""
+    return max((exp.student.train.tokens, *exp.analysis.budgets))
 
 
 def capture_spec(exp: Experiment) -> dict[str, dict]:

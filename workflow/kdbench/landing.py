@@ -36,11 +36,22 @@ def image_html(png: Path, alt: str) -> str:
     return f'<img class="kdbench-figure" alt="{escape(alt)}" src="data:image/png;base64,{data}" style="width: 100%">\n'
 
 
-def write_landing(headline: Path, table: Path, paired: Path, out: dict[str, Path]) -> None:
-    """Write out["headline"], out["table"], out["paired"] from the run's headline.txt, table.md and paired.png."""
+def why_html(markdown: str) -> str:
+    """why.md's paragraphs (its '# ' title dropped) as HTML paragraphs."""
+    paragraphs = [p.strip() for p in markdown.split("\n\n") if p.strip() and not p.lstrip().startswith("# ")]
+    return "".join(f'<p class="kdbench-why">{escape(p)}</p>\n' for p in paragraphs)
+
+
+def write_landing(headline: Path, table: Path, paired: Path, out: dict[str, Path],
+                  why: tuple[Path, Path] | None = None) -> None:
+    """Write out["headline"], out["table"], out["paired"] from the run's headline.txt, table.md and paired.png;
+    with `why` (why.md, its HTML piece) the why paragraph too."""
     pieces = {"headline": headline_html(Path(headline).read_text()),
               "table": table_html(Path(table).read_text()),
               "paired": image_html(paired, "forest plot: each arm minus the reference arm, per task family")}
+    if why is not None:
+        pieces["why"] = why_html(Path(why[0]).read_text())
+        out = {**out, "why": why[1]}
     for name, html in pieces.items():
         Path(out[name]).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(Path(out[name])) as tmp:

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # headless; must precede pyplot
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
@@ -115,6 +116,64 @@ def curves_figure(curves: pd.DataFrame, arms: Sequence[str], out_base: Path) -> 
             if ax is not axes[0][0] and ax.get_legend() is not None:
                 ax.get_legend().remove()
         fig.suptitle("Training curves (mean over seeds)")
+        _save(fig, out_base)
+
+
+def cka_figure(grids: Mapping[str, np.ndarray], mapped: Mapping[str, Sequence[tuple[int, int]]], out_base: Path) -> None:
+    """One heat map per arm: linear CKA of student layer (rows) x teacher layer (columns), mean over seeds.
+
+    Mapped pairs (the arm's own layer map, or the candidate's for arms without one) are outlined.
+    """
+    arms = list(grids)
+    cols = min(4, max(len(arms), 1))
+    rows = -(-len(arms) // cols)
+    with sns.axes_style("white"):
+        fig, axes = plt.subplots(rows, cols, figsize=(2.9 * cols, 2.5 * rows), squeeze=False)
+        for ax in axes.flat[len(arms):]:
+            ax.set_axis_off()
+        for ax, arm in zip(axes.flat, arms):
+            grid = grids[arm]
+            sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=grid.size <= 40, fmt=".2f",
+                        annot_kws={"fontsize": 7}, cbar=False, square=True, ax=ax)
+            for s, t in mapped.get(arm, ()):
+                ax.add_patch(matplotlib.patches.Rectangle((t, s), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+            ax.set_title(arm, fontsize="small")
+            ax.set_xlabel("teacher layer")
+            ax.set_ylabel("student layer")
+        fig.suptitle("Linear CKA with the teacher on validation text (mean over seeds; red: mapped pairs)")
+        _save(fig, out_base)
+
+
+def fidelity_figure(points: pd.DataFrame, arms: Sequence[str], out_base: Path) -> None:
+    """Per arm and seed: top-1 agreement with the teacher (x) against held-out accuracy (y), both overall."""
+    colors = palette(arms)
+    order = [a for a in arms if a in set(points["arm"])]
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(7.0, 4.0))
+        sns.scatterplot(data=points, x="agreement", y="accuracy", hue="arm", hue_order=order, palette=colors,
+                        s=45, ax=ax)
+        ax.set_xlabel("top-1 agreement with the teacher (points)")
+        ax.set_ylabel("held-out accuracy (points)")
+        fig.suptitle("Fidelity vs generalisation (one point per arm and seed)")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        _save(fig, out_base)
+
+
+def budget_figure(points: pd.DataFrame, arms: Sequence[str], out_base: Path) -> None:
+    """Overall accuracy with CI per arm against student tokens and against training FLOPs (log scales)."""
+    colors = palette(arms)
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+        for ax, x, label in ((axes[0], "budget", "student tokens"), (axes[1], "flops", "training FLOPs (estimate)")):
+            for arm in [a for a in arms if a in set(points["arm"])]:
+                rows = points[points["arm"] == arm].sort_values(x)
+                ax.errorbar(rows[x], rows["mean"], yerr=[rows["mean"] - rows["ci_lo"], rows["ci_hi"] - rows["mean"]],
+                            marker="o", capsize=3, color=colors[arm], label=arm)
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+        axes[0].set_ylabel("held-out accuracy, overall (points, 95% CI)")
+        axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.suptitle("Budget curves: each point a full run with its own schedule")
         _save(fig, out_base)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -67,10 +67,13 @@ def model_evals(results_dir: Path, models: Sequence[str]) -> list[ModelEval]:
     return out
 
 
-def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuning: Path | None = None) -> None:
+def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuning: Path | None = None,
+              budgets: Mapping[int, Sequence[ModelEval]] | None = None) -> None:
     """Write every table, the headline and the figures for `models` into `out_dir`.
 
     `tuning`: the run's tuning folder, for the headline pair's sensitivity to the tuned settings.
+    `budgets` (budget -> the models of the budget curves) adds the candidate-reference difference
+    at each budget to the headline.
     """
     if not models:
         raise KdbenchError("report: no evaluated models")
@@ -85,7 +88,8 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuni
     items = item_frame(models, evals, tasks, cfg.metric)
     means = stats.arm_means(items, arms, cfg)
     comparisons = stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg)
-    headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg))
+    headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg),
+                              budgets=budget_frame(budgets, cfg) if budgets else None)
     sensitivity = tuning_sensitivity(tuning, cfg) if tuning is not None else None
     if sensitivity is not None:
         headline += " " + _sensitivity_sentence(sensitivity, cfg)
@@ -144,6 +148,30 @@ def _sensitivity_sentence(table: pd.DataFrame, cfg: StatsConfig) -> str:
             f"at the tuning budget, one seed each), {cfg.candidate_arm} minus {cfg.reference_arm} ranged from "
             f"{table['diff'].min():+.1f} to {table['diff'].max():+.1f} points overall, with the sign of the "
             f"configured setting's in {same} of {len(table)}.")
+def budget_frame(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -> pd.DataFrame:
+    """Candidate minus reference at each budget (`stats.budget_differences`)."""
+    frames = {}
+    for budget, models in budgets.items():
+        evals, tasks = load_evals(models)
+        frames[int(budget)] = item_frame(models, evals, tasks, cfg.metric)
+    return stats.budget_differences(frames, cfg)
+
+
+def budget_models(results_dir: Path, budgets: Mapping[int, Sequence[str]]) -> dict[int, list[ModelEval]]:
+    """ModelEvals of the budget curves: model folders "[budgets/b<N>/]students/<arm>/seed<S>"."""
+    results_dir = Path(results_dir)
+    out = {}
+    for budget, models in budgets.items():
+        out[int(budget)] = []
+        for model in models:
+            parts = model.split("/")[-3:]
+            if len(parts) != 3 or parts[0] != "students" or not parts[2].startswith("seed"):
+                raise KdbenchError(f"report: cannot tell arm and seed from budget model {model!r}")
+            train = results_dir / model / "train.json"
+            out[int(budget)].append(ModelEval(model, parts[1], int(parts[2][4:]),
+                                              results_dir / "eval" / model / "results.json",
+                                              train_path=train if train.is_file() else None))
+    return out
 
 
 def load_evals(models: Sequence[ModelEval]) -> tuple[list[dict], list[str]]:

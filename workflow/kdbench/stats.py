@@ -225,12 +225,45 @@ def paired_comparisons(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfi
 
 
 def headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None = None,
-             lr: Mapping[str, float] | None = None) -> str:
+             lr: Mapping[str, float] | None = None, budgets: pd.DataFrame | None = None) -> str:
     """One paragraph answering: does Experiment 2 beat Experiment 1 on the unseen tasks?
 
     `tokens` and `lr` (per arm, from the students' train.json) state the training conditions
-    the answer holds at; absent, they are left out.
+    the answer holds at; absent, they are left out. `budgets` (`budget_differences`) adds the
+    difference at every student token budget of the budget curves.
     """
+    text = _headline(comparisons, cfg, tokens, lr)
+    return text if budgets is None or budgets.empty else f"{text} {budget_sentence(budgets, cfg)}"
+
+
+BUDGET_COLUMNS = ["budget", "diff", "ci_lo", "ci_hi", "p", "n_seeds", "n_items"]
+
+
+def budget_differences(items_by_budget: Mapping[int, pd.DataFrame], cfg: StatsConfig) -> pd.DataFrame:
+    """Candidate minus reference overall at each student token budget (points, crossed seeds x items CI)."""
+    rows = []
+    for budget, items in sorted(items_by_budget.items()):
+        mats = difference_matrices(items, cfg.candidate_arm, cfg.reference_arm)
+        if not mats:
+            continue
+        est = estimate(mats)
+        d, hw = float(est.mean), float(est.half_width(cfg.ci))
+        rows.append([int(budget), 100 * d, 100 * (d - hw), 100 * (d + hw), float(est.p()), mats[0].shape[0],
+                     sum(m.shape[1] for m in mats)])
+    return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
+
+
+def budget_sentence(budgets: pd.DataFrame, cfg: StatsConfig) -> str:
+    """"At every student token budget ...": the candidate-reference difference at each budget, with its interval."""
+    alpha = 1.0 - cfg.ci
+    parts = [f"{int(r.budget):,} tokens {r.diff:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]"
+             + ("" if r.p < alpha else " (n.s.)") for r in budgets.itertuples()]
+    return (f"Across student token budgets ({cfg.ci:.0%} CI, points overall, unadjusted): "
+            f"{cfg.candidate_arm} - {cfg.reference_arm} = {'; '.join(parts)}.")
+
+
+def _headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None,
+              lr: Mapping[str, float] | None) -> str:
     exp1, exp2 = f"Experiment 1 ({cfg.reference_arm})", f"Experiment 2 ({cfg.candidate_arm})"
     primary = comparisons[comparisons["role"] == PRIMARY]
     if primary.empty:

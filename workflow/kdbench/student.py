@@ -19,6 +19,7 @@ from kdbench.cache import TeacherCache
 from kdbench.capture import Online, online_teacher
 from kdbench.config import StudentConfig, TrainConfig, as_dict, build
 from kdbench.data import load_tokens
+from kdbench.flops import training_flops
 from kdbench.io import atomic_dir, read_json, write_json
 from kdbench.devices import device_for_rank, world
 from kdbench.layermap import layer_map
@@ -26,6 +27,7 @@ from kdbench.memory import keep_freed_memory
 from kdbench.models import (blocks, build_model, load_model, load_tokenizer, save_model,
                             vocabulary_sha256, width)
 from kdbench.provenance import fingerprint
+from kdbench.registry import specs
 from kdbench.train import Objective, TokenSource, train, write_curve
 
 
@@ -84,10 +86,14 @@ def copy_teacher_layers(student: torch.nn.Module, teacher: torch.nn.Module) -> N
     student.load_state_dict(state)
 
 
-def teacher_source(teacher: Path, arm: ArmConfig, init_dir: Path, model, data_dir: Path, online: Online | None):
+def teacher_source(teacher: Path, arm: ArmConfig, init_dir: Path, model, data_dir: Path, online: Online | None,
+                   teacher_sha256: str | None = None):
     """(batch source, manifest) of the teacher's targets: the cache at `teacher`, or, with `online`, the teacher
-    model at `teacher` run in this job. Either must match the student's vocabulary and tokenizer."""
+    model at `teacher` run in this job. Either must match the student's vocabulary and tokenizer and, when
+    `teacher_sha256` is given, be that teacher's (a random-teacher control's cache is refused as the real one's)."""
     expect = {"vocab_size": model.config.vocab_size, "vocabulary_sha256": vocabulary_sha256(load_tokenizer(init_dir))}
+    if teacher_sha256 is not None:
+        expect["teacher_sha256"] = teacher_sha256
     if online is None:
         cache = TeacherCache(teacher, expect=expect)
         cache.select(arm.components)
@@ -100,11 +106,12 @@ def teacher_source(teacher: Path, arm: ArmConfig, init_dir: Path, model, data_di
 
 
 def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, teacher: Path,
-                data_dir: Path, work_dir: Path, online: Online | None = None) -> tuple[torch.nn.Module, list[dict], dict]:
+                data_dir: Path, work_dir: Path, online: Online | None = None,
+                teacher_sha256: str | None = None) -> tuple[torch.nn.Module, list[dict], dict]:
     """Train one arm for one seed from the teacher cache at `teacher` (or, with `online`, the teacher model there);
-    returns (model, curve, summary)."""
+    returns (model, curve, summary). `teacher_sha256`: see `teacher_source`."""
     model = load_model(init_dir)
-    source, manifest = teacher_source(teacher, arm, init_dir, model, data_dir, online)
+    source, manifest = teacher_source(teacher, arm, init_dir, model, data_dir, online, teacher_sha256)
     pairs = arm.pairs(len(blocks(model)), manifest["teacher_layers"])
     objective = Objective(arm, pairs, Capture.from_settings(manifest["settings"]), model, manifest["teacher_width"],
                           seed)
@@ -114,13 +121,31 @@ def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init
     curve, summary = train(model, objective, source, cfg, seed, work_dir / "checkpoint.pt", key, val=val,
                            device=device_for_rank(), label=f"{arm_name}/seed{seed}")
     (work_dir / "checkpoint.pt").unlink(missing_ok=True)
-    return model, curve, {**summary, "layer_pairs": pairs}
+    flops = _flops(arm, pairs, objective, model, source, manifest, summary, online is not None)
+    return model, curve, {**summary, "layer_pairs": pairs, "flops": flops}
+
+
+def _flops(arm: ArmConfig, pairs, objective: Objective, model, source, m: dict, summary: dict, online: bool) -> dict:
+    """This job's training FLOPs by component (`kdbench.flops`): the teacher's forward counted once per
+    cached token, or, online, once per token the student trains on."""
+    reads: dict[str, int] = {}
+    for term in arm.terms:
+        for part in specs()[term].reads:
+            reads[part] = reads.get(part, 0) + (1 if part == "logits" else len(pairs))
+    teacher = {"layers": m["teacher_layers"], "width": m["teacher_width"], "vocab_size": m["vocab_size"],
+               "heads": m.get("teacher_heads", 1)} if arm.uses_teacher else None
+    projector = sum(p.numel() for p in objective.parameters())
+    return training_flops(sum(p.numel() for p in model.parameters()), projector, summary["tokens"], reads,
+                          model.config.vocab_size, source.seq_len, width(model), teacher,
+                          summary["tokens"] if online else min(summary["tokens"], source.n_seqs * source.seq_len))
 
 
 def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, teacher: Path,
-                  data_dir: Path, out_dir: Path, work_dir: Path, online: Online | None = None) -> None:
+                  data_dir: Path, out_dir: Path, work_dir: Path, online: Online | None = None,
+                  teacher_sha256: str | None = None) -> None:
     """Train one arm for one seed from the teacher cache (or online) and save the student."""
-    model, curve, summary = fit_student(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, work_dir, online)
+    model, curve, summary = fit_student(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, work_dir, online,
+                                        teacher_sha256)
     if world()[0] != 0:
         return
     with atomic_dir(out_dir) as tmp:
@@ -132,13 +157,14 @@ def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, in
 
 def train_student_distributed(processes: int, arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int,
                               init_dir: Path, teacher: Path, data_dir: Path, out_dir: Path, work_dir: Path,
-                              online: Online | None = None) -> None:
+                              online: Online | None = None, teacher_sha256: str | None = None) -> None:
     """Run `train_student` under torchrun with `processes` processes (DDP; nccl on GPUs, gloo on CPU)."""
     if processes <= 1:
-        return train_student(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, out_dir, work_dir, online)
+        return train_student(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, out_dir, work_dir, online,
+                             teacher_sha256)
     job = Path(work_dir) / "job.json"
     write_json(job, {"arm_name": arm_name, "arm": as_dict(arm), "train": as_dict(cfg), "seed": seed,
-                     "online": as_dict(online) if online else None,
+                     "online": as_dict(online) if online else None, "teacher_sha256": teacher_sha256,
                      "paths": [str(p) for p in (init_dir, teacher, data_dir, out_dir, work_dir)]})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "kdbench.student", str(job)]
@@ -154,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     arm = build(ArmConfig, job["arm"], f"arms.{job['arm_name']}")
     online = build(Online, job["online"], "online") if job["online"] else None
     train_student(job["arm_name"], arm, build(TrainConfig, job["train"], "student.train"), job["seed"],
-                  *map(Path, job["paths"]), online=online)
+                  *map(Path, job["paths"]), online=online, teacher_sha256=job.get("teacher_sha256"))
 
 
 if __name__ == "__main__":

@@ -44,3 +44,20 @@ def import_tokenizer(source: str, out_dir: Path, revision: str | None = None) ->
     tokenizer = load_tokenizer(source, revision)
     with atomic_dir(out_dir) as tmp:
         tokenizer.save_pretrained(tmp)
+
+
+def random_teacher(teacher_dir: Path, seed: int, out_dir: Path) -> None:
+    """An untrained model of the teacher's architecture (its config, fresh weights from `seed`), saved like the teacher.
+
+    The random-teacher controls distil from it: what a student gains from it is the regularising
+    effect of the loss terms, not knowledge (Mason-Williams et al.).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(teacher_dir))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    with atomic_dir(out_dir) as tmp:
+        save_model(model, teacher_dir, tmp)

@@ -15,7 +15,7 @@ rule cache_teacher:
         cache=config["cache"],
         capture=capture_spec(EXP),
         student_layers=student_depth(EXP, PRETRAINED["student"]),
-        student_tokens=EXP.student.train.tokens,
+        student_tokens=cached_tokens(EXP),  # the largest budget curve's, when it is larger
         work=f"{WORK}/cache",
     threads: workflow.cores
     priority: 10  # the critical path: every student waits for it

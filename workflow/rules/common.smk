@@ -3,7 +3,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from kdbench.checks import check_config_files, check_models, check_paths, check_tasks, student_depth
-from kdbench.experiment import capture_spec, load_experiment
+from kdbench.experiment import budget_arms, cached_tokens, capture_spec, control_arms, load_experiment
 from kdbench.plan import teacher_mode
 
 
@@ -24,12 +24,51 @@ SEEDS = list(EXP.seeds)
 STUDENTS = [f"students/{arm}/seed{seed}" for arm in ARMS for seed in SEEDS]
 FLOORS = [f"students/init/seed{seed}" for seed in SEEDS]
 MODELS = ["teacher", *FLOORS, *STUDENTS]
+# Random-teacher controls: "<arm>@random" twins, distilled from an untrained teacher (rules/analysis.smk).
+# They stay out of MODELS, so the headline's comparisons and their Holm family are the same with or without them.
+CONTROLS = control_arms(EXP)  # twin -> the arm it copies
+CONTROL_STUDENTS = [f"students/{arm}/seed{seed}" for arm in CONTROLS for seed in SEEDS]
+# Budget curves: reference, candidate and ce at each budget; the main budget reuses the main students.
+BUDGETS = list(EXP.analysis.budgets)
+
+
+def budget_model(budget, arm, seed):
+    if budget == EXP.student.train.tokens:
+        return f"students/{arm}/seed{seed}"
+    return f"budgets/b{budget}/students/{arm}/seed{seed}"
+
+
+BUDGET_SEEDS = SEEDS[: EXP.analysis.budget_seeds]  # None: all
+BUDGET_MODELS = {b: [budget_model(b, a, s) for a in budget_arms(EXP) for s in BUDGET_SEEDS] for b in BUDGETS}
+BUDGET_ONLY = sorted({m for ms in BUDGET_MODELS.values() for m in ms if m.startswith("budgets/")})
+A = f"{R}/analysis"  # the why analyses (rules/analysis.smk)
+PROBES = EXP.analysis.fidelity or EXP.analysis.cka
+ANALYSIS = PROBES or bool(CONTROLS) or bool(BUDGETS)
 
 
 wildcard_constraints:
-    arm="|".join(ARMS),
+    arm="|".join([*ARMS, *CONTROLS]),
     seed=r"\d+",
-    model=r"teacher|students/[A-Za-z0-9_.-]+/seed\d+",
+    budget=r"\d+",
+    model=r"teacher|(budgets/b\d+/)?students/[A-Za-z0-9_.@-]+/seed\d+",
+
+
+def base_arm(arm):
+    """The arm whose settings a student trains with: a control twin's original, else the arm itself."""
+    return CONTROLS.get(arm, arm)
+
+
+def student_cache(wildcards):
+    """The teacher's targets a student reads: its cache, or, online, the teacher model itself."""
+    control = wildcards.arm in CONTROLS
+    if ONLINE:
+        return f"{R}/controls/teacher" if control else f"{R}/teacher"
+    return f"{R}/controls/cache" if control else f"{R}/cache"
+
+
+def student_teacher(wildcards):
+    """The teacher whose cache this student must read (train_student refuses any other teacher's cache)."""
+    return f"{R}/controls/teacher" if wildcards.arm in CONTROLS else f"{R}/teacher"
 
 
 def corpus_files(wildcards):
@@ -55,14 +94,37 @@ def rendered_tasks(wildcards):
 ONLINE = TEACHER_MODE == "online"
 # What students read the teacher's targets from, and how: the cache, or the teacher itself run in their job.
 TEACHER_TARGETS = f"{R}/teacher" if ONLINE else f"{R}/cache"
-ONLINE_SPEC = {"cache": config["cache"], "student_tokens": EXP.student.train.tokens} if ONLINE else None
+ONLINE_SPEC = {"cache": config["cache"], "student_tokens": cached_tokens(EXP)} if ONLINE else None
 ONLINE_INPUTS = [f"{R}/data/train.npy"] if ONLINE else []  # the sequences the teacher runs over
 
 
 def tuned(wildcards):
-    """The tuning of an arm, when tuning is on (every arm is tuned, ce included)."""
-    return [f"{R}/tuning/{wildcards.arm}"] if EXP.tuning.enabled else []
+    """The tuning of an arm, when tuning is on (every arm, ce included; a control trains with its arm's)."""
+    return [f"{R}/tuning/{base_arm(wildcards.arm)}"] if EXP.tuning.enabled else []
 
 
 HEADLINE_PAIR = (EXP.stats.reference_arm, EXP.stats.candidate_arm)
 SENSITIVITY = [f"{R}/tuning/{arm}" for arm in HEADLINE_PAIR] if EXP.tuning.enabled and EXP.tuning.sensitivity else []
+
+
+def analysis_outputs():
+    """The files rule analyze writes under these settings (name -> path; report items wrapped)."""
+    out = {"why": report(f"{A}/why.md", caption="../report/why.rst", category="Answer")}
+    tables = []
+    if EXP.analysis.fidelity:
+        tables.append("fidelity")
+        out["fidelity_counts"] = f"{A}/fidelity_counts.csv"
+    if EXP.analysis.cka:
+        tables.append("cka")
+    if CONTROLS:
+        tables.append("controls")
+    if BUDGETS:
+        tables.append("budgets")
+    for name in tables:
+        out[f"{name}_md"] = report(f"{A}/{name}.md", caption=f"../report/{name}_table.rst", category="Why")
+        out[f"{name}_csv"] = f"{A}/{name}.csv"
+        out[f"{name}_tex"] = f"{A}/{name}.tex"
+        if name != "controls":
+            out[f"{name}_png"] = report(f"{A}/figures/{name}.png", caption=f"../report/{name}.rst", category="Why")
+            out[f"{name}_pdf"] = f"{A}/figures/{name}.pdf"
+    return out

@@ -3,6 +3,8 @@ rule aggregate:
         evals=expand(f"{R}/eval/{{model}}/results.json", model=MODELS),
         models=[f"{R}/{m}" for m in MODELS],
         tuning=SENSITIVITY,
+        budget_evals=expand(f"{R}/eval/{{model}}/results.json", model=BUDGET_ONLY),  # the headline's budget clause
+        budget_models=[f"{R}/{m}" for m in BUDGET_ONLY],
     output:
         summary=f"{R}/summary.csv",
         table=report(f"{R}/table.md", caption="../report/table.rst", category="Answer"),
@@ -28,6 +30,7 @@ rule aggregate:
     params:
         stats=config["stats"],
         models=MODELS,
+        budgets=BUDGET_MODELS,
         results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
         out=lambda w, output: str(Path(output.summary).parent),
     script:
@@ -40,10 +43,12 @@ rule landing:
         headline=rules.aggregate.output.headline,
         table=rules.aggregate.output.table,
         paired=rules.aggregate.output.paired,
+        why=[f"{A}/why.md"] if ANALYSIS else [],
     output:
         headline=f"{R}/landing/headline.html",
         table=f"{R}/landing/table.html",
         paired=f"{R}/landing/paired.html",
+        **({"why": f"{R}/landing/why.html"} if ANALYSIS else {}),
     conda:
         ENV
     log:
@@ -63,6 +68,11 @@ rule paper:
         evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=MODELS)),
         models=ancient([f"{R}/{m}" for m in MODELS]),
         tuning=ancient(SENSITIVITY),
+        budget_evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=BUDGET_ONLY)),
+        budget_models=ancient([f"{R}/{m}" for m in BUDGET_ONLY]),
+        # the why analyses (paper/analysis/): control evaluations and the probes' KL and CKA, never recomputed here
+        control_evals=ancient(expand(f"{R}/eval/{{model}}/results.json", model=CONTROL_STUDENTS)),
+        probes=ancient([f"{A}/probes/kl.csv", f"{A}/probes/cka.csv"] if PROBES else []),
     output:
         directory(f"{R}/paper"),
     conda:
@@ -74,7 +84,11 @@ rule paper:
     params:
         stats=config["stats"],
         models=MODELS,
+        budgets=BUDGET_MODELS,
         results=lambda w, input: str(Path(input.evals[0]).parents[2]),  # results/<experiment>
         out=lambda w, output: output[0],
+        analysis=config.get("analysis", {}) if ANALYSIS else None,
+        arms=config["arms"],
+        controls=CONTROLS,
     script:
-        "../scripts/aggregate.py"
+        "../scripts/paper.py"

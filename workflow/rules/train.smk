@@ -52,7 +52,8 @@ if EXP.tuning.enabled:
 rule train_student:
     input:
         init=f"{R}/students/init/seed{{seed}}",
-        cache=TEACHER_TARGETS,
+        cache=student_cache,
+        teacher=student_teacher,
         val=f"{R}/data/val.npy",
         train=ONLINE_INPUTS,
         tuned=tuned,
@@ -65,7 +66,7 @@ rule train_student:
     benchmark:
         f"{BENCH}/train_student/{{arm}}/seed{{seed}}.tsv"
     params:
-        arm=lambda w: config["arms"][w.arm],
+        arm=lambda w: config["arms"][base_arm(w.arm)],
         train=config["student"]["train"],
         work=lambda w: f"{WORK}/students/{w.arm}/seed{w.seed}",
         online=ONLINE_SPEC,

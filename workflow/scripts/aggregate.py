@@ -2,10 +2,11 @@
 from pathlib import Path
 
 from kdbench.config import StatsConfig, build
-from kdbench.report import aggregate, model_evals
+from kdbench.report import aggregate, budget_models, model_evals
 from kdbench.snake import run_job
 
 p = snakemake.params
 cfg = build(StatsConfig, p.stats, "stats")
 tuning = Path(p.results) / "tuning" if snakemake.input.tuning else None  # tuning.sensitivity: the headline pair
-run_job(snakemake, lambda: aggregate(model_evals(Path(p.results), p.models), cfg, Path(p.out), tuning))
+run_job(snakemake, lambda: aggregate(model_evals(Path(p.results), p.models), cfg, Path(p.out), tuning,
+                                     budget_models(Path(p.results), p.budgets)))

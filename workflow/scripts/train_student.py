@@ -1,4 +1,7 @@
-"""Snakemake job: train one arm for one seed from the teacher cache (torchrun when gpu > 1)."""
+"""Snakemake job: train one arm for one seed from the teacher cache (torchrun when gpu > 1).
+
+The cache must be the given teacher's (a control's cache is never read as the real teacher's).
+"""
 from dataclasses import replace
 from pathlib import Path
 
@@ -6,6 +9,7 @@ from kdbench.arms import ArmConfig
 from kdbench.capture import Online
 from kdbench.config import TrainConfig, as_dict, build
 from kdbench.io import read_json
+from kdbench.provenance import weights_sha256
 from kdbench.snake import run_job
 from kdbench.student import train_student_distributed
 
@@ -18,5 +22,6 @@ if snakemake.input.tuned:  # the trial that won on validation loss
 out = Path(snakemake.output[0])
 run_job(snakemake, lambda: train_student_distributed(
     snakemake.resources.gpu, w.arm, arm, cfg, int(w.seed), Path(snakemake.input.init), Path(snakemake.input.cache),
-    Path(snakemake.input.val).parent, out, Path(p.work), build(Online, p.online, "online") if p.online else None),
+    Path(snakemake.input.val).parent, out, Path(p.work), build(Online, p.online, "online") if p.online else None,
+    weights_sha256(Path(snakemake.input.teacher))),
     states={out / "train.json": {"arm": w.arm, "seed": int(w.seed), "config": as_dict(cfg), "arm_config": as_dict(arm)}})
