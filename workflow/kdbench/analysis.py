@@ -120,7 +120,7 @@ def cka_table(grid: pd.DataFrame, mapped: Mapping[str, Sequence[tuple[int, int]]
             seeds.append([arm, seed, value])
         pair_means = {f"cka_{s}_{t}": float(g.loc[(s, t), "cka"].mean()) for s, t in pairs}
         rows.append({"arm": arm, "pairs": " ".join(f"{s}->{t}" for s, t in pairs),
-                     **dict(zip(("cka", "cka_lo", "cka_hi"), fidelity.seed_interval(per_seed, ci))),
+                     **dict(zip(("cka", "cka_lo", "cka_hi"), fidelity.seed_interval(per_seed, ci, (0.0, 1.0)))),
                      "n_seeds": len(per_seed), **pair_means})
     return pd.DataFrame(rows), pd.DataFrame(seeds, columns=["arm", "seed", "cka"])
 

@@ -103,7 +103,8 @@ def config_reference() -> str:
 
 
 def results_section(root: Path, results: str) -> str:
-    """The README's results: headline, main table, forest plot and comparison table of `root/results`, as they are."""
+    """The README's results, as the run wrote them: headline, main table, forest plot and comparison
+    table of `root/results`, then the why analyses (why.md, their tables and figures) where it has them."""
     results_dir = Path(root) / results
     files = [results_dir / name for name in ("headline.txt", "table.md", "comparison.md")]
     missing = [str(f) for f in files if not f.is_file()]
@@ -111,8 +112,17 @@ def results_section(root: Path, results: str) -> str:
         raise KdbenchError(f"results section: missing {', '.join(missing)}")
     headline, table, comparison = (f.read_text().strip() for f in files)
     table = table.removeprefix(headline).strip()  # older tables open with the headline
-    return "\n\n".join([f"> {headline}", table, f"![Paired differences]({results}/figures/paired.png)",
-                        f"`{results}/comparison.md`:", comparison])
+    parts = [f"> {headline}", table, f"![Paired differences]({results}/figures/paired.png)",
+             f"`{results}/comparison.md`:", comparison]
+    analysis = results_dir / "analysis"
+    if (analysis / "why.md").is_file():
+        parts += ["### Why", (analysis / "why.md").read_text().strip()]
+    for name in ("sensitivity", "analysis/controls", "analysis/budgets", "analysis/fidelity", "analysis/cka"):
+        if (results_dir / f"{name}.md").is_file():
+            parts += [f"`{results}/{name}.md`:", (results_dir / f"{name}.md").read_text().strip()]
+        if (results_dir / f"{Path(name).parent}/figures/{Path(name).name}.png").is_file():
+            parts.append(f"![{Path(name).name}]({results}/{Path(name).parent}/figures/{Path(name).name}.png)")
+    return "\n\n".join(parts)
 
 
 def splice(text: str, section: str) -> str:

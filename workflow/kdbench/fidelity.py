@@ -98,14 +98,17 @@ def agreement_table(items: pd.DataFrame, arms: Sequence[str], ci: float) -> pd.D
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
 
 
-def seed_interval(values: Sequence[float], ci: float) -> tuple[float, float, float]:
-    """Mean of per-seed values and its t interval over seeds (NaN bounds with one seed)."""
+def seed_interval(values: Sequence[float], ci: float, bounds: tuple[float, float] = (-np.inf, np.inf)
+                  ) -> tuple[float, float, float]:
+    """Mean of per-seed values and its t interval over seeds, clipped to the quantity's `bounds`
+    (NaN bounds with one seed)."""
     v = np.asarray(values, dtype=float)
     mean = float(v.mean()) if len(v) else float("nan")
     if len(v) < 2:
         return mean, float("nan"), float("nan")
     hw = float(sps.t.ppf((1 + ci) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return mean, mean - hw, mean + hw
+    lo, hi = np.clip([mean - hw, mean + hw], *bounds)
+    return mean, float(lo), float(hi)
 
 
 def kl_table(kl: pd.DataFrame, arms: Sequence[str], ci: float) -> pd.DataFrame:
@@ -114,7 +117,7 @@ def kl_table(kl: pd.DataFrame, arms: Sequence[str], ci: float) -> pd.DataFrame:
     for arm in arms:
         values = kl.loc[kl["arm"] == arm, "kl"]
         if len(values):
-            rows.append([arm, *seed_interval(values, ci), len(values)])
+            rows.append([arm, *seed_interval(values, ci, (0.0, np.inf)), len(values)])  # a KL is >= 0
     return pd.DataFrame(rows, columns=["arm", "kl", "kl_lo", "kl_hi", "n_seeds"])
 
 
@@ -149,4 +152,5 @@ def _interval(mats: list[np.ndarray], ci: float) -> tuple[float, float, float]:
     if min(m.shape[1] for m in mats) < 2:
         return mean, float("nan"), float("nan")
     hw = 100 * float(est.half_width(ci))
-    return mean, mean - hw, mean + hw
+    lo, hi = np.clip([mean - hw, mean + hw], 0.0, 100.0)  # a share in points
+    return mean, float(lo), float(hi)
