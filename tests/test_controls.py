@@ -66,11 +66,12 @@ def test_control_cache_is_refused_as_the_real_teachers(two_caches):
 
 def test_controls_config_names_teacher_arms_and_reserves_the_suffix():
     arms = {"ce": {"terms": {"ce": 1.0}}, "logit": {"terms": {"ce": 0.5, "fkl": 0.5}}}
-    exp = load_experiment({"arms": arms, "controls": {"random_teacher": ["logit"]}})
+    stats = {"reference_arm": "ce", "candidate_arm": "logit"}
+    exp = load_experiment({"arms": arms, "stats": stats, "controls": {"random_teacher": ["logit"]}})
     assert control_arms(exp) == {"logit@random": "logit"}
     with pytest.raises(KdbenchError, match="not an arm that reads the teacher"):
-        load_experiment({"arms": arms, "controls": {"random_teacher": ["ce"]}})
+        load_experiment({"arms": arms, "stats": stats, "controls": {"random_teacher": ["ce"]}})
     with pytest.raises(KdbenchError, match="reserved or invalid arm name"):
-        load_experiment({"arms": {**arms, "x@random": {"terms": {"ce": 1.0}}}})
+        load_experiment({"arms": {**arms, "x@random": {"terms": {"ce": 1.0}}}, "stats": stats})
     with pytest.raises(KdbenchError, match="equals teacher.seed"):
-        load_experiment({"arms": arms, "controls": {"random_teacher": ["logit"], "seed": 0}})
+        load_experiment({"arms": arms, "stats": stats, "controls": {"random_teacher": ["logit"], "seed": 0}})
