@@ -230,6 +230,20 @@ def test_partial_folder_reports_absent_artifacts_as_not_shipped(smoke, tmp_path)
 
 
 @pytest.mark.slow
+def test_partial_folder_may_ship_a_model_folder_without_its_weights(smoke, tmp_path):
+    """results/reference keeps each student's train.json and curve.csv: the files there must match their record."""
+    shared = copy_run(smoke.results, tmp_path / "reference")
+    (shared / STUDENT / "model.safetensors").unlink()
+    result = audit(shared, partial=True)
+    assert result.ok, result.problems
+    assert next(a for a in result.artifacts if a.path == STUDENT).status == "NOT SHIPPED"
+    described = read_json(shared / STUDENT / "train.json")
+    described["steps"] += 1
+    write_json(shared / STUDENT / "train.json", described)
+    assert first_problem(shared, partial=True)[0] == STUDENT
+
+
+@pytest.mark.slow
 def test_console_script_text_json_and_exit_codes(run_copy):
     out = kdbench("audit", str(run_copy))
     assert out.returncode == 0, out.stdout + out.stderr

@@ -184,6 +184,20 @@ def test_paper_target_regenerates_without_training(smoke):
 
 
 @pytest.mark.slow
+def test_kdbench_paper_regenerates_a_shared_folder_without_models(smoke, tmp_path):
+    """`kdbench paper` on a copy without models and caches (as results/reference ships) writes the same answer."""
+    import shutil
+
+    from kdbench.cli import main
+
+    shared = tmp_path / "shared"
+    shutil.copytree(smoke, shared, ignore=shutil.ignore_patterns("model.safetensors", "*.npy", ".work", "paper"))
+    assert main(["paper", str(shared)]) == 0
+    for name in ("headline.txt", "table.md", "comparison.md", "analysis/why.md"):
+        assert (shared / "paper" / name).read_text() == (smoke / name).read_text(), name
+
+
+@pytest.mark.slow
 def test_html_report_builds(smoke):
     root = smoke.parents[1]
     out = snakemake("--report", str(root / "report.html"), "--configfile", str(SMOKE), cwd=root)

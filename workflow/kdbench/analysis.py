@@ -28,8 +28,8 @@ from kdbench.config import AnalysisConfig, StatsConfig
 from kdbench.evaluate import task_label
 from kdbench.io import atomic_path, read_json
 from kdbench.layermap import layer_map
-from kdbench.report import (ModelEval, _latex, _markdown, _write_csv, budget_models, item_frame, load_evals,
-                            model_evals)
+from kdbench.report import (ModelEval, _latex, _markdown, _write_csv, aggregate, budget_models, item_frame,
+                            load_evals, model_evals)
 from kdbench.stats import OVERALL
 
 
@@ -259,3 +259,21 @@ def _tables(base: Path, raw: pd.DataFrame, view: pd.DataFrame, caption: str) -> 
 
 
 __all__ = ["analyze", "budget_tables", "cka_table", "control_gains", "mapped_pairs", "KdbenchError"]
+
+
+def paper(results_dir: Path, out: Path, cfg: StatsConfig, models: Sequence[str], budgets: Mapping[int, Sequence[str]],
+          analysis: AnalysisConfig | None = None, arms: Mapping[str, ArmConfig] | None = None,
+          controls: Mapping[str, str] | None = None) -> None:
+    """Every table and figure of a finished run into `out`, the why analyses into `out/analysis`.
+
+    Reads only what the run kept: evaluations, train.json files, tuning records and the probes' KL
+    and CKA tables, so it runs on a shared results folder without models (`kdbench paper`).
+    """
+    results_dir, budgets = Path(results_dir), {int(b): list(m) for b, m in budgets.items()}
+    tuning = results_dir / "tuning"
+    aggregate(model_evals(results_dir, models), cfg, out, tuning if tuning.is_dir() else None,
+              budget_models(results_dir, budgets))
+    if analysis is not None:
+        probes = results_dir / "analysis" / "probes"
+        kl, cka = ((probes / name) if (probes / name).is_file() else None for name in ("kl.csv", "cka.csv"))
+        analyze(results_dir, cfg, analysis, arms or {}, models, controls or {}, budgets, kl, cka, Path(out) / "analysis")

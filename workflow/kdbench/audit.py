@@ -267,6 +267,8 @@ class _Auditor:
         if shown in self.artifacts:
             return
         now = self.current(path)
+        if self.partial and now is not None and rec is not None and now != recorded and self.partly_shipped(path, rec):
+            now = None  # a folder shipped without its large files: what is there matched file by file
         self.artifacts[shown] = Artifact(shown, depth, now, recorded, rec.label() if rec else None)
         if rec is None and path.startswith(self.prefix):
             self.problem(path, "no record names it as an output (only inputs from outside the folder may lack one)")
@@ -275,6 +277,14 @@ class _Auditor:
         elif now is not None and rec is not None and now != recorded:
             self.problem(path, f"sha256 {short(now)}, but {self.show_file(rec.file)} says {short(recorded)}"
                                f"{self.differing_files(path, rec)}")
+
+    def partly_shipped(self, path: str, rec: Record) -> bool:
+        """A folder whose every present file is one its record lists, with the recorded hash (some absent)."""
+        local, listed = self.local(path), rec.data.get("files", {}).get(path)
+        if local is None or not local.is_dir() or listed is None:
+            return False
+        now = tree_hashes(local)
+        return set(now) < set(listed) and all(listed[name] == sha for name, sha in now.items())
 
     def differing_files(self, path: str, rec: Record) -> str:
         """'; differing files: model.safetensors' from the record's per-file hashes, or the cache's own check."""
@@ -312,8 +322,9 @@ class _Auditor:
             return
         for model in rec.data.get("inputs", {}).get("model", {}):
             local = self.local(model)
-            if local is None or not local.is_dir():
-                continue
+            shipped = self.artifacts.get(self.show(model))
+            if local is None or not local.is_dir() or shipped is not None and shipped.sha256 is None:
+                continue  # absent, or shipped without its weights
             try:
                 weights, tokenizer = model_hashes(local)
             except KdbenchError as e:

@@ -161,14 +161,20 @@ def format_result(result: AuditResult) -> str:
 
 
 def _paper(args: argparse.Namespace) -> int:
-    from kdbench.config import StatsConfig, build
-    from kdbench.report import aggregate, model_evals
+    from kdbench.analysis import paper
+    from kdbench.arms import ArmConfig
+    from kdbench.config import AnalysisConfig, StatsConfig, build
+    from kdbench.io import read_json
+    from kdbench.provenance import record_path
 
     params = _recorded(args.results_dir)
+    why = record_path(args.results_dir / "analysis" / "why.md")
+    analyzed = read_json(why)["params"] if why.is_file() else None
     out = args.results_dir / "paper"
-    tuning = args.results_dir / "tuning"
-    aggregate(model_evals(args.results_dir, params["models"]), build(StatsConfig, params["stats"], "stats"), out,
-              tuning if tuning.is_dir() else None)
+    paper(args.results_dir, out, build(StatsConfig, params["stats"], "stats"), params["models"], params.get("budgets", {}),
+          build(AnalysisConfig, analyzed["analysis"], "analysis") if analyzed else None,
+          {n: build(ArmConfig, a, f"arms.{n}") for n, a in analyzed["arms"].items()} if analyzed else None,
+          analyzed["controls"] if analyzed else None)
     print(f"wrote the tables, headline and figures of {args.results_dir} into {out}")
     return 0
 
