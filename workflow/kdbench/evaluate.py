@@ -137,9 +137,9 @@ def evaluate_model(model_dir: Path, cfg: EvalConfig, out_path: Path, include_pat
         "samples": {name: [_sample_record(s) for s in sorted(raw["samples"][name], key=lambda s: s["doc_id"])]
                     for name in tasks},
     }
-    write_json(out_path, result)
+    write_json(out_path, result, compact=True)  # per-item records: half the bytes of indented JSON
     if stored is not None:
-        write_json(stored, result)
+        write_json(stored, result, compact=True)
     return result
 
 

@@ -128,10 +128,11 @@ class DirectWriter:
         self.fill = 0
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically, keys sorted, so equal content gives equal bytes."""
+def write_json(path: Path, obj: Any, compact: bool = False) -> None:
+    """Write JSON atomically, keys sorted, so equal content gives equal bytes; `compact` for bulky data."""
+    layout = {"separators": (",", ":")} if compact else {"indent": 2}
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(obj, sort_keys=True, default=str, **layout) + "\n")
 
 
 def read_json(path: Path) -> Any:
