@@ -18,7 +18,7 @@ EXP ?= default
 PRESET := $(if $(filter default,$(EXP)),,--configfile config/presets/$(EXP).yaml)
 REPORT := results/$(EXP)/report.html
 
-.PHONY: setup browser run smoke test test-quick test-slurm gpu-check lint report report-png paper docs clean
+.PHONY: setup browser run smoke test test-quick test-slurm gpu-check lint report report-png paper docs reference clean
 
 setup: $(STAMP)
 
@@ -70,6 +70,15 @@ paper: setup
 
 docs: setup
 	$(BIN)/kdbench docs
+
+# results/paper (make run EXP=paper, then make report-png EXP=paper) -> results/reference: every record,
+# evaluation, table, figure and analysis, and of each model only its train.json, curve.csv and config;
+# weights, caches, token arrays, the corpus and the HTML report stay behind (audit --partial checks the rest)
+reference:
+	rm -rf results/reference && mkdir -p results/reference
+	cd results/paper && find . -type f ! -path './.work/*' ! -name '*.safetensors' ! -name '*.npy' \
+	  ! -name 'tokenizer.json' ! -name 'corpus.jsonl' ! -name 'report.html' -exec cp --parents {} ../reference/ \;
+	$(BIN)/kdbench audit results/reference --partial | tail -n 1
 
 clean:
 	rm -rf results/default results/smoke logs benchmarks .snakemake
