@@ -218,13 +218,11 @@ def bench_gpu(preset: Path, steps: int, rounds: int, device: str = "cuda") -> di
         raise SystemExit("bench gpu: no CUDA device here; run `make gpu-check` on a machine with a GPU")
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from kdbench.checks import load_config
     from kdbench.models import describe
     from kdbench.plan import PEAK_TFLOPS, arch_shape, described_shape
 
-    config = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text())}
-    for key, value in yaml.safe_load(Path(preset).read_text()).items():
-        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
-    exp = load_experiment({**config, "gpus": 1})
+    exp = load_experiment({**load_config([REPO / "config" / "config.yaml", preset]), "gpus": 1})  # as snakemake merges
     teacher_config = AutoConfig.from_pretrained(str(REPO / "config" / "models" / exp.teacher.source))
     teacher = AutoModelForCausalLM.from_config(teacher_config).to(device).eval()
     vocab, seq_len, batch = teacher_config.vocab_size, exp.data.seq_len, exp.student.train.batch_size

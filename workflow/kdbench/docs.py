@@ -49,8 +49,9 @@ def _type(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_type(a) for a in args)
     if origin in (list, tuple):
-        return f"list of {_type(args[0])}" if len(args) == 2 and args[1] is Ellipsis or len(args) == 1 else \
-            f"list of {len(args)} ({', '.join(_type(a) for a in args)})"
+        if len(args) == 1 or args[1:] == (Ellipsis,):
+            return f"list of {_type(args[0])}"
+        return f"list of {len(args)} ({', '.join(_type(a) for a in args)})"
     if origin is dict:
         return f"mapping {_type(args[0])} -> {_type(args[1])}"
     if tp is type(None):
