@@ -183,3 +183,17 @@ def test_training_conditions_come_from_train_json(models, tmp_path):
     aggregate(with_train, StatsConfig(), tmp_path / "out")
     headline = (tmp_path / "out/headline.txt").read_text()
     assert "student tokens 400,000; learning rate 0.003 (logit), 0.001 (logit_hidden)" in headline
+
+
+def test_sensitivity_sentence_counts_intervals_that_exclude_zero():
+    """A difference of -0.0 is no sign: the sentence counts settings whose interval excludes 0, by side."""
+    from kdbench.report import _sensitivity_sentence
+
+    cfg = StatsConfig(reference_arm="logit", candidate_arm="logit_hidden")
+    table = pd.DataFrame({"lr": [0.003, 0.008, 0.0015], "diff": [-0.0, 3.0, -2.5],
+                          "ci_lo": [-2.3, 1.0, -4.0], "ci_hi": [2.3, 5.0, -0.5]})
+    sentence = _sensitivity_sentence(table, cfg)
+    assert "ranged from -2.5 to +3.0 points" in sentence
+    assert "excluded 0 in 2 of 3 (1 above 0, 1 below)" in sentence
+    table[["ci_lo", "ci_hi"]] = [[-1.0, 1.0]] * 3
+    assert "excluded 0 in none of the 3." in _sensitivity_sentence(table, cfg)

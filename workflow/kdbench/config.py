@@ -180,8 +180,8 @@ class TuningConfig:
     temperature: tuple[float, float] = (1.0, 4.0)   # log-uniform range, for arms with logit terms
     weight_scale: tuple[float, float] = (0.25, 4.0)  # log-uniform multiplier of every teacher term's weight
     seed: int = 0                                   # the student seed (initialisation, data order) of the trials
-    # Also score the headline pair's trials on the suite, to report whether the sign of their difference
-    # holds across settings (never used to choose a trial).
+    # Also score the headline pair's trials on the suite, to report how their difference varies across
+    # settings and where its interval excludes 0 (never used to choose a trial).
     sensitivity: bool = False
 
 

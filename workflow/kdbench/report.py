@@ -143,11 +143,16 @@ def tuning_sensitivity(tuning: Path, cfg: StatsConfig) -> pd.DataFrame | None:
 
 
 def _sensitivity_sentence(table: pd.DataFrame, cfg: StatsConfig) -> str:
-    same = int((np.sign(table["diff"]) == np.sign(table["diff"].iloc[0])).sum())
+    """The range of the headline difference over the tuning settings, and in how many its interval excludes 0."""
+    above, below = int((table["ci_lo"] > 0).sum()), int((table["ci_hi"] < 0).sum())
+    excluded = (f"in {above + below} of {len(table)} ({above} above 0, {below} below)" if above + below
+                else f"in none of the {len(table)}")
     return (f"Across the {len(table)} tuning settings (learning rate {table['lr'].min():.2g} to {table['lr'].max():.2g}, "
             f"at the tuning budget, one seed each), {cfg.candidate_arm} minus {cfg.reference_arm} ranged from "
-            f"{table['diff'].min():+.1f} to {table['diff'].max():+.1f} points overall, with the sign of the "
-            f"configured setting's in {same} of {len(table)}.")
+            f"{table['diff'].min():+.1f} to {table['diff'].max():+.1f} points overall; its {cfg.ci:.0%} interval "
+            f"excluded 0 {excluded}.")
+
+
 def budget_frame(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -> pd.DataFrame:
     """Candidate minus reference at each budget (`stats.budget_differences`)."""
     frames = {}
