@@ -46,47 +46,52 @@ def test_round_trip_is_bit_exact(tmp_path, tokens):
     write(tmp_path, tokens)
     cache = TeacherCache(tmp_path / "cache", verify=True)
     model = teacher().eval()
-    model.set_attn_implementation("eager")
     with torch.no_grad():  # same batches as the writer: results must not depend on batching luck
         chunks = [forward_taps(model, torch.from_numpy(tokens[b : b + 3].astype(np.int64)), **dataclasses.asdict(CAPTURE))
                   for b in range(0, N, 3)]
     logits = torch.cat([c.logits for c in chunks])
-    taps = {f: torch.cat([c.stacked(f) for c in chunks]) for f in ("hidden", "attentions", "qkv")}
+    hidden = torch.cat([c.stacked() for c in chunks])
+    qk, qkv = (torch.cat([torch.stack([r.packed(parts) for r in getattr(c, name)], 1) for c in chunks])
+               for name, parts in (("attentions", "qk"), ("qkv", "qkv")))  # (N, L, T, width)
     values, ids, tail = topk_targets(logits, 8)
     idx = np.arange(N)
     assert np.array_equal(cache.gather("input_ids", idx), tokens)
     assert np.array_equal(cache.gather("topk_logprobs", idx), values.half().numpy())
     assert np.array_equal(cache.gather("topk_ids", idx), ids.numpy().astype(np.uint8))
     assert np.array_equal(cache.gather("tail_logprob", idx), tail.numpy())
-    assert np.array_equal(cache.gather("hidden", idx), taps["hidden"].bfloat16().view(torch.uint16).numpy())
-    assert np.array_equal(cache.gather("qkv", idx), taps["qkv"].bfloat16().view(torch.uint16).numpy())
+    assert np.array_equal(cache.gather("hidden", idx), hidden.bfloat16().view(torch.uint16).numpy())
+    assert np.array_equal(cache.gather("attention_qk", idx), qk.half().numpy()) and qk.shape[-1] == 2 * 16
+    assert np.array_equal(cache.gather("qkv", idx), qkv.half().numpy()) and qkv.shape[-1] == 3 * 16
     batch = cache.batch(np.array([7, 2, 5]))  # crosses shards, keeps the requested order
     assert torch.equal(batch.input_ids, torch.from_numpy(tokens[[7, 2, 5]].astype(np.int64)))
-    assert torch.equal(batch.hidden, taps["hidden"][[7, 2, 5]].bfloat16().float())
-    assert torch.equal(batch.attentions, taps["attentions"][[7, 2, 5]].half().float())  # packed, then unpacked
+    assert torch.equal(batch.hidden, hidden[[7, 2, 5]].bfloat16().float())
     assert batch.hidden.shape == (3, 2, T, 16) and batch.attentions.shape == (3, 2, 2, T, T)
+    assert batch.qkv.shape == (3, 2, 3, T, 16)
+    exact = torch.cat([c.maps() for c in chunks])[[7, 2, 5]]  # from float32 q/k: the stored float16 rounds them
+    torch.testing.assert_close(batch.attentions, exact, atol=2e-3, rtol=0)
+    torch.testing.assert_close(batch.attentions.sum(-1), torch.ones(3, 2, 2, T))
+    assert not batch.attentions.triu(1).any()
 
 
 def test_manifest_records_identity_and_sizes(tmp_path, tokens):
     m = write(tmp_path, tokens)
     assert m["teacher_sha256"] == IDENTITY["teacher_sha256"] and m["top_k"] == 8
     assert Capture.from_settings(m["settings"]) == CAPTURE and len(m["shards"]) == math.ceil(N / 4)
+    assert m["attention_heads"] == {"heads": 2, "kv_heads": 2, "head_dim": 8, "scaling": 8 ** -0.5}
     logit_bytes = sum(m["bytes_per_token"][c] for c in ("topk_logprobs", "topk_ids", "tail_logprob"))
     assert logit_bytes <= 4 * 8 + 8
-    assert m["bytes_per_token"]["attentions"] == 2 * 2 * 2 * (T + 1) / 2  # L * H * fp16 * a lower-triangle row
+    assert m["bytes_per_token"]["attention_qk"] == 2 * 2 * 16 * 2  # L * (q + k) * width * fp16: no T in it
     fid = read_json(tmp_path / "cache" / "fidelity.json")
     assert fid["kl_topk_mean"] > 0 and 0 < fid["tail_mass_mean"] < 1
+    assert fid["attention_formula_max_abs_err"] < 1e-5 and 0 < fid["attention_max_abs_err"] < 2e-3
 
 
-def test_non_causal_attention_is_refused(tmp_path, tokens, monkeypatch):
-    real = capture_mod.forward_taps
-
-    def bidirectional(*args, **kwargs):
-        taps = real(*args, **kwargs)
-        return dataclasses.replace(taps, attentions=tuple(a.flip(-1) for a in taps.attentions))
-
-    monkeypatch.setattr(capture_mod, "forward_taps", bidirectional)
-    with pytest.raises(KdbenchError, match="weight above the diagonal"):
+def test_attention_other_than_the_formula_is_refused(tmp_path, tokens, monkeypatch):
+    """A teacher whose maps are not softmax(q k^T * scale) under a causal mask (here: its eager kernel
+    attends bidirectionally) is refused before any shard is written."""
+    real = capture_mod._eager_maps
+    monkeypatch.setattr(capture_mod, "_eager_maps", lambda *a: real(*a).flip(-1))
+    with pytest.raises(KdbenchError, match=r"gpt2's attention maps are not softmax\(q k\^T \* scale\)"):
         write(tmp_path, tokens)
     assert not (tmp_path / "cache").exists()
 
@@ -220,7 +225,7 @@ def test_select_serves_only_what_an_arm_reads(tmp_path, tokens):
     cache.select(ArmConfig(terms={"ce": 0.5, "fkl": 0.5}).components)
     batch = cache.batch(np.arange(2))
     assert batch.topk_ids is not None and batch.hidden is None
-    with pytest.raises(KdbenchError, match="holds no attentions"):
+    with pytest.raises(KdbenchError, match="holds no attention_qk"):
         cache.select(ArmConfig(terms={"attn_kl": 1.0}).components)
 
 

@@ -31,7 +31,7 @@ IDENTITY = {"teacher_sha256": "t" * 64, "vocabulary_sha256": "k" * 64, "tokens_s
 def test_planned_bytes_match_a_written_cache(tmp_path):
     exp = load_experiment(CONFIG)
     p = plan(exp, {})
-    assert p.n_seqs == 10 and p.layers == {"hidden": 2, "attentions": 2, "qkv": 1}
+    assert p.n_seqs == 10 and p.layers == {"hidden": 2, "attention_qk": 2, "qkv": 1}
     teacher = build_model(exp.teacher.arch, V, T, 0, seed=0)
     tokens = np.random.default_rng(0).integers(0, V, size=(p.n_seqs, T)).astype(np.uint16)
     manifest = write_teacher_cache(teacher, tokens, IDENTITY, exp.cache, capture_for(exp.arms, 2, 3),

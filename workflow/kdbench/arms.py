@@ -17,6 +17,7 @@ from kdbench.registry import LAYERED, reads, specs
 REFERENCE_MODELS = ("teacher", "init")  # models evaluated beside the arms, never arms themselves
 CONTROL_SUFFIX = "@random"  # "<arm>@random": the arm distilled from an untrained teacher (reserved: '@')
 LOGIT_COMPONENTS = ("topk_logprobs", "topk_ids", "tail_logprob")  # what "logits" is stored as in the cache
+STORED_AS = {"attentions": "attention_qk"}  # maps are derived from cached queries and keys
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class ArmConfig:
     @property
     def components(self) -> tuple[str, ...]:
         """Every teacher-cache component this arm's terms read."""
-        return ("input_ids", *(LOGIT_COMPONENTS if "logits" in self.reads else ()), *self.layer_components)
+        return ("input_ids", *(LOGIT_COMPONENTS if "logits" in self.reads else ()),
+                *(STORED_AS.get(name, name) for name in self.layer_components))
 
     @property
     def uses_layers(self) -> bool:

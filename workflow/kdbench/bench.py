@@ -105,8 +105,6 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
     vocab = teacher.config.vocab_size
     tokens = _tokens(n_seqs, exp.data.seq_len, vocab)
     capture = capture_for(exp.arms, exp.student.arch.n_layer, exp.teacher.arch.n_layer)
-    if capture.attentions:  # the same kernel the cache writer uses
-        teacher.set_attn_implementation("eager")
     cfg = exp.cache
     n_tokens = tokens.size
     tmp = Path(tempfile.mkdtemp(prefix="kdbench-bench-"))

@@ -12,8 +12,11 @@ Layout of a cache directory::
     00000.topk_ids.npy         (S, T, k)     their ids, narrowest unsigned dtype
     00000.tail_logprob.npy     (S, T)        log of the mass outside the top-k, float32
     00000.hidden.npy           (S, L, T, D)  mapped layers' outputs, bfloat16 stored as uint16
-    00000.attentions.npy       (S, L, H, T(T+1)/2) optional, float16: the causal maps' lower triangles, row by row
-    00000.qkv.npy              (S, L, 3, T, D) optional, bfloat16 stored as uint16
+    00000.attention_qk.npy     (S, L, T, (H + G) hd) optional, float16: queries and keys, maps derived on read
+    00000.qkv.npy              (S, L, T, (H + 2G) hd) optional, float16: queries, keys and values
+
+q/k/v are what the attention received (after rotary embeddings; G key/value heads, not repeated to
+the H query heads); `attention_heads` in the manifest gives H, G, hd and the scale of q k^T.
 
 Plain `.npy` files load without pickle or code execution and memory-map, so a batch is a
 few slices. Shards are built in a work directory and kept across interruptions: a restarted
@@ -32,20 +35,20 @@ import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from kdbench import KdbenchError
+from kdbench import KdbenchError, attention
+from kdbench.attention import Heads
 from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
 from kdbench.losses import Targets
 
-FORMAT = "kdbench-cache/5"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity;
-# 5: a crc32 per file beside its sha256, checked by every reader on first read
-COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
+FORMAT = "kdbench-cache/6"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity;
+# 5: a crc32 per file beside its sha256, checked by every reader on first read; 6: q/k instead of attention maps,
+# q/k/v as the attention received them (after rotary embeddings, kv heads not repeated), float16
 _STAGING_BYTES = 4 << 20  # per component: direct writes of 4 MiB
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -61,34 +64,22 @@ def stored(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, str]:
     return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy(), dtype
 
 
-def as_target(name: str, t: torch.Tensor, device: str) -> torch.Tensor:
-    """A component in its stored dtype (bfloat16 as such) -> what a training batch holds: ids as int64, the rest
-    float32, on `device`. The reader and the online teacher share it, so both give the same targets."""
-    return (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
+def to_targets(parts: dict[str, torch.Tensor], heads: Heads | None, device: str) -> Targets:
+    """Components in their stored dtypes (bfloat16 as such) -> a training batch on `device`: ids as int64, the
+    rest float32, attention maps and q/k/v vectors derived from the stored q/k(/v). The reader and the online
+    teacher share it, so both give the same targets."""
+    out = {name: (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
+           for name, t in parts.items()}
+    if "attention_qk" in out:
+        out["attentions"] = attention.maps(*attention.unpack(out.pop("attention_qk"), heads, "qk"), heads.scaling)
+    if "qkv" in out:
+        out["qkv"] = attention.vectors(*attention.unpack(out["qkv"], heads, "qkv"))
+    return Targets(**out)
 
 
 def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(a))
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
-
-
-@lru_cache(maxsize=8)
-def _causal_index(seq_len: int, device: str) -> torch.Tensor:
-    """Flat positions (row * T + col) of a T x T map's lower triangle, row by row."""
-    rows, cols = torch.tril_indices(seq_len, seq_len, device=device)
-    return rows * seq_len + cols
-
-
-def pack_causal(maps: torch.Tensor) -> torch.Tensor:
-    """(..., T, T) causal maps -> (..., T(T+1)/2) lower triangles, row by row: half the bytes."""
-    return maps.flatten(-2).index_select(-1, _causal_index(maps.shape[-1], str(maps.device)))
-
-
-def _unpack_causal(packed: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """(..., T(T+1)/2) packed lower triangles -> (..., T, T) maps, zero above the diagonal."""
-    maps = packed.new_zeros(*packed.shape[:-1], seq_len * seq_len)
-    maps.index_copy_(-1, _causal_index(seq_len, str(packed.device)), packed)
-    return maps.unflatten(-1, (seq_len, seq_len))
 
 
 def write_cache(batches: Callable[[int, int], dict[str, tuple[np.ndarray, str]]], n_seqs: int, seq_len: int,
@@ -235,6 +226,7 @@ class TeacherCache:
             self._arrays.append(arrays)
         self.components = tuple(self._arrays[0]) if self._arrays else ()
         self._dtypes = {name: f["dtype"] for name, f in m["shards"][0]["files"].items()} if m["shards"] else {}
+        self._heads = Heads(**m["attention_heads"]) if m.get("attention_heads") else None
 
     def _open(self, shard: dict, name: str, f: dict, verify: bool) -> np.ndarray:
         path = self.path / f["file"]
@@ -289,13 +281,9 @@ class TeacherCache:
         self._checked.add((index, name))
 
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
-        """The `Targets` for sequences `idx`; float components become float32 on `device`."""
-        def get(name: str) -> torch.Tensor | None:
-            if name not in self.components:
-                return None
-            t = as_target(name, _to_torch(self.gather(name, idx), self._dtypes[name]), device)
-            return _unpack_causal(t, self.seq_len) if name == "attentions" else t
-        return Targets(**{name: get(name) for name in COMPONENTS})
+        """The `Targets` for sequences `idx` (`to_targets`)."""
+        return to_targets({name: _to_torch(self.gather(name, idx), self._dtypes[name]) for name in self.components},
+                          self._heads, device)
 
 
 def _short(v) -> str:

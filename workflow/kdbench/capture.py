@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdbench import KdbenchError
+from kdbench import KdbenchError, attention
 from kdbench.arms import ArmConfig, Capture, capture_for
-from kdbench.cache import TORCH_DTYPES, as_target, pack_causal, stored, write_cache
+from kdbench.attention import Heads
+from kdbench.cache import TORCH_DTYPES, stored, to_targets, write_cache
 from kdbench.config import CacheConfig
 from kdbench.data import load_tokens, token_dtype
 from kdbench.devices import bf16_autocast, device_for_rank
@@ -88,19 +89,25 @@ def _taps(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device:
         return forward_taps(teacher, ids, **asdict(capture))
 
 
+def _packed(recorded, parts: str) -> torch.Tensor:
+    """(B, L, T, width) float16: the layers' q/k(/v) side by side, as the cache stores them."""
+    return torch.stack([r.packed(parts).half() for r in recorded], dim=1)
+
+
 def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture,
                     device: str) -> dict[str, tuple[torch.Tensor, str]]:
     """One teacher forward pass over `seqs` (B, T) -> {component: (tensor in its stored dtype, dtype name)}, on
-    the teacher's device; top-k ids as int64 and attention maps unpacked (the cache narrows and packs them)."""
+    the teacher's device; top-k ids as int64 (the cache narrows them)."""
     taps = _taps(teacher, seqs, cfg, capture, device)
     values, top_ids, tail = topk_targets(taps.logits, k)
     out = {"topk_logprobs": (values.half(), "float16"), "topk_ids": (top_ids, "int64"),
            "tail_logprob": (tail.float(), "float32")}
-    for name in ("hidden", "qkv"):
-        if getattr(taps, name):
-            out[name] = (taps.stacked(name, TORCH_DTYPES[cfg.hidden_dtype]), cfg.hidden_dtype)
+    if taps.hidden:
+        out["hidden"] = (taps.stacked(TORCH_DTYPES[cfg.hidden_dtype]), cfg.hidden_dtype)
     if taps.attentions:
-        out["attentions"] = (taps.stacked("attentions", torch.float16), "float16")
+        out["attention_qk"] = (_packed(taps.attentions, "qk"), "float16")
+    if taps.qkv:
+        out["qkv"] = (_packed(taps.qkv, "qkv"), "float16")
     return out
 
 
@@ -111,8 +118,7 @@ def teacher_arrays(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture:
     id_dtype = str(token_dtype(teacher.config.vocab_size))
     top_ids, _ = tensors.pop("topk_ids")
     arrays = {"input_ids": (seqs, str(seqs.dtype)), "topk_ids": (top_ids.cpu().numpy().astype(id_dtype), id_dtype)}
-    for name, (t, dtype) in tensors.items():
-        arrays[name] = stored(pack_causal(t) if name == "attentions" else t, dtype)
+    arrays.update({name: stored(t, dtype) for name, (t, dtype) in tensors.items()})
     return arrays
 
 
@@ -127,30 +133,67 @@ class OnlineTeacher:
         self.teacher, self.tokens, self.k, self.cfg, self.capture, self.device = teacher, tokens, k, cfg, capture, device
         self.n_seqs, self.seq_len = tokens.shape
         teacher.eval().requires_grad_(False)
-        if capture.attentions:
-            teacher.set_attn_implementation("eager")  # fused kernels return no attention maps
+        self.heads = attention_heads(teacher, tokens, cfg, capture, device)
 
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
         seqs = self.tokens[idx]
         tensors = teacher_tensors(self.teacher, seqs, self.k, self.cfg, self.capture, self.device)
-        return Targets(input_ids=as_target("input_ids", torch.from_numpy(seqs.astype(np.int64)), device),
-                       **{name: as_target(name, t, device) for name, (t, _) in tensors.items()})
+        parts = {"input_ids": torch.from_numpy(seqs.astype(np.int64)), **{n: t for n, (t, _) in tensors.items()}}
+        return to_targets(parts, self.heads, device)
+
+
+def attention_heads(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> Heads | None:
+    """The geometry of the teacher's recorded attention layers, None without any; refuses layers that disagree."""
+    taps = _taps(teacher, seqs[:1, :2], cfg, capture, device)
+    geometries = {r.heads for r in taps.attentions + taps.qkv}
+    if len(geometries) > 1:
+        raise KdbenchError(f"{teacher.config.model_type}: the captured layers differ in attention geometry "
+                           f"({sorted(map(str, geometries))})")
+    return geometries.pop() if geometries else None
 
 
 def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str) -> dict:
-    """How much the cache loses, on a sample batch: KL(full || top-k + uniform tail) and the tail mass.
+    """How much the cache loses, on a sample batch: KL(full || top-k + uniform tail), the tail mass and, with
+    attention layers, how far maps derived from the stored q/k are from the teacher's own (eager kernel).
 
-    Also refuses a teacher whose attention maps have weight above the diagonal: packed storage
-    keeps only the lower triangle of a causal LM's maps.
+    Refuses a teacher whose maps are not the derivation's formula (`kdbench.attention`).
     """
     taps = _taps(teacher, seqs, cfg, capture, device)
-    if taps.attentions and taps.stacked("attentions").triu(1).any():
-        raise KdbenchError("cache: the teacher's attention maps have weight above the diagonal; "
-                           "packed attention storage needs a causal LM")
     values, top_ids, tail = topk_targets(taps.logits, k)
     kl = reconstruction_kl(taps.logits, values, top_ids, tail)
-    return {"top_k": k, "kl_topk_mean": float(kl.mean()), "tail_mass_mean": float(tail.exp().mean()),
-            "n_positions": kl.numel()}
+    out = {"top_k": k, "kl_topk_mean": float(kl.mean()), "tail_mass_mean": float(tail.exp().mean()),
+           "n_positions": kl.numel()}
+    if taps.attentions:
+        eager = _eager_maps(teacher, seqs, cfg, capture, device)
+        exact = taps.maps()
+        formula = float((exact - eager).abs().max())
+        if formula > _FORMULA_TOLERANCE[cfg.forward_dtype]:
+            raise KdbenchError(
+                f"cache: {teacher.config.model_type}'s attention maps are not softmax(q k^T * scale) under a causal "
+                f"mask (max abs difference {formula:.2g} from its eager kernel; ALiBi, soft-capping or a sliding "
+                "window shorter than the sequence?): arms reading attentions cannot distil from it")
+        stored_maps = torch.stack([attention.maps(*attention.unpack(r.packed("qk").half().float(), r.heads, "qk"),
+                                                  r.scaling) for r in taps.attentions], dim=1)
+        out.update(attention_max_abs_err=float((stored_maps - eager).abs().max()),
+                   attention_formula_max_abs_err=formula)
+    return out
+
+
+_FORMULA_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}  # the eager and sdpa kernels' own differences
+
+
+@torch.no_grad()
+def _eager_maps(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> torch.Tensor:
+    """(B, L, H, T, T) maps of the `capture.attentions` layers from the teacher's eager attention kernel."""
+    before = teacher.config._attn_implementation
+    teacher.set_attn_implementation("eager")
+    try:
+        with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
+            out = teacher(input_ids=torch.from_numpy(seqs.astype(np.int64)).to(device), output_attentions=True,
+                          use_cache=False)
+    finally:
+        teacher.set_attn_implementation(before)
+    return torch.stack([out.attentions[l - 1].float() for l in capture.attentions], dim=1)
 
 
 def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, capture: Capture,
@@ -163,13 +206,12 @@ def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheC
     teacher.eval()
     if not getattr(teacher, "hf_device_map", None):  # a teacher spread over GPUs stays where it was put
         teacher.to(device)
-    if capture.attentions:
-        teacher.set_attn_implementation("eager")  # fused kernels return no attention maps
     vocab = teacher.config.vocab_size
     k = min(cfg.top_k, vocab)
     settings = {**asdict(cfg), **asdict(capture)}
     settings.pop("batch_size")  # does not change the contents
-    identity = {**identity, "vocab_size": vocab, "top_k": k, "settings": settings}
+    identity = {**identity, "vocab_size": vocab, "top_k": k, "settings": settings,
+                "attention_heads": _as_dict(attention_heads(teacher, tokens, cfg, capture, device))}
     sample = fidelity(teacher, tokens[: cfg.batch_size], k, cfg, capture, device)
     return write_cache(lambda start, stop: teacher_arrays(teacher, tokens[start:stop], k, cfg, capture, device),
                        len(tokens), tokens.shape[1], cfg.shard_seqs, cfg.batch_size, identity, sample, out_dir,
@@ -207,8 +249,14 @@ def online_teacher(teacher_dir: Path, data_dir: Path, online: Online, arm: ArmCo
     identity = _identity(teacher_dir, teacher, tokens)
     capture = capture_for({"arm": arm}, n_student_layers, identity["teacher_layers"])
     k = min(cfg.top_k, teacher.config.vocab_size)
-    manifest = {**identity, "vocab_size": teacher.config.vocab_size, "top_k": k, "settings": asdict(capture)}
-    return OnlineTeacher(teacher, tokens, k, cfg, capture, device), manifest
+    source = OnlineTeacher(teacher, tokens, k, cfg, capture, device)
+    manifest = {**identity, "vocab_size": teacher.config.vocab_size, "top_k": k, "settings": asdict(capture),
+                "attention_heads": _as_dict(source.heads)}
+    return source, manifest
+
+
+def _as_dict(heads: Heads | None) -> dict | None:
+    return asdict(heads) if heads else None
 
 
 def cache_teacher(teacher_dir: Path, data_dir: Path, cfg: CacheConfig, arms: dict[str, ArmConfig],

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +22,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from kdbench import KdbenchError
+from kdbench import KdbenchError, attention
+from kdbench.attention import Recorded
 from kdbench.config import ArchConfig
 
 
@@ -89,125 +88,32 @@ def width(model: PreTrainedModel) -> int:
     return model.get_input_embeddings().embedding_dim
 
 
-# Fused q/k/v projections, by module name, and how each family lays their outputs out.
-# "contiguous": [q | k | v] along the features; "per_head": (H, 3, hd) (GPT-NeoX, BLOOM);
-# "grouped": (G, H/G + 2, hd), each kv group's queries then its key and value (Falcon's new layout).
-_SPLIT = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
-_FUSED = ("c_attn", "query_key_value", "qkv_proj", "Wqkv")
-_FUSED_LAYOUT = {"gpt2": "contiguous", "gpt_bigcode": "contiguous", "phi3": "contiguous", "gpt_neox": "per_head",
-                 "bloom": "per_head"}
-
-
-def _fused_layout(cfg) -> str | None:
-    if cfg.model_type == "falcon":  # three layouts, by config
-        return ("grouped" if cfg.new_decoder_architecture else "contiguous" if cfg.multi_query else "per_head")
-    return _FUSED_LAYOUT.get(cfg.model_type)
-
-
-def _out_features(m: nn.Module) -> int:
-    return m.weight.shape[1] if type(m).__name__ == "Conv1D" else m.weight.shape[0]  # GPT-2's Conv1D is (in, out)
-
-
-@dataclass(frozen=True)
-class QKV:
-    """Where a block's queries, keys and values come from: hooked projection modules and their layout."""
-    modules: tuple[nn.Module, ...]  # 3 separate projections, or 1 fused
-    layout: str                     # "split" | "contiguous" | "per_head" | "grouped"
-    heads: int                      # query heads
-    kv_heads: int                   # key/value heads (fewer under grouped- or multi-query attention)
-    head_dim: int
-
-    def split(self, outs: list[Tensor]) -> Tensor:
-        """Projection outputs -> (B, 3, T, H * hd), keys and values repeated to the query heads.
-
-        Under grouped-query attention kv head j serves query heads j * H/G ... (j + 1) * H/G - 1, so
-        repeating it to those heads gives each query head the keys and values it attends with, and
-        q/k/v relations and attention maps keep the query heads' layout (MiniLMv2 splits q, k and v
-        alike into relation heads).
-        """
-        h, g, hd = self.heads, self.kv_heads, self.head_dim
-        if self.layout == "split":
-            q, k, v = outs
-        else:
-            (fused,) = outs
-            b, t, _ = fused.shape
-            if self.layout == "contiguous":
-                q, k, v = fused.split([h * hd, g * hd, g * hd], dim=-1)
-            elif self.layout == "per_head":  # (B, T, H, 3, hd)
-                q, k, v = fused.view(b, t, h, 3, hd).unbind(3)
-            else:  # grouped: (B, T, G, H/G + 2, hd)
-                grouped = fused.view(b, t, g, h // g + 2, hd)
-                q, k, v = grouped[..., :-2, :], grouped[..., -2, :], grouped[..., -1, :]
-        b, t = q.shape[:2]
-        q, k, v = (x.reshape(b, t, -1, hd) for x in (q, k, v))
-        if g != h:
-            k, v = (x.repeat_interleave(h // g, dim=2) for x in (k, v))
-        return torch.stack([q, k, v], dim=1).flatten(-2)
-
-
-def qkv_of(model: PreTrainedModel, layer: int) -> QKV:
-    """The q/k/v projections of block `layer` (1-based), found by module name and checked against their sizes."""
-    block = blocks(model)[layer - 1]
-    cfg, kind = model.config, model.config.model_type
-    heads = getattr(cfg, "num_attention_heads", None)
-    if not heads:
-        raise KdbenchError(f"{kind}: no attention heads in its config (not an attention model)")
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    named = {name.rsplit(".", 1)[-1]: m for name, m in block.named_modules() if name}
-    for names in _SPLIT:
-        if all(n in named for n in names):
-            q, k, v = (named[n] for n in names)
-            kv_heads = _out_features(k) // head_dim
-            return _checked(QKV((q, k, v), "split", heads, kv_heads, head_dim), kind, _out_features(q), _out_features(k))
-    fused = next((named[n] for n in _FUSED if n in named), None)
-    if fused is None:
-        raise KdbenchError(f"{kind}: no query/key/value projections found in its blocks "
-                           f"(looked for {', '.join('/'.join(n) for n in _SPLIT)} and fused {', '.join(_FUSED)})")
-    layout = _fused_layout(cfg)
-    if layout is None:
-        raise KdbenchError(f"{kind}: fused q/k/v projection of unknown layout "
-                           f"(known for {', '.join(sorted([*_FUSED_LAYOUT, 'falcon']))})")
-    kv_out = (_out_features(fused) - heads * head_dim) / 2  # what is left for k and v
-    qkv = QKV((fused,), layout, heads, int(kv_out) // head_dim, head_dim)
-    return _checked(qkv, kind, heads * head_dim, kv_out)
-
-
-def _checked(qkv: QKV, kind: str, q_out: int, kv_out: float) -> QKV:
-    ok = (q_out == qkv.heads * qkv.head_dim and kv_out == qkv.kv_heads * qkv.head_dim and qkv.kv_heads >= 1
-          and qkv.heads % qkv.kv_heads == 0)
-    if not ok:
-        raise KdbenchError(f"{kind}: q/k/v projection sizes {q_out}/{kv_out} do not match {qkv.heads} heads of "
-                           f"{qkv.head_dim} with {qkv.kv_heads} kv heads")
-    return qkv
-
-
 @dataclass
 class Taps:
-    """What one forward pass exposes for distillation, one tensor per requested layer.
+    """What one forward pass exposes for distillation, per requested layer.
 
-    Per-layer tensors are the model's own (no copy); `stacked` gives the (B, L, ...) layout.
+    Hidden states are the model's own tensors (no copy); attention layers come as recorded q/k/v
+    (`kdbench.attention`), from which `maps` and `vectors` derive what the losses compare.
     """
     logits: Tensor                        # (B, T, V)
     hidden: tuple[Tensor, ...] = ()       # (B, T, D) outputs of the requested blocks
-    attentions: tuple[Tensor, ...] = ()   # (B, H, T, T)
-    qkv: tuple[Tensor, ...] = ()          # (B, 3, T, D)
+    attentions: tuple[Recorded, ...] = ()  # q/k/v of the blocks whose attention maps are wanted
+    qkv: tuple[Recorded, ...] = ()        # q/k/v of the blocks whose vectors are wanted
 
-    def stacked(self, name: str, dtype: torch.dtype | None = None) -> Tensor | None:
-        """Component `name` as one (B, L, ...) tensor (each layer cast to `dtype` first), None when no layer was requested."""
-        layers = getattr(self, name)
+    def stacked(self, dtype: torch.dtype | None = None) -> Tensor | None:
+        """Hidden states as one (B, L, T, D) tensor (each layer cast to `dtype` first), None when none was requested."""
+        layers = self.hidden
         return torch.stack([x.to(dtype) for x in layers] if dtype else layers, dim=1) if layers else None
 
+    def maps(self) -> Tensor | None:
+        """(B, L, H, T, T) attention probabilities of the `attentions` layers."""
+        if not self.attentions:
+            return None
+        return torch.stack([attention.maps(*r.repeated()[:2], r.scaling) for r in self.attentions], dim=1)
 
-@contextmanager
-def _capture_qkv(model: PreTrainedModel, layers: tuple[int, ...]) -> Iterator[list[tuple[QKV, list[Tensor]]]]:
-    store = [(qkv_of(model, layer), []) for layer in layers]
-    handles = [module.register_forward_hook(lambda _m, _i, out, slot=slot: slot.append(out))
-               for qkv, slot in store for module in qkv.modules]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
+    def vectors(self) -> Tensor | None:
+        """(B, L, 3, T, H * hd) queries, keys and values of the `qkv` layers, keys and values repeated per query head."""
+        return torch.stack([attention.vectors(*r.repeated()) for r in self.qkv], dim=1) if self.qkv else None
 
 
 def forward_taps(model: PreTrainedModel, input_ids: Tensor, hidden: tuple[int, ...] = (),
@@ -215,32 +121,36 @@ def forward_taps(model: PreTrainedModel, input_ids: Tensor, hidden: tuple[int, .
     """Run the model once and collect logits plus each component's requested layers.
 
     Layers are 1-based block indices (`hidden_states[l]` is the output of block l).
-    Attentions need the eager attention kernel; the caller switches it on.
     """
-    with _capture_qkv(model, qkv) as store:
-        out = model(input_ids=input_ids, output_hidden_states=bool(hidden), output_attentions=bool(attentions),
-                    use_cache=False)
+    with attention.recording(model, blocks(model), tuple(sorted({*attentions, *qkv}))) as recorded:
+        out = model(input_ids=input_ids, output_hidden_states=bool(hidden), use_cache=False)
     return Taps(logits=out.logits, hidden=tuple(out.hidden_states[l] for l in hidden),
-                attentions=tuple(out.attentions[l - 1] for l in attentions),
-                qkv=tuple(spec.split(outs) for spec, outs in store))
+                attentions=tuple(recorded[l][0] for l in attentions), qkv=tuple(recorded[l][0] for l in qkv))
+
+
+def heads_of(cfg) -> tuple[int, int, int] | None:
+    """(query heads, key/value heads, head size) from a model's config; None without attention heads."""
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not heads:
+        return None
+    kv = getattr(cfg, "num_key_value_heads", None) or (1 if getattr(cfg, "multi_query", False) else heads)
+    return heads, kv, getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
 
 
 def describe(model: PreTrainedModel) -> dict:
     """What distillation can read from `model`: its shape, and per layer component why it cannot be captured."""
-    cfg, missing = model.config, {}
-    try:
-        for layer in range(1, len(blocks(model)) + 1):
-            qkv_of(model, layer)
-    except KdbenchError as e:
-        missing["qkv"] = str(e)
-    if not getattr(cfg, "num_attention_heads", None):
-        missing["attentions"] = f"{cfg.model_type}: no attention heads in its config (not an attention model)"
-    heads = getattr(cfg, "num_attention_heads", None)
+    cfg, missing, geometry = model.config, {}, heads_of(model.config)
+    if geometry is None:
+        missing["attentions"] = missing["qkv"] = f"{cfg.model_type}: no attention heads in its config (not an attention model)"
+    elif not attention.supported(model):
+        missing["attentions"] = missing["qkv"] = (f"{cfg.model_type}: its attention does not go through transformers' "
+                                                  "attention interface, so its queries and keys cannot be recorded")
+    heads, kv_heads, head_dim = geometry or (None, None, None)
     embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     compute = sum(p.numel() for p in model.parameters() if p is not embedding) + (head.numel() if head is embedding else 0)
     return {"model_type": cfg.model_type, "n_layer": len(blocks(model)), "width": width(model), "heads": heads,
-            "head_dim": heads and (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads),
-            "vocab_size": cfg.vocab_size, "compute_params": compute, "missing": missing}
+            "kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": cfg.vocab_size, "compute_params": compute,
+            "missing": missing}
 
 
 def describe_config(config_dir: str | Path) -> dict:

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from kdbench import KdbenchError
-from kdbench.arms import LOGIT_COMPONENTS, capture_for
+from kdbench.arms import LOGIT_COMPONENTS, STORED_AS, capture_for
 
 PEAK_TFLOPS = 989.0  # bf16 dense peak of an H100 / H200 SXM
 DEFAULT_TFLOPS = 400.0  # that peak at about 40% model FLOPs utilisation
@@ -33,8 +33,9 @@ class Shape:
     """What the plan needs to know of a model."""
     n_layer: int
     width: int           # hidden size: the bytes of a cached hidden state
-    heads: int           # query heads: attention maps and q/k/v are kept per query head
+    heads: int           # query heads
     head_dim: int
+    kv_heads: int        # key/value heads: fewer than the query heads under grouped- or multi-query attention
     vocab_size: int      # rows of the embedding matrix (padded past the tokenizer in some families)
     compute_params: int  # weights a token is multiplied by: every matrix plus the output head
 
@@ -47,14 +48,14 @@ def arch_shape(arch, vocab_size: int) -> Shape:
     """The shape of a model built here from an `ArchConfig` (`models.build_model`)."""
     d, ff = arch.d_model, arch.d_ff or 4 * arch.d_model
     mlp = (3 if arch.family == "llama" else 2) * d * ff  # llama's gated MLP has three matrices
-    return Shape(arch.n_layer, d, arch.n_head, d // arch.n_head, vocab_size, arch.n_layer * (4 * d * d + mlp)
-                 + vocab_size * d)
+    return Shape(arch.n_layer, d, arch.n_head, d // arch.n_head, arch.n_head, vocab_size,
+                 arch.n_layer * (4 * d * d + mlp) + vocab_size * d)
 
 
 def described_shape(info: dict) -> Shape:
     """The shape of a pretrained model from `models.describe`."""
-    return Shape(info["n_layer"], info["width"], info["heads"] or 0, info["head_dim"] or 0, info["vocab_size"],
-                 info["compute_params"])
+    return Shape(info["n_layer"], info["width"], info["heads"] or 0, info["head_dim"] or 0, info["kv_heads"] or 0,
+                 info["vocab_size"], info["compute_params"])
 
 
 def id_bytes(vocab_size: int) -> int:
@@ -105,13 +106,15 @@ def plan(exp, described: dict[str, dict | None]) -> Plan:
     n_seqs = math.ceil(train.tokens / seq_len)
     capture = capture_for(exp.arms, student.n_layer, teacher.n_layer)
     k = min(exp.cache.top_k, teacher.vocab_size)
-    layer_bytes = {"hidden": teacher.width * _FP16,
-                   "attentions": teacher.heads * _FP16 * (seq_len + 1) / 2,  # a causal map's lower triangle
-                   "qkv": 3 * teacher.heads * teacher.head_dim * _FP16}
+    qk = teacher.heads + teacher.kv_heads  # query heads, then key heads, of head_dim each
+    layer_bytes = {"hidden": teacher.width * _FP16, "attentions": qk * teacher.head_dim * _FP16,
+                   "qkv": (qk + teacher.kv_heads) * teacher.head_dim * _FP16}
     per_token = {"input_ids": id_bytes(teacher.vocab_size), "topk_logprobs": k * _FP16,
                  "topk_ids": k * id_bytes(teacher.vocab_size), "tail_logprob": _FP32}
-    layers = {name: len(getattr(capture, name)) for name in layer_bytes if getattr(capture, name)}
-    per_token.update({name: n * layer_bytes[name] for name, n in layers.items()})
+    stored = {STORED_AS.get(name, name): (len(getattr(capture, name)), size) for name, size in layer_bytes.items()
+              if getattr(capture, name)}
+    layers = {name: n for name, (n, _) in stored.items()}
+    per_token.update({name: n * size for name, (n, size) in stored.items()})
 
     tuning = exp.tuning.trials * exp.tuning.tokens if exp.tuning.enabled else 0
     tokens = len(exp.seeds) * train.steps(seq_len) * train.batch_size * seq_len + tuning  # what each arm trains on

@@ -72,8 +72,6 @@ class Objective(nn.Module):
             rows = [cached.index(t) for t in wanted]
             self.want[name] = student_layers
             self.rows[name] = None if rows == list(range(len(cached))) else torch.tensor(rows, dtype=torch.long)
-        if "attentions" in self.want:  # fused kernels return no attention maps
-            student.set_attn_implementation("eager")
         self.projector = None
         if "hidden" in self.want:
             with torch.random.fork_rng(devices=[]):  # never disturbs the student's own initialisation
@@ -87,7 +85,7 @@ class Objective(nn.Module):
         student = StudentOutputs(
             logits=taps.logits,
             hidden=self.projector(taps.hidden) if self.projector is not None else None,
-            attentions=taps.stacked("attentions"), qkv=taps.stacked("qkv"),
+            attentions=taps.maps(), qkv=taps.vectors(),
             logit_pass=logit_pass(taps.logits, picked, mask, **parts) if parts["ce"] or parts["buckets"] else None)
         values = {n: fn(student, picked, mask, **kwargs) for n, (fn, kwargs) in self.losses.items()}
         total = sum(w * values[n] for n, w in self.terms.items())
