@@ -87,11 +87,13 @@ def test_manifest_records_identity_and_sizes(tmp_path, tokens):
 
 
 def test_attention_other_than_the_formula_is_refused(tmp_path, tokens, monkeypatch):
-    """A teacher whose maps are not softmax(q k^T * scale) under a causal mask (here: its eager kernel
-    attends bidirectionally) is refused before any shard is written."""
-    real = capture_mod._eager_maps
-    monkeypatch.setattr(capture_mod, "_eager_maps", lambda *a: real(*a).flip(-1))
-    with pytest.raises(KdbenchError, match=r"gpt2's attention maps are not softmax\(q k\^T \* scale\)"):
+    """A teacher whose eager maps are not softmax(q k^T * scale) under a causal mask (here: the derivation is
+    made to differ) is refused before any shard is written."""
+    from kdbench import attention
+
+    real = attention.maps
+    monkeypatch.setattr(attention, "maps", lambda q, k, scaling: real(q, k, scaling).flip(-1))
+    with pytest.raises(KdbenchError, match=r"cache: the teacher \(gpt2\): its attention maps are not softmax"):
         write(tmp_path, tokens)
     assert not (tmp_path / "cache").exists()
 

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from kdbench import KdbenchError
-from kdbench.models import blocks, describe, forward_taps
+from kdbench.models import blocks, check_attention_formula, describe, forward_taps
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=96,
             max_position_embeddings=64, pad_token_id=0, bos_token_id=0, eos_token_id=0)
@@ -71,3 +71,17 @@ def test_attention_outside_the_interface_is_refused_naming_the_family(family):
         assert forward_taps(model, torch.randint(1, 96, (1, 5)), hidden=(2,)).hidden[0].shape == (1, 5, 32)
         with pytest.raises(KdbenchError, match=rf"{family}: its attention does not go through"):
             forward_taps(model, torch.randint(1, 96, (1, 5)), attentions=(1,))
+
+
+def test_a_sliding_window_within_the_sequence_is_refused():
+    """Mistral attending to its last 3 tokens only: maps derived under the plain causal mask are not its own."""
+    model = tiny("mistral", dict(num_key_value_heads=2, sliding_window=3))
+    ids = torch.randint(1, 96, (1, 7))
+    with torch.no_grad():
+        derived = forward_taps(model, ids, attentions=(1, 2)).maps()
+    with pytest.raises(KdbenchError, match=r"student x \(mistral\): its attention maps are not softmax"):
+        check_attention_formula(model, ids, (1, 2), derived, "student x")
+    with torch.no_grad():
+        short = ids[:, :3]  # within the window the formula holds
+        eager = check_attention_formula(model, short, (1, 2), forward_taps(model, short, attentions=(1, 2)).maps(), "x")
+    assert eager.shape == (1, 2, 4, 3, 3)

@@ -24,7 +24,7 @@ from kdbench.config import CacheConfig
 from kdbench.data import load_tokens, token_dtype
 from kdbench.devices import bf16_autocast, device_for_rank
 from kdbench.losses import Targets, flat_ids, zero_at
-from kdbench.models import Taps, blocks, forward_taps, load_model, load_tokenizer, vocabulary_sha256, width
+from kdbench.models import Taps, blocks, check_attention_formula, forward_taps, load_model, load_tokenizer, vocabulary_sha256, width
 from kdbench.provenance import weights_sha256
 
 
@@ -164,36 +164,14 @@ def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Captu
     out = {"top_k": k, "kl_topk_mean": float(kl.mean()), "tail_mass_mean": float(tail.exp().mean()),
            "n_positions": kl.numel()}
     if taps.attentions:
-        eager = _eager_maps(teacher, seqs, cfg, capture, device)
-        exact = taps.maps()
-        formula = float((exact - eager).abs().max())
-        if formula > _FORMULA_TOLERANCE[cfg.forward_dtype]:
-            raise KdbenchError(
-                f"cache: {teacher.config.model_type}'s attention maps are not softmax(q k^T * scale) under a causal "
-                f"mask (max abs difference {formula:.2g} from its eager kernel; ALiBi, soft-capping or a sliding "
-                "window shorter than the sequence?): arms reading attentions cannot distil from it")
+        ids = torch.from_numpy(seqs.astype(np.int64)).to(device)
+        with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
+            eager = check_attention_formula(teacher, ids, capture.attentions, taps.maps(), "cache: the teacher")
         stored_maps = torch.stack([attention.maps(*attention.unpack(r.packed("qk").half().float(), r.heads, "qk"),
                                                   r.scaling) for r in taps.attentions], dim=1)
         out.update(attention_max_abs_err=float((stored_maps - eager).abs().max()),
-                   attention_formula_max_abs_err=formula)
+                   attention_formula_max_abs_err=float((taps.maps() - eager).abs().max()))
     return out
-
-
-_FORMULA_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}  # the eager and sdpa kernels' own differences
-
-
-@torch.no_grad()
-def _eager_maps(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> torch.Tensor:
-    """(B, L, H, T, T) maps of the `capture.attentions` layers from the teacher's eager attention kernel."""
-    before = teacher.config._attn_implementation
-    teacher.set_attn_implementation("eager")
-    try:
-        with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
-            out = teacher(input_ids=torch.from_numpy(seqs.astype(np.int64)).to(device), output_attentions=True,
-                          use_cache=False)
-    finally:
-        teacher.set_attn_implementation(before)
-    return torch.stack([out.attentions[l - 1].float() for l in capture.attentions], dim=1)
 
 
 def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, capture: Capture,

@@ -128,6 +128,27 @@ def forward_taps(model: PreTrainedModel, input_ids: Tensor, hidden: tuple[int, .
                 attentions=tuple(recorded[l][0] for l in attentions), qkv=tuple(recorded[l][0] for l in qkv))
 
 
+@torch.no_grad()
+def check_attention_formula(model: PreTrainedModel, input_ids: Tensor, layers: tuple[int, ...], derived: Tensor,
+                            who: str) -> Tensor:
+    """Refuse `model` unless the maps `derived` from its recorded q/k (B, L, H, T, T) are its eager kernel's at
+    blocks `layers`; returns the eager maps. Tolerance: the kernels' own float differences (bf16 autocast: 2e-2)."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        out = model(input_ids=input_ids, output_attentions=True, use_cache=False)
+    finally:
+        model.set_attn_implementation(before)
+    eager = torch.stack([out.attentions[l - 1].float() for l in layers], dim=1)
+    error = float((derived.float() - eager).abs().max())
+    if error > (2e-2 if torch.is_autocast_enabled(input_ids.device.type) else 1e-4):
+        raise KdbenchError(
+            f"{who} ({model.config.model_type}): its attention maps are not softmax(q k^T * scale) under a causal mask "
+            f"(max abs difference {error:.2g} from its eager kernel; ALiBi, soft-capping or a sliding window shorter "
+            "than the sequence?), so arms reading attentions cannot distil with it")
+    return eager
+
+
 def heads_of(cfg) -> tuple[int, int, int] | None:
     """(query heads, key/value heads, head size) from a model's config; None without attention heads."""
     heads = getattr(cfg, "num_attention_heads", None)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoConfig
 
@@ -24,8 +25,8 @@ from kdbench.io import atomic_dir, read_json, write_json
 from kdbench.devices import device_for_rank, world
 from kdbench.layermap import layer_map
 from kdbench.memory import keep_freed_memory
-from kdbench.models import (blocks, build_model, load_model, load_tokenizer, save_model,
-                            vocabulary_sha256, width)
+from kdbench.models import (blocks, build_model, check_attention_formula, forward_taps, load_model, load_tokenizer,
+                            save_model, vocabulary_sha256, width)
 from kdbench.provenance import fingerprint
 from kdbench.registry import specs
 from kdbench.train import Objective, TokenSource, train, write_curve
@@ -118,6 +119,11 @@ def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init
     key = fingerprint(arm_name, as_dict(arm), as_dict(cfg), seed, manifest["tokens_sha256"],
                       manifest["teacher_sha256"], read_json(init_dir / "config.json"))
     val = TokenSource(load_tokens(data_dir / "val.npy"))
+    if "attentions" in objective.want:  # its maps are derived from q/k as the teacher's are: the formula must hold
+        ids, layers = val.batch(np.arange(1)).input_ids, objective.want["attentions"]
+        with torch.no_grad():
+            check_attention_formula(model, ids, layers, forward_taps(model, ids, attentions=layers).maps(),
+                                    f"student of arm {arm_name}")
     curve, summary = train(model, objective, source, cfg, seed, work_dir / "checkpoint.pt", key, val=val,
                            device=device_for_rank(), label=f"{arm_name}/seed{seed}")
     (work_dir / "checkpoint.pt").unlink(missing_ok=True)
