@@ -31,7 +31,7 @@ _LOCAL_CORPUS = (".txt", ".jsonl")  # data.source suffixes read as local files (
 SUITE_ALIAS = "synthetic"  # the rendered world suite (kdbench.evaluate), not an lm-eval name
 # config.json of hub models for planning offline (config/models/<owner>/<name>/), when the hub cache has none
 PLANNING_CONFIGS = Path(__file__).resolve().parents[2] / "config" / "models"
-DESCRIBE_VERSION = 2  # of `models.describe`'s answer, kept per config: 2 added head_dim and compute_params
+DESCRIBE_VERSION = 3  # of `models.describe`'s answer, kept per config: 2 added head_dim and compute_params; 3 kv_heads
 
 
 class _StrictLoader(yaml.SafeLoader):
