@@ -17,7 +17,7 @@ from kdbench import cache as cache_mod
 from kdbench import capture as capture_mod
 from kdbench.arms import ArmConfig, Capture
 from kdbench.config import CacheConfig, ArchConfig
-from kdbench.cache import TeacherCache
+from kdbench.cache import TeacherCache, pack_uint24, stored_ids, unpack_uint24
 from kdbench.capture import reconstruction_kl, topk, topk_targets, write_teacher_cache
 from kdbench.io import read_json
 from kdbench.models import build_model, forward_taps
@@ -29,8 +29,8 @@ IDENTITY = {"teacher_sha256": "t" * 64, "vocabulary_sha256": "k" * 64, "tokens_s
             "teacher_layers": 3, "teacher_width": 16}
 
 
-def teacher():
-    return build_model(ArchConfig(n_layer=3, d_model=16, n_head=2), V, T, 0, seed=0)
+def teacher(vocab=V):
+    return build_model(ArchConfig(n_layer=3, d_model=16, n_head=2), vocab, T, 0, seed=0)
 
 
 @pytest.fixture
@@ -38,20 +38,27 @@ def tokens():
     return np.random.default_rng(0).integers(0, V, size=(N, T)).astype(np.uint8)
 
 
-def write(tmp_path, tokens, name="cache", cfg=CFG, capture=CAPTURE):
-    return write_teacher_cache(teacher(), tokens, IDENTITY, cfg, capture, tmp_path / name, tmp_path / f"work-{name}")
+def write(tmp_path, tokens, name="cache", cfg=CFG, capture=CAPTURE, vocab=V):
+    return write_teacher_cache(teacher(vocab), tokens, IDENTITY, cfg, capture, tmp_path / name,
+                               tmp_path / f"work-{name}")
+
+
+def reference(tokens, vocab=V):
+    """The teacher's logits and float32 layer outputs, run over the writer's batches (results must not depend
+    on batching luck)."""
+    model = teacher(vocab).eval()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        chunks = [forward_taps(model, torch.from_numpy(tokens[b : b + 3].astype(np.int64)), **dataclasses.asdict(CAPTURE))
+                  for b in range(0, N, 3)]
+    return torch.cat([c.logits for c in chunks]), {f: torch.cat([c.stacked(f) for c in chunks])
+                                                   for f in ("hidden", "attentions", "qkv")}
 
 
 def test_round_trip_is_bit_exact(tmp_path, tokens):
     write(tmp_path, tokens)
     cache = TeacherCache(tmp_path / "cache", verify=True)
-    model = teacher().eval()
-    model.set_attn_implementation("eager")
-    with torch.no_grad():  # same batches as the writer: results must not depend on batching luck
-        chunks = [forward_taps(model, torch.from_numpy(tokens[b : b + 3].astype(np.int64)), **dataclasses.asdict(CAPTURE))
-                  for b in range(0, N, 3)]
-    logits = torch.cat([c.logits for c in chunks])
-    taps = {f: torch.cat([c.stacked(f) for c in chunks]) for f in ("hidden", "attentions", "qkv")}
+    logits, taps = reference(tokens)
     values, ids, tail = topk_targets(logits, 8)
     idx = np.arange(N)
     assert np.array_equal(cache.gather("input_ids", idx), tokens)
@@ -65,6 +72,46 @@ def test_round_trip_is_bit_exact(tmp_path, tokens):
     assert torch.equal(batch.hidden, taps["hidden"][[7, 2, 5]].bfloat16().float())
     assert torch.equal(batch.attentions, taps["attentions"][[7, 2, 5]].half().float())  # packed, then unpacked
     assert batch.hidden.shape == (3, 2, T, 16) and batch.attentions.shape == (3, 2, 2, T, T)
+
+
+def test_uint24_round_trip_is_bit_exact():
+    ids = np.array([[0, 255, 256, 0x123456], [65_535, 65_536, 70_000, (1 << 24) - 1]])
+    packed = pack_uint24(ids)
+    assert packed.dtype == np.uint8 and packed.shape == (2, 4, 3)
+    assert packed[0, 3].tolist() == [0x56, 0x34, 0x12] and packed[1, 1].tolist() == [0, 0, 1]  # little-endian
+    assert packed[1, 3].tolist() == [255, 255, 255] and packed[1, 0].tolist() == [255, 255, 0]
+    unpacked = unpack_uint24(packed)
+    assert unpacked.dtype == np.int64 and np.array_equal(unpacked, ids)
+    ids = np.random.default_rng(0).integers(0, 1 << 24, size=(5, 7, 3))
+    assert np.array_equal(unpack_uint24(pack_uint24(ids)), ids)
+
+
+@pytest.mark.parametrize("vocab, dtype, nbytes", [(256, "uint8", 1), (257, "uint16", 2), (65_536, "uint16", 2),
+                                                  (65_537, "uint24", 3), (1 << 24, "uint24", 3)])
+def test_ids_are_stored_in_the_fewest_bytes(vocab, dtype, nbytes):
+    arr, name = stored_ids(np.array([[0, vocab - 1]]), vocab)
+    assert name == dtype and arr.nbytes == 2 * nbytes
+    assert cache_mod._to_torch(arr, name).tolist() == [[0, vocab - 1]]
+
+
+def test_vocabulary_above_24_bits_is_refused():
+    with pytest.raises(KdbenchError, match=r"^vocabulary of 16,777,217 tokens: .* 24 bits, at most 16,777,216 tokens$"):
+        stored_ids(np.zeros((1, 2), np.int64), (1 << 24) + 1)
+
+
+def test_ids_of_a_large_vocabulary_round_trip_in_24_bits(tmp_path):
+    vocab = 70_000
+    tokens = np.random.default_rng(1).integers(0, vocab, size=(N, T)).astype(np.uint32)
+    tokens[0, :4] = [0, 65_535, 65_536, vocab - 1]
+    m = write(tmp_path, tokens, capture=Capture(), vocab=vocab)
+    files = m["shards"][0]["files"]
+    assert files["input_ids"]["dtype"] == files["topk_ids"]["dtype"] == "uint24"
+    assert files["topk_ids"]["shape"] == [4, T, 8, 3]
+    assert m["bytes_per_token"]["input_ids"] == 3 and m["bytes_per_token"]["topk_ids"] == 3 * 8
+    batch = TeacherCache(tmp_path / "cache", verify=True).batch(np.arange(N))
+    want = topk_targets(reference(tokens, vocab)[0], 8)[1]
+    assert torch.equal(batch.input_ids, torch.from_numpy(tokens.astype(np.int64)))
+    assert torch.equal(batch.topk_ids, want) and (want >= 1 << 16).any()
 
 
 def test_manifest_records_identity_and_sizes(tmp_path, tokens):

@@ -7,9 +7,9 @@ Layout of a cache directory::
 
     manifest.json              identity (teacher, tokenizer, tokens, capture settings), shapes, sha256 per file
     fidelity.json              bytes per token per component, KL(full || top-k reconstruction), tail mass
-    00000.input_ids.npy        (S, T)        token ids, narrowest unsigned dtype
+    00000.input_ids.npy        (S, T)        token ids: uint8, uint16, or uint24 as (S, T, 3) uint8 little-endian
     00000.topk_logprobs.npy    (S, T, k)     teacher log-probs of the next token, float16
-    00000.topk_ids.npy         (S, T, k)     their ids, narrowest unsigned dtype
+    00000.topk_ids.npy         (S, T, k)     their ids, as input_ids
     00000.tail_logprob.npy     (S, T)        log of the mass outside the top-k, float32
     00000.hidden.npy           (S, L, T, D)  mapped layers' outputs, bfloat16 stored as uint16
     00000.attentions.npy       (S, L, H, T(T+1)/2) optional, float16: the causal maps' lower triangles, row by row
@@ -42,17 +42,36 @@ import torch
 from kdbench import KdbenchError
 from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
 from kdbench.losses import Targets
+from kdbench.plan import id_bytes
 
-FORMAT = "kdbench-cache/5"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity;
-# 5: a crc32 per file beside its sha256, checked by every reader on first read
+FORMAT = "kdbench-cache/6"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity;
+# 5: a crc32 per file beside its sha256, checked by every reader on first read; 6: ids of vocabularies above
+# 65,536 in 24 bits (uint24)
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
 _STAGING_BYTES = 4 << 20  # per component: direct writes of 4 MiB
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def _storage(arr_dtype: str) -> np.dtype:
-    """bfloat16 has no numpy dtype: store its bits as uint16."""
-    return np.dtype(np.uint16) if arr_dtype == "bfloat16" else np.dtype(arr_dtype)
+    """bfloat16 and uint24 have no numpy dtype: store bfloat16's bits as uint16, uint24's bytes as uint8."""
+    return np.dtype({"bfloat16": np.uint16, "uint24": np.uint8}.get(arr_dtype, arr_dtype))
+
+
+def pack_uint24(ids: np.ndarray) -> np.ndarray:
+    """Ids below 2^24 -> their three low bytes, little-endian: a uint8 array with a trailing axis of 3."""
+    return np.ascontiguousarray(np.ascontiguousarray(ids, "<u4").view(np.uint8).reshape(*np.shape(ids), 4)[..., :3])
+
+
+def unpack_uint24(packed: np.ndarray) -> np.ndarray:
+    """`pack_uint24`'s bytes -> the ids, int64."""
+    b = packed.astype(np.int64)
+    return b[..., 0] | b[..., 1] << 8 | b[..., 2] << 16
+
+
+def stored_ids(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, str]:
+    """Token ids as the cache stores them: the narrowest of uint8, uint16 and uint24 that holds the vocabulary."""
+    n = id_bytes(vocab_size)
+    return (pack_uint24(ids), "uint24") if n == 3 else (ids.astype(f"uint{8 * n}", copy=False), f"uint{8 * n}")
 
 
 def stored(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, str]:
@@ -68,7 +87,7 @@ def as_target(name: str, t: torch.Tensor, device: str) -> torch.Tensor:
 
 
 def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.ascontiguousarray(unpack_uint24(a) if dtype == "uint24" else a))
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 
 

@@ -18,9 +18,9 @@ import torch
 
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig, Capture, capture_for
-from kdbench.cache import TORCH_DTYPES, as_target, pack_causal, stored, write_cache
+from kdbench.cache import TORCH_DTYPES, as_target, pack_causal, stored, stored_ids, write_cache
 from kdbench.config import CacheConfig
-from kdbench.data import load_tokens, token_dtype
+from kdbench.data import load_tokens
 from kdbench.devices import bf16_autocast, device_for_rank
 from kdbench.losses import Targets, flat_ids, zero_at
 from kdbench.models import Taps, blocks, forward_taps, load_model, load_tokenizer, vocabulary_sha256, width
@@ -108,9 +108,9 @@ def teacher_arrays(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture:
                    device: str) -> dict[str, tuple[np.ndarray, str]]:
     """One teacher forward pass over `seqs` (B, T) -> {component: (array, stored dtype)}, as the cache writes them."""
     tensors = teacher_tensors(teacher, seqs, k, cfg, capture, device)
-    id_dtype = str(token_dtype(teacher.config.vocab_size))
+    vocab = teacher.config.vocab_size
     top_ids, _ = tensors.pop("topk_ids")
-    arrays = {"input_ids": (seqs, str(seqs.dtype)), "topk_ids": (top_ids.cpu().numpy().astype(id_dtype), id_dtype)}
+    arrays = {"input_ids": stored_ids(seqs, vocab), "topk_ids": stored_ids(top_ids.cpu().numpy(), vocab)}
     for name, (t, dtype) in tensors.items():
         arrays[name] = stored(pack_causal(t) if name == "attentions" else t, dtype)
     return arrays

@@ -58,8 +58,11 @@ def described_shape(info: dict) -> Shape:
 
 
 def id_bytes(vocab_size: int) -> int:
-    """Bytes of one stored token id: the narrowest unsigned integer that holds every id (`data.token_dtype`)."""
-    return next(b for b in (1, 2, 4) if vocab_size <= 1 << (8 * b))
+    """Bytes of one cached token id: 1, 2 or 3, the fewest that hold every id (`cache.stored_ids`)."""
+    if vocab_size > 1 << 24:
+        raise KdbenchError(f"vocabulary of {vocab_size:,} tokens: the teacher cache stores token ids in 24 bits, "
+                           f"at most {1 << 24:,} tokens")
+    return next(b for b in (1, 2, 3) if vocab_size <= 1 << (8 * b))
 
 
 @dataclass(frozen=True)
