@@ -17,14 +17,15 @@ from kdbench import cache as cache_mod
 from kdbench import capture as capture_mod
 from kdbench.arms import ArmConfig, Capture
 from kdbench.config import CacheConfig, ArchConfig
-from kdbench.cache import TeacherCache, pack_uint24, stored_ids, unpack_uint24
-from kdbench.capture import reconstruction_kl, topk, topk_targets, write_teacher_cache
+from kdbench.cache import TeacherCache, pack_uint24, quantise, stored_ids, unpack_uint24
+from kdbench.capture import OnlineTeacher, reconstruction_kl, topk, topk_targets, write_teacher_cache
 from kdbench.io import read_json
 from kdbench.models import build_model, forward_taps
 
 V, T, N = 61, 12, 10
 CAPTURE = Capture(hidden=(1, 3), attentions=(1, 3), qkv=(1, 3))
 CFG = CacheConfig(top_k=8, shard_seqs=4, batch_size=3)
+INT8 = dataclasses.replace(CFG, hidden_dtype="int8")
 IDENTITY = {"teacher_sha256": "t" * 64, "vocabulary_sha256": "k" * 64, "tokens_sha256": "d" * 64,
             "teacher_layers": 3, "teacher_width": 16}
 
@@ -72,6 +73,43 @@ def test_round_trip_is_bit_exact(tmp_path, tokens):
     assert torch.equal(batch.hidden, taps["hidden"][[7, 2, 5]].bfloat16().float())
     assert torch.equal(batch.attentions, taps["attentions"][[7, 2, 5]].half().float())  # packed, then unpacked
     assert batch.hidden.shape == (3, 2, T, 16) and batch.attentions.shape == (3, 2, 2, T, T)
+
+
+def test_int8_round_trip_gives_the_quantised_hidden_states(tmp_path, tokens):
+    """int8 values and float32 scales as `quantise` makes them; a batch holds their product, within half a
+    step of the teacher's float32 states; q/k/v stay bfloat16."""
+    write(tmp_path, tokens, cfg=INT8)
+    cache = TeacherCache(tmp_path / "cache", verify=True)
+    _, taps = reference(tokens)
+    values, scale = quantise(taps["hidden"])
+    idx = np.arange(N)
+    assert cache.manifest["shards"][0]["files"]["hidden"]["dtype"] == "int8" and scale.shape == (N, 2, T)
+    assert np.array_equal(cache.gather("hidden", idx), values.numpy())
+    assert np.array_equal(cache.gather("hidden_scale", idx), scale.numpy())
+    assert np.array_equal(cache.gather("qkv", idx), taps["qkv"].bfloat16().view(torch.uint16).numpy())
+    rows = [7, 2, 5]
+    batch = cache.batch(np.array(rows))
+    assert torch.equal(batch.hidden, values[rows].float() * scale[rows, ..., None])
+    assert ((batch.hidden - taps["hidden"][rows]).abs() <= scale[rows, ..., None] * (0.5 + 1e-5)).all()
+
+
+def test_int8_quantisation_equals_the_formula():
+    """Per row: scale = absmax / 127, values = round(x / scale) (half to even); a zero row stays zero."""
+    x = torch.tensor([[0.5, -1.27, 0.004, 0.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, -2.0, 0.5]])
+    values, scale = quantise(x)
+    assert values.dtype == torch.int8 and values.tolist() == [[50, -127, 0, 0], [0, 0, 0, 0], [127, 42, -85, 21]]
+    assert scale.tolist() == pytest.approx([0.01, 1.0, 3 / 127])
+    assert cache_mod.as_target("hidden", values, "cpu", scale)[1].tolist() == [0.0] * 4
+    x = torch.randn(3, 2, 5, 64, generator=torch.Generator().manual_seed(0)) * torch.logspace(-3, 3, 5)[:, None]
+    x[0, 1, 2] = 0.0
+    values, scale = quantise(x)
+    a = x.numpy()
+    want_scale = np.abs(a).max(-1) / np.float32(127)
+    want_scale[want_scale == 0] = 1
+    want = np.clip(np.rint(a / want_scale[..., None]), -127, 127)
+    assert np.array_equal(scale.numpy(), want_scale) and np.array_equal(values.numpy(), want)
+    assert np.array_equal(cache_mod.as_target("hidden", values, "cpu", scale).numpy(),
+                          want.astype(np.float32) * want_scale[..., None])
 
 
 def test_uint24_round_trip_is_bit_exact():
@@ -271,18 +309,33 @@ def test_select_serves_only_what_an_arm_reads(tmp_path, tokens):
         cache.select(ArmConfig(terms={"attn_kl": 1.0}).components)
 
 
+def test_hidden_scale_is_read_only_with_the_hidden_states(tmp_path, tokens):
+    write(tmp_path, tokens, cfg=INT8, capture=Capture(hidden=(1, 3)))
+    shard = tmp_path / "cache" / "00001.hidden_scale.npy"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    cache = TeacherCache(tmp_path / "cache")
+    first = cache.manifest["shards"][1]["start"]
+    cache.select(ArmConfig(terms={"ce": 0.5, "fkl": 0.5}).components)
+    assert cache.batch(np.arange(first, first + 2)).hidden is None  # shard 1, neither its hidden states nor scales
+    cache.select(("input_ids", "hidden"))
+    with pytest.raises(KdbenchError, match=r"shard 00001 \(00001.hidden_scale.npy\): crc32 mismatch"):
+        cache.batch(np.array([first]))
+
+
+@pytest.mark.parametrize("cfg", [CFG, INT8], ids=["bfloat16", "int8"])
 @pytest.mark.parametrize("idx", [[3, 4, 5], [7, 2, 9, 0]], ids=["writer's batch", "a training batch"])
-def test_online_teacher_gives_the_cached_targets_and_losses(tmp_path, tokens, idx):
+def test_online_teacher_gives_the_cached_targets_and_losses(tmp_path, tokens, idx, cfg):
     """Online targets are the cache's: bit-equal on the batch the writer ran, and on any other batch within
     the storage dtypes' rounding (the teacher's float sums may differ in the last bit with the batch's rows)."""
-    from kdbench.capture import OnlineTeacher
     from kdbench.losses import Targets
     from kdbench.train import Objective
 
-    write(tmp_path, tokens)
+    write(tmp_path, tokens, cfg=cfg)
     idx = np.array(idx)
     cached = TeacherCache(tmp_path / "cache").batch(idx)
-    online = OnlineTeacher(teacher(), tokens, CFG.top_k, CFG, CAPTURE, "cpu").batch(idx)
+    online = OnlineTeacher(teacher(), tokens, cfg.top_k, cfg, CAPTURE, "cpu").batch(idx)
     exact = len(idx) == 3
     for f in dataclasses.fields(Targets):
         a, b = getattr(cached, f.name), getattr(online, f.name)

@@ -11,7 +11,8 @@ Layout of a cache directory::
     00000.topk_logprobs.npy    (S, T, k)     teacher log-probs of the next token, float16
     00000.topk_ids.npy         (S, T, k)     their ids, as input_ids
     00000.tail_logprob.npy     (S, T)        log of the mass outside the top-k, float32
-    00000.hidden.npy           (S, L, T, D)  mapped layers' outputs, bfloat16 stored as uint16
+    00000.hidden.npy           (S, L, T, D)  mapped layers' outputs, bfloat16 stored as uint16 (or float16, or int8)
+    00000.hidden_scale.npy     (S, L, T)     with int8 hidden states: the scale per token and layer, float32
     00000.attentions.npy       (S, L, H, T(T+1)/2) optional, float16: the causal maps' lower triangles, row by row
     00000.qkv.npy              (S, L, 3, T, D) optional, bfloat16 stored as uint16
 
@@ -46,10 +47,10 @@ from kdbench.plan import id_bytes
 
 FORMAT = "kdbench-cache/6"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity;
 # 5: a crc32 per file beside its sha256, checked by every reader on first read; 6: ids of vocabularies above
-# 65,536 in 24 bits (uint24)
+# 65,536 in 24 bits (uint24), int8 hidden states with hidden_scale
 COMPONENTS = ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob", "hidden", "attentions", "qkv")
 _STAGING_BYTES = 4 << 20  # per component: direct writes of 4 MiB
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.int8}
 
 
 def _storage(arr_dtype: str) -> np.dtype:
@@ -74,16 +75,35 @@ def stored_ids(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, str]:
     return (pack_uint24(ids), "uint24") if n == 3 else (ids.astype(f"uint{8 * n}", copy=False), f"uint{8 * n}")
 
 
+def quantise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., D) -> int8 values and float32 scales (...): per row, scale = absmax / 127 (1 for a zero row, which
+    stays zero), values = round(x / scale). One scale per token and layer keeps an outlier token's range off
+    the others'; x ~ values * scale."""
+    x = x.float()
+    scale = x.abs().amax(-1) / 127
+    scale = torch.where(scale > 0, scale, 1.0)
+    return (x / scale[..., None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
 def stored(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, str]:
     """A tensor as the cache stores it in `dtype`: (array, dtype name)."""
     t = t.detach().to(TORCH_DTYPES[dtype]).cpu()
     return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy(), dtype
 
 
-def as_target(name: str, t: torch.Tensor, device: str) -> torch.Tensor:
+def as_target(name: str, t: torch.Tensor, device: str, scale: torch.Tensor | None = None) -> torch.Tensor:
     """A component in its stored dtype (bfloat16 as such) -> what a training batch holds: ids as int64, the rest
-    float32, on `device`. The reader and the online teacher share it, so both give the same targets."""
-    return (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
+    float32 (int8 hidden states times their `scale`), on `device`. The reader and the online teacher share it,
+    so both give the same targets."""
+    t = (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
+    return t if scale is None else t * scale.to(device, non_blocking=True)[..., None]
+
+
+def as_targets(tensors: dict[str, tuple[torch.Tensor, str]], device: str) -> dict[str, torch.Tensor]:
+    """`as_target` of each component of {component: (tensor, dtype name)}: int8 hidden states times their scales."""
+    scale = tensors.get("hidden_scale", (None,))[0]
+    return {name: as_target(name, t, device, scale if name == "hidden" else None)
+            for name, (t, _) in tensors.items() if name != "hidden_scale"}
 
 
 def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
@@ -308,11 +328,15 @@ class TeacherCache:
         self._checked.add((index, name))
 
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
-        """The `Targets` for sequences `idx`; float components become float32 on `device`."""
+        """The `Targets` for sequences `idx`; float components become float32 on `device` (int8 hidden states
+        times their scales, read only with them)."""
+        def read(name: str) -> torch.Tensor | None:
+            return _to_torch(self.gather(name, idx), self._dtypes[name]) if name in self._dtypes else None
+
         def get(name: str) -> torch.Tensor | None:
             if name not in self.components:
                 return None
-            t = as_target(name, _to_torch(self.gather(name, idx), self._dtypes[name]), device)
+            t = as_target(name, read(name), device, read("hidden_scale") if name == "hidden" else None)
             return _unpack_causal(t, self.seq_len) if name == "attentions" else t
         return Targets(**{name: get(name) for name in COMPONENTS})
 

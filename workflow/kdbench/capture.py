@@ -18,7 +18,7 @@ import torch
 
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig, Capture, capture_for
-from kdbench.cache import TORCH_DTYPES, as_target, pack_causal, stored, stored_ids, write_cache
+from kdbench.cache import TORCH_DTYPES, as_target, as_targets, pack_causal, quantise, stored, stored_ids, write_cache
 from kdbench.config import CacheConfig
 from kdbench.data import load_tokens
 from kdbench.devices import bf16_autocast, device_for_rank
@@ -88,17 +88,28 @@ def _taps(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device:
         return forward_taps(teacher, ids, **asdict(capture))
 
 
+def _layers(taps: Taps, name: str, dtype: str) -> dict[str, tuple[torch.Tensor, str]]:
+    """Layered component `name` (B, L, ..., D) in the storage dtype `dtype` (`cache.hidden_dtype`): int8 is for
+    hidden states, quantised with their scales as `hidden_scale`; the others keep bfloat16 then."""
+    if dtype == "int8" and name == "hidden":
+        values, scale = quantise(taps.stacked("hidden", torch.float32))
+        return {"hidden": (values, "int8"), "hidden_scale": (scale, "float32")}
+    dtype = "bfloat16" if dtype == "int8" else dtype
+    return {name: (taps.stacked(name, TORCH_DTYPES[dtype]), dtype)}
+
+
 def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture,
                     device: str) -> dict[str, tuple[torch.Tensor, str]]:
     """One teacher forward pass over `seqs` (B, T) -> {component: (tensor in its stored dtype, dtype name)}, on
-    the teacher's device; top-k ids as int64 and attention maps unpacked (the cache narrows and packs them)."""
+    the teacher's device; top-k ids as int64 and attention maps unpacked (the cache narrows and packs them), int8
+    hidden states with their `hidden_scale`."""
     taps = _taps(teacher, seqs, cfg, capture, device)
     values, top_ids, tail = topk_targets(taps.logits, k)
     out = {"topk_logprobs": (values.half(), "float16"), "topk_ids": (top_ids, "int64"),
            "tail_logprob": (tail.float(), "float32")}
     for name in ("hidden", "qkv"):
         if getattr(taps, name):
-            out[name] = (taps.stacked(name, TORCH_DTYPES[cfg.hidden_dtype]), cfg.hidden_dtype)
+            out.update(_layers(taps, name, cfg.hidden_dtype))
     if taps.attentions:
         out["attentions"] = (taps.stacked("attentions", torch.float16), "float16")
     return out
@@ -134,7 +145,7 @@ class OnlineTeacher:
         seqs = self.tokens[idx]
         tensors = teacher_tensors(self.teacher, seqs, self.k, self.cfg, self.capture, self.device)
         return Targets(input_ids=as_target("input_ids", torch.from_numpy(seqs.astype(np.int64)), device),
-                       **{name: as_target(name, t, device) for name, (t, _) in tensors.items()})
+                       **as_targets(tensors, device))
 
 
 def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str) -> dict:
