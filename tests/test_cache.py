@@ -18,7 +18,7 @@ from kdbench import capture as capture_mod
 from kdbench.arms import ArmConfig, Capture
 from kdbench.config import CacheConfig, ArchConfig
 from kdbench.cache import TeacherCache, pack_uint24, quantise, stored_ids, unpack_uint24
-from kdbench.capture import OnlineTeacher, reconstruction_kl, topk, topk_targets, write_teacher_cache
+from kdbench.capture import OnlineTeacher, fidelity, reconstruction_kl, topk, topk_targets, write_teacher_cache
 from kdbench.io import read_json
 from kdbench.models import build_model, forward_taps
 
@@ -152,6 +152,18 @@ def test_ids_of_a_large_vocabulary_round_trip_in_24_bits(tmp_path):
     assert torch.equal(batch.topk_ids, want) and (want >= 1 << 16).any()
 
 
+def test_fidelity_reports_the_hidden_states_error_of_each_dtype(tokens):
+    """On a small teacher's real activations: int8 within 1% relative RMS error, bfloat16 within 0.5%, and no
+    int8 value off by more than half a step (absmax / 254)."""
+    got = {dtype: fidelity(teacher(), tokens, 8, dataclasses.replace(CFG, hidden_dtype=dtype), Capture(hidden=(1, 3)),
+                           "cpu") for dtype in ("int8", "bfloat16", "float16")}
+    assert {fid["hidden_dtype"] for fid in got.values()} == set(got)
+    rmse = {dtype: fid["hidden_rel_rmse"] for dtype, fid in got.items()}
+    assert 0 < rmse["float16"] < rmse["bfloat16"] < 0.005 and rmse["bfloat16"] < rmse["int8"] < 0.01
+    absmax = reference(tokens)[1]["hidden"].abs().amax()
+    assert 0 < got["int8"]["hidden_max_abs_err"] <= float(absmax) / 254 * 1.001
+
+
 def test_manifest_records_identity_and_sizes(tmp_path, tokens):
     m = write(tmp_path, tokens)
     assert m["teacher_sha256"] == IDENTITY["teacher_sha256"] and m["top_k"] == 8
@@ -161,6 +173,7 @@ def test_manifest_records_identity_and_sizes(tmp_path, tokens):
     assert m["bytes_per_token"]["attentions"] == 2 * 2 * 2 * (T + 1) / 2  # L * H * fp16 * a lower-triangle row
     fid = read_json(tmp_path / "cache" / "fidelity.json")
     assert fid["kl_topk_mean"] > 0 and 0 < fid["tail_mass_mean"] < 1
+    assert fid["hidden_dtype"] == "bfloat16" and 0 < fid["hidden_rel_rmse"] < 0.005 and fid["hidden_max_abs_err"] > 0
 
 
 def test_non_causal_attention_is_refused(tmp_path, tokens, monkeypatch):

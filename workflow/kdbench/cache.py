@@ -6,7 +6,8 @@ writes, verifies and reads the files.
 Layout of a cache directory::
 
     manifest.json              identity (teacher, tokenizer, tokens, capture settings), shapes, sha256 per file
-    fidelity.json              bytes per token per component, KL(full || top-k reconstruction), tail mass
+    fidelity.json              bytes per token per component, KL(full || top-k reconstruction), tail mass,
+                               the stored hidden states' error against float32
     00000.input_ids.npy        (S, T)        token ids: uint8, uint16, or uint24 as (S, T, 3) uint8 little-endian
     00000.topk_logprobs.npy    (S, T, k)     teacher log-probs of the next token, float16
     00000.topk_ids.npy         (S, T, k)     their ids, as input_ids

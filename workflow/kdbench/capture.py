@@ -149,7 +149,8 @@ class OnlineTeacher:
 
 
 def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str) -> dict:
-    """How much the cache loses, on a sample batch: KL(full || top-k + uniform tail) and the tail mass.
+    """How much the cache loses, on a sample batch: KL(full || top-k + uniform tail), the tail mass, and the
+    hidden states' error in `cfg.hidden_dtype` against float32 (relative RMS and largest absolute).
 
     Also refuses a teacher whose attention maps have weight above the diagonal: packed storage
     keeps only the lower triangle of a causal LM's maps.
@@ -160,8 +161,14 @@ def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Captu
                            "packed attention storage needs a causal LM")
     values, top_ids, tail = topk_targets(taps.logits, k)
     kl = reconstruction_kl(taps.logits, values, top_ids, tail)
-    return {"top_k": k, "kl_topk_mean": float(kl.mean()), "tail_mass_mean": float(tail.exp().mean()),
-            "n_positions": kl.numel()}
+    out = {"top_k": k, "kl_topk_mean": float(kl.mean()), "tail_mass_mean": float(tail.exp().mean()),
+           "n_positions": kl.numel()}
+    if taps.hidden:
+        x = taps.stacked("hidden", torch.float32)
+        err = as_targets(_layers(taps, "hidden", cfg.hidden_dtype), str(x.device))["hidden"] - x
+        out |= {"hidden_dtype": cfg.hidden_dtype, "hidden_rel_rmse": float(err.norm() / x.norm()),
+                "hidden_max_abs_err": float(err.abs().max())}
+    return out
 
 
 def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheConfig, capture: Capture,
