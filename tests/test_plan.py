@@ -28,12 +28,15 @@ IDENTITY = {"teacher_sha256": "t" * 64, "vocabulary_sha256": "k" * 64, "tokens_s
             "teacher_layers": 3, "teacher_width": 16}
 
 
-def test_planned_bytes_match_a_written_cache(tmp_path):
-    exp = load_experiment(CONFIG)
+@pytest.mark.parametrize("vocab, hidden_dtype", [(V, "bfloat16"), (V, "int8"), (70_000, "int8")])
+def test_planned_bytes_match_a_written_cache(tmp_path, vocab, hidden_dtype):
+    exp = load_experiment({**CONFIG, "tokenizer": {"vocab_size": vocab},
+                           "cache": {**CONFIG["cache"], "hidden_dtype": hidden_dtype}})
     p = plan(exp, {})
     assert p.n_seqs == 10 and p.layers == {"hidden": 2, "attentions": 2, "qkv": 1}
-    teacher = build_model(exp.teacher.arch, V, T, 0, seed=0)
-    tokens = np.random.default_rng(0).integers(0, V, size=(p.n_seqs, T)).astype(np.uint16)
+    assert ("hidden_scale" in p.bytes_per_token) == (hidden_dtype == "int8")
+    teacher = build_model(exp.teacher.arch, vocab, T, 0, seed=0)
+    tokens = np.random.default_rng(0).integers(0, vocab, size=(p.n_seqs, T)).astype(np.uint32)
     manifest = write_teacher_cache(teacher, tokens, IDENTITY, exp.cache, capture_for(exp.arms, 2, 3),
                                    tmp_path / "cache", tmp_path / "work")
     assert manifest["bytes_per_token"] == pytest.approx(p.bytes_per_token, rel=0.02)

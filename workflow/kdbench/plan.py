@@ -108,13 +108,16 @@ def plan(exp, described: dict[str, dict | None]) -> Plan:
     n_seqs = math.ceil(train.tokens / seq_len)
     capture = capture_for(exp.arms, student.n_layer, teacher.n_layer)
     k = min(exp.cache.top_k, teacher.vocab_size)
-    layer_bytes = {"hidden": teacher.width * _FP16,
+    int8 = exp.cache.hidden_dtype == "int8"  # a byte per value and a float32 scale per token and layer
+    layer_bytes = {"hidden": teacher.width * (1 if int8 else _FP16),
                    "attentions": teacher.heads * _FP16 * (seq_len + 1) / 2,  # a causal map's lower triangle
                    "qkv": 3 * teacher.heads * teacher.head_dim * _FP16}
     per_token = {"input_ids": id_bytes(teacher.vocab_size), "topk_logprobs": k * _FP16,
                  "topk_ids": k * id_bytes(teacher.vocab_size), "tail_logprob": _FP32}
     layers = {name: len(getattr(capture, name)) for name in layer_bytes if getattr(capture, name)}
     per_token.update({name: n * layer_bytes[name] for name, n in layers.items()})
+    if int8 and "hidden" in layers:
+        per_token["hidden_scale"] = layers["hidden"] * _FP32
 
     tuning = exp.tuning.trials * exp.tuning.tokens if exp.tuning.enabled else 0
     tokens = len(exp.seeds) * train.steps(seq_len) * train.batch_size * seq_len + tuning  # what each arm trains on
