@@ -13,7 +13,7 @@ from kdbench.capture import write_teacher_cache
 from kdbench.cli import main
 from kdbench.experiment import load_experiment
 from kdbench.models import build_model, describe
-from kdbench.plan import arch_shape, described_shape, plan, teacher_mode
+from kdbench.plan import arch_shape, described_shape, id_bytes, plan, teacher_mode
 
 V, T = 300, 12  # ids above 255: two bytes each
 CONFIG = {"tokenizer": {"vocab_size": V}, "data": {"seq_len": T}, "seeds": [0],
@@ -28,17 +28,26 @@ IDENTITY = {"teacher_sha256": "t" * 64, "vocabulary_sha256": "k" * 64, "tokens_s
             "teacher_layers": 3, "teacher_width": 16}
 
 
-def test_planned_bytes_match_a_written_cache(tmp_path):
-    exp = load_experiment(CONFIG)
+@pytest.mark.parametrize("vocab, hidden_dtype", [(V, "bfloat16"), (V, "int8"), (70_000, "int8")])
+def test_planned_bytes_match_a_written_cache(tmp_path, vocab, hidden_dtype):
+    exp = load_experiment({**CONFIG, "tokenizer": {"vocab_size": vocab},
+                           "cache": {**CONFIG["cache"], "hidden_dtype": hidden_dtype}})
     p = plan(exp, {})
     assert p.n_seqs == 10 and p.layers == {"hidden": 2, "attention_qk": 2, "qkv": 1}
-    teacher = build_model(exp.teacher.arch, V, T, 0, seed=0)
-    tokens = np.random.default_rng(0).integers(0, V, size=(p.n_seqs, T)).astype(np.uint16)
+    assert ("hidden_scale" in p.bytes_per_token) == (hidden_dtype == "int8")
+    teacher = build_model(exp.teacher.arch, vocab, T, 0, seed=0)
+    tokens = np.random.default_rng(0).integers(0, vocab, size=(p.n_seqs, T)).astype(np.uint32)
     manifest = write_teacher_cache(teacher, tokens, IDENTITY, exp.cache, capture_for(exp.arms, 2, 3),
                                    tmp_path / "cache", tmp_path / "work")
     assert manifest["bytes_per_token"] == pytest.approx(p.bytes_per_token, rel=0.02)
     on_disk = sum(f.stat().st_size for f in (tmp_path / "cache").glob("*.npy"))
     assert on_disk == pytest.approx(p.cache_bytes, rel=0.02)
+
+
+def test_id_bytes_and_the_24_bit_limit():
+    assert [id_bytes(v) for v in (256, 257, 65_536, 65_537, 1 << 24)] == [1, 2, 2, 3, 3]
+    with pytest.raises(KdbenchError, match=r"^vocabulary of 16,777,217 tokens: .*24 bits"):
+        id_bytes((1 << 24) + 1)
 
 
 def test_described_shape_of_a_built_model_matches_its_arch():

@@ -6,12 +6,14 @@ writes, verifies and reads the files.
 Layout of a cache directory::
 
     manifest.json              identity (teacher, tokenizer, tokens, capture settings), shapes, sha256 per file
-    fidelity.json              bytes per token per component, KL(full || top-k reconstruction), tail mass
-    00000.input_ids.npy        (S, T)        token ids, narrowest unsigned dtype
+    fidelity.json              bytes per token per component, KL(full || top-k reconstruction), tail mass,
+                               the stored hidden states' error against float32
+    00000.input_ids.npy        (S, T)        token ids: uint8, uint16, or uint24 as (S, T, 3) uint8 little-endian
     00000.topk_logprobs.npy    (S, T, k)     teacher log-probs of the next token, float16
-    00000.topk_ids.npy         (S, T, k)     their ids, narrowest unsigned dtype
+    00000.topk_ids.npy         (S, T, k)     their ids, as input_ids
     00000.tail_logprob.npy     (S, T)        log of the mass outside the top-k, float32
-    00000.hidden.npy           (S, L, T, D)  mapped layers' outputs, bfloat16 stored as uint16
+    00000.hidden.npy           (S, L, T, D)  mapped layers' outputs, bfloat16 stored as uint16 (or float16, or int8)
+    00000.hidden_scale.npy     (S, L, T)     with int8 hidden states: the scale per token and layer, float32
     00000.attention_qk.npy     (S, L, T, (H + G) hd) optional, float16: queries and keys, maps derived on read
     00000.qkv.npy              (S, L, T, (H + 2G) hd) optional, float16: queries, keys and values
 
@@ -45,17 +47,46 @@ from kdbench import KdbenchError, attention
 from kdbench.attention import Heads
 from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
 from kdbench.losses import Targets
+from kdbench.plan import id_bytes
 
 FORMAT = "kdbench-cache/6"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity;
 # 5: a crc32 per file beside its sha256, checked by every reader on first read; 6: q/k instead of attention maps,
-# q/k/v as the attention received them (after rotary embeddings, kv heads not repeated), float16
+# q/k/v as the attention received them (after rotary embeddings, kv heads not repeated), float16; ids of
+# vocabularies above 65,536 in 24 bits (uint24); int8 hidden states with hidden_scale
 _STAGING_BYTES = 4 << 20  # per component: direct writes of 4 MiB
-TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.int8}
 
 
 def _storage(arr_dtype: str) -> np.dtype:
-    """bfloat16 has no numpy dtype: store its bits as uint16."""
-    return np.dtype(np.uint16) if arr_dtype == "bfloat16" else np.dtype(arr_dtype)
+    """bfloat16 and uint24 have no numpy dtype: store bfloat16's bits as uint16, uint24's bytes as uint8."""
+    return np.dtype({"bfloat16": np.uint16, "uint24": np.uint8}.get(arr_dtype, arr_dtype))
+
+
+def pack_uint24(ids: np.ndarray) -> np.ndarray:
+    """Ids below 2^24 -> their three low bytes, little-endian: a uint8 array with a trailing axis of 3."""
+    return np.ascontiguousarray(np.ascontiguousarray(ids, "<u4").view(np.uint8).reshape(*np.shape(ids), 4)[..., :3])
+
+
+def unpack_uint24(packed: np.ndarray) -> np.ndarray:
+    """`pack_uint24`'s bytes -> the ids, int64."""
+    b = packed.astype(np.int64)
+    return b[..., 0] | b[..., 1] << 8 | b[..., 2] << 16
+
+
+def stored_ids(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, str]:
+    """Token ids as the cache stores them: the narrowest of uint8, uint16 and uint24 that holds the vocabulary."""
+    n = id_bytes(vocab_size)
+    return (pack_uint24(ids), "uint24") if n == 3 else (ids.astype(f"uint{8 * n}", copy=False), f"uint{8 * n}")
+
+
+def quantise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., D) -> int8 values and float32 scales (...): per row, scale = absmax / 127 (1 for a zero row, which
+    stays zero), values = round(x / scale). One scale per token and layer keeps an outlier token's range off
+    the others'; x ~ values * scale."""
+    x = x.float()
+    scale = x.abs().amax(-1) / 127
+    scale = torch.where(scale > 0, scale, 1.0)
+    return (x / scale[..., None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
 def stored(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, str]:
@@ -64,12 +95,20 @@ def stored(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, str]:
     return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy(), dtype
 
 
-def to_targets(parts: dict[str, torch.Tensor], heads: Heads | None, device: str) -> Targets:
-    """Components in their stored dtypes (bfloat16 as such) -> a training batch on `device`: ids as int64, the
-    rest float32, attention maps and q/k/v vectors derived from the stored q/k(/v). The reader and the online
-    teacher share it, so both give the same targets."""
+def converted(parts: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    """Components in their stored dtypes (bfloat16 as such) -> on `device`, ids as int64 and the rest float32,
+    int8 hidden states times their `hidden_scale`."""
     out = {name: (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
            for name, t in parts.items()}
+    if "hidden_scale" in out:
+        out["hidden"] = out["hidden"] * out.pop("hidden_scale")[..., None]
+    return out
+
+
+def to_targets(parts: dict[str, torch.Tensor], heads: Heads | None, device: str) -> Targets:
+    """Stored components -> a training batch (`converted`), attention maps and q/k/v vectors derived from the
+    stored q/k(/v). The reader and the online teacher share it, so both give the same targets."""
+    out = converted(parts, device)
     if "attention_qk" in out:
         out["attentions"] = attention.maps(*attention.unpack(out.pop("attention_qk"), heads, "qk"), heads.scaling)
     if "qkv" in out:
@@ -78,7 +117,7 @@ def to_targets(parts: dict[str, torch.Tensor], heads: Heads | None, device: str)
 
 
 def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.ascontiguousarray(unpack_uint24(a) if dtype == "uint24" else a))
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 
 
@@ -281,8 +320,10 @@ class TeacherCache:
         self._checked.add((index, name))
 
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
-        """The `Targets` for sequences `idx` (`to_targets`)."""
-        return to_targets({name: _to_torch(self.gather(name, idx), self._dtypes[name]) for name in self.components},
+        """The `Targets` for sequences `idx` (`to_targets`); int8 hidden states are read with their scales."""
+        names = self.components + (("hidden_scale",) if "hidden" in self.components and "hidden_scale" in self._dtypes
+                                   else ())
+        return to_targets({name: _to_torch(self.gather(name, idx), self._dtypes[name]) for name in names},
                           self._heads, device)
 
 

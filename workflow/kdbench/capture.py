@@ -19,12 +19,13 @@ import torch
 from kdbench import KdbenchError, attention
 from kdbench.arms import ArmConfig, Capture, capture_for
 from kdbench.attention import Heads
-from kdbench.cache import TORCH_DTYPES, stored, to_targets, write_cache
+from kdbench.cache import TORCH_DTYPES, converted, quantise, stored, stored_ids, to_targets, write_cache
 from kdbench.config import CacheConfig
-from kdbench.data import load_tokens, token_dtype
+from kdbench.data import load_tokens
 from kdbench.devices import bf16_autocast, device_for_rank
 from kdbench.losses import Targets, flat_ids, zero_at
-from kdbench.models import Taps, blocks, check_attention_formula, forward_taps, load_model, load_tokenizer, vocabulary_sha256, width
+from kdbench.models import (Taps, blocks, check_attention_formula, forward_taps, load_model, load_tokenizer,
+                            vocabulary_sha256, width)
 from kdbench.provenance import weights_sha256
 
 
@@ -94,16 +95,25 @@ def _packed(recorded, parts: str) -> torch.Tensor:
     return torch.stack([r.packed(parts).half() for r in recorded], dim=1)
 
 
+def _hidden(taps: Taps, dtype: str) -> dict[str, tuple[torch.Tensor, str]]:
+    """Hidden states (B, L, T, D) in `cache.hidden_dtype`: int8 with its scales as `hidden_scale`."""
+    if dtype == "int8":
+        values, scale = quantise(taps.stacked(torch.float32))
+        return {"hidden": (values, "int8"), "hidden_scale": (scale, "float32")}
+    return {"hidden": (taps.stacked(TORCH_DTYPES[dtype]), dtype)}
+
+
 def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture,
                     device: str) -> dict[str, tuple[torch.Tensor, str]]:
     """One teacher forward pass over `seqs` (B, T) -> {component: (tensor in its stored dtype, dtype name)}, on
-    the teacher's device; top-k ids as int64 (the cache narrows them)."""
+    the teacher's device; top-k ids as int64 (the cache narrows them), int8 hidden states with their
+    `hidden_scale`."""
     taps = _taps(teacher, seqs, cfg, capture, device)
     values, top_ids, tail = topk_targets(taps.logits, k)
     out = {"topk_logprobs": (values.half(), "float16"), "topk_ids": (top_ids, "int64"),
            "tail_logprob": (tail.float(), "float32")}
     if taps.hidden:
-        out["hidden"] = (taps.stacked(TORCH_DTYPES[cfg.hidden_dtype]), cfg.hidden_dtype)
+        out.update(_hidden(taps, cfg.hidden_dtype))
     if taps.attentions:
         out["attention_qk"] = (_packed(taps.attentions, "qk"), "float16")
     if taps.qkv:
@@ -115,9 +125,9 @@ def teacher_arrays(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture:
                    device: str) -> dict[str, tuple[np.ndarray, str]]:
     """One teacher forward pass over `seqs` (B, T) -> {component: (array, stored dtype)}, as the cache writes them."""
     tensors = teacher_tensors(teacher, seqs, k, cfg, capture, device)
-    id_dtype = str(token_dtype(teacher.config.vocab_size))
+    vocab = teacher.config.vocab_size
     top_ids, _ = tensors.pop("topk_ids")
-    arrays = {"input_ids": (seqs, str(seqs.dtype)), "topk_ids": (top_ids.cpu().numpy().astype(id_dtype), id_dtype)}
+    arrays = {"input_ids": stored_ids(seqs, vocab), "topk_ids": stored_ids(top_ids.cpu().numpy(), vocab)}
     arrays.update({name: stored(t, dtype) for name, (t, dtype) in tensors.items()})
     return arrays
 
@@ -153,7 +163,8 @@ def attention_heads(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Captur
 
 
 def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str) -> dict:
-    """How much the cache loses, on a sample batch: KL(full || top-k + uniform tail), the tail mass and, with
+    """How much the cache loses, on a sample batch: KL(full || top-k + uniform tail), the tail mass, the
+    hidden states' error in `cfg.hidden_dtype` against float32 (relative RMS and largest absolute) and, with
     attention layers, how far maps derived from the stored q/k are from the teacher's own (eager kernel).
 
     Refuses a teacher whose maps are not the derivation's formula (`kdbench.attention`).
@@ -163,6 +174,11 @@ def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Captu
     kl = reconstruction_kl(taps.logits, values, top_ids, tail)
     out = {"top_k": k, "kl_topk_mean": float(kl.mean()), "tail_mass_mean": float(tail.exp().mean()),
            "n_positions": kl.numel()}
+    if taps.hidden:
+        x = taps.stacked(torch.float32)
+        err = converted({n: t for n, (t, _) in _hidden(taps, cfg.hidden_dtype).items()}, str(x.device))["hidden"] - x
+        out |= {"hidden_dtype": cfg.hidden_dtype, "hidden_rel_rmse": float(err.norm() / x.norm()),
+                "hidden_max_abs_err": float(err.abs().max())}
     if taps.attentions:
         ids = torch.from_numpy(seqs.astype(np.int64)).to(device)
         with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):

@@ -59,8 +59,11 @@ def described_shape(info: dict) -> Shape:
 
 
 def id_bytes(vocab_size: int) -> int:
-    """Bytes of one stored token id: the narrowest unsigned integer that holds every id (`data.token_dtype`)."""
-    return next(b for b in (1, 2, 4) if vocab_size <= 1 << (8 * b))
+    """Bytes of one cached token id: 1, 2 or 3, the fewest that hold every id (`cache.stored_ids`)."""
+    if vocab_size > 1 << 24:
+        raise KdbenchError(f"vocabulary of {vocab_size:,} tokens: the teacher cache stores token ids in 24 bits, "
+                           f"at most {1 << 24:,} tokens")
+    return next(b for b in (1, 2, 3) if vocab_size <= 1 << (8 * b))
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,9 @@ def plan(exp, described: dict[str, dict | None]) -> Plan:
     n_seqs = math.ceil(train.tokens / seq_len)
     capture = capture_for(exp.arms, student.n_layer, teacher.n_layer)
     k = min(exp.cache.top_k, teacher.vocab_size)
+    int8 = exp.cache.hidden_dtype == "int8"  # a byte per value and a float32 scale per token and layer
     qk = teacher.heads + teacher.kv_heads  # query heads, then key heads, of head_dim each
-    layer_bytes = {"hidden": teacher.width * _FP16, "attentions": qk * teacher.head_dim * _FP16,
+    layer_bytes = {"hidden": teacher.width * (1 if int8 else _FP16), "attentions": qk * teacher.head_dim * _FP16,
                    "qkv": (qk + teacher.kv_heads) * teacher.head_dim * _FP16}
     per_token = {"input_ids": id_bytes(teacher.vocab_size), "topk_logprobs": k * _FP16,
                  "topk_ids": k * id_bytes(teacher.vocab_size), "tail_logprob": _FP32}
@@ -115,6 +119,8 @@ def plan(exp, described: dict[str, dict | None]) -> Plan:
               if getattr(capture, name)}
     layers = {name: n for name, (n, _) in stored.items()}
     per_token.update({name: n * size for name, (n, size) in stored.items()})
+    if int8 and "hidden" in layers:
+        per_token["hidden_scale"] = layers["hidden"] * _FP32
 
     tuning = exp.tuning.trials * exp.tuning.tokens if exp.tuning.enabled else 0
     tokens = len(exp.seeds) * train.steps(seq_len) * train.batch_size * seq_len + tuning  # what each arm trains on
