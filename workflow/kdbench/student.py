@@ -89,16 +89,18 @@ def copy_teacher_layers(student: torch.nn.Module, teacher: torch.nn.Module) -> N
 def teacher_source(teacher: Path, arm: ArmConfig, init_dir: Path, model, data_dir: Path, online: Online | None,
                    teacher_sha256: str | None = None):
     """(batch source, manifest) of the teacher's targets: the cache at `teacher`, or, with `online`, the teacher
-    model at `teacher` run in this job. Either must match the student's vocabulary and tokenizer and, when
-    `teacher_sha256` is given, be that teacher's (a random-teacher control's cache is refused as the real one's)."""
-    expect = {"vocab_size": model.config.vocab_size, "vocabulary_sha256": vocabulary_sha256(load_tokenizer(init_dir))}
+    model at `teacher` run in this job. Either must match the student's tokenizer (its vocabulary and size, not the
+    student's embedding rows) and, when `teacher_sha256` is given, be that teacher's (a random-teacher control's
+    cache is refused as the real one's)."""
+    tokenizer = load_tokenizer(init_dir)
+    expect = {"vocab_size": len(tokenizer), "vocabulary_sha256": vocabulary_sha256(tokenizer)}
     if teacher_sha256 is not None:
         expect["teacher_sha256"] = teacher_sha256
     if online is None:
         cache = TeacherCache(teacher, expect=expect)
         cache.select(arm.components)
         return cache, cache.manifest
-    source, manifest = online_teacher(teacher, data_dir, online, arm, len(blocks(model)), device_for_rank())
+    source, manifest = online_teacher(teacher, data_dir, online, arm, len(blocks(model)))
     for key, want in expect.items():
         if manifest[key] != want:
             raise KdbenchError(f"online teacher {teacher}: {key} {manifest[key]!r} differs from the student's {want!r}")
@@ -132,11 +134,12 @@ def _flops(arm: ArmConfig, pairs, objective: Objective, model, source, m: dict, 
     for term in arm.terms:
         for part in specs()[term].reads:
             reads[part] = reads.get(part, 0) + (1 if part == "logits" else len(pairs))
-    teacher = {"layers": m["teacher_layers"], "width": m["teacher_width"], "vocab_size": m["vocab_size"],
+    rows = m.get("teacher_embedding_rows", m["vocab_size"])  # absent (older caches, direct writes): vocab_size is it
+    teacher = {"layers": m["teacher_layers"], "width": m["teacher_width"], "vocab_size": rows,
                "heads": m.get("teacher_heads", 1)} if arm.uses_teacher else None
     projector = sum(p.numel() for p in objective.parameters())
     return training_flops(sum(p.numel() for p in model.parameters()), projector, summary["tokens"], reads,
-                          model.config.vocab_size, source.seq_len, width(model), teacher,
+                          m["vocab_size"], source.seq_len, width(model), teacher,
                           summary["tokens"] if online else min(summary["tokens"], source.n_seqs * source.seq_len))
 
 
