@@ -157,7 +157,8 @@ def test_teacher_layers_init_within_a_family_and_width_only(run, tmp_path):
 
 
 def test_teacher_with_padded_embeddings_feeds_a_student(tmp_path):
-    """Pythia's embedding matrix has 50304 rows for 50277 tokens; a random student is built for the tokenizer."""
+    """Pythia's embedding matrix has 50304 rows for 50277 tokens; a random student is built for the tokenizer.
+    (tests/test_vocab.py checks the targets and losses against unpadded twins.)"""
     write_pretrained(tmp_path / "teacher", corpus(), TEACHER, pad_vocab_to=128)
     tok = load_tokenizer(tmp_path / "teacher")
     assert load_model(tmp_path / "teacher").config.vocab_size > len(tok)
@@ -168,6 +169,9 @@ def test_teacher_with_padded_embeddings_feeds_a_student(tmp_path):
                   tmp_path / "cache", tmp_path / "work" / "cache")
     init_student(StudentConfig(arch=ArchConfig(family="llama", n_layer=2, d_model=32, n_head=2)), 0,
                  tmp_path / "teacher", 32, tmp_path / "teacher", tmp_path / "init")
+    manifest = read_json(tmp_path / "cache" / "manifest.json")
+    assert load_model(tmp_path / "init").config.vocab_size == len(tok) == manifest["vocab_size"]
+    assert manifest["teacher_embedding_rows"] == math.ceil(len(tok) / 128) * 128
     train = TrainConfig(tokens=2048, batch_size=8, warmup_steps=2, curve_every=1)
     train_student("logit_hidden", arms["logit_hidden"], train, 0,
                   tmp_path / "init", tmp_path / "cache", tmp_path / "data", tmp_path / "student", tmp_path / "work" / "s")

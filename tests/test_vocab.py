@@ -1,31 +1,39 @@
 """The distillation vocabulary is the tokenizer's ids, whatever rows the models' embedding matrices have.
 
-Families pad the matrix past the tokenizer (Pythia: 50,304 rows for 50,277 tokens). Stand-in here: a
-teacher padded by 13 rows, its padded output rows made loud (scaled copies of real rows), so any padded
-logit that leaked into the targets would dominate them. It is compared with its twin whose padded rows
-are sliced off the state dict.
+Families pad the matrix past the tokenizer (Pythia: 50,304 rows for 50,277 tokens). Stand-ins here: a
+teacher padded by 13 rows and a pretrained student padded by 5, both with the padded output rows made
+loud (scaled copies of real rows), so any padded logit that leaked into the targets or the loss would
+dominate it. Each is compared with its twin whose padded rows are sliced off the state dict.
 
     .venv/bin/python -m pytest tests/test_vocab.py -q   (CPU, offline, about 10 s)
 """
 from __future__ import annotations
 
+import csv
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from kdbench import KdbenchError
 from kdbench import capture
 from kdbench.arms import ArmConfig
 from kdbench.cache import TeacherCache
 from kdbench.capture import Online, cache_teacher, load_teacher, online_teacher
-from kdbench.config import ArchConfig, CacheConfig
+from kdbench.config import ArchConfig, CacheConfig, StudentConfig, TrainConfig
 from kdbench.models import build_model, load_model, load_tokenizer, save_model
+from kdbench.student import init_student, train_student
 
 T, N = 16, 16
 TEACHER = ArchConfig(family="gpt_neox", n_layer=2, d_model=32, n_head=4)
+STUDENT = ArchConfig(family="llama", n_layer=2, d_model=16, n_head=2)
 ARM = ArmConfig(terms={"ce": 0.5, "fkl": 0.5}, temperature=2.0)
 CACHE = CacheConfig(top_k=8, shard_seqs=8)
+TRAIN = TrainConfig(tokens=2 * 4 * T, batch_size=4, warmup_steps=1, log_every_s=0.0, curve_every=1, val_seqs=4,
+                    autocast=False)
 
 
 def padded_pair(tok_dir: Path, arch: ArchConfig, extra: int, seed: int, out: Path) -> tuple[Path, Path]:
@@ -52,9 +60,11 @@ def setup(tmp_path_factory, tiny_tokenizer_dir) -> dict:
     np.save(root / "data" / "train.npy", tokens)
     np.save(root / "data" / "val.npy", tokens[:4])
     teacher, teacher_twin = padded_pair(tiny_tokenizer_dir, TEACHER, 13, 1, root / "teacher")
+    student, student_twin = padded_pair(tiny_tokenizer_dir, STUDENT, 5, 2, root / "student")
     for name, model_dir in (("cache", teacher), ("cache-twin", teacher_twin)):
         cache_teacher(model_dir, root / "data", CACHE, {"logit": ARM}, 2, N * T, root / name, root / "work" / name)
-    return {"root": root, "n": n, "tokens": tokens, "tok": tiny_tokenizer_dir, "teacher": teacher}
+    return {"root": root, "n": n, "tokens": tokens, "tok": tiny_tokenizer_dir, "teacher": teacher,
+            "student": student, "student_twin": student_twin}
 
 
 def test_the_stand_ins_padded_rows_would_win_the_top_k(setup):
@@ -80,6 +90,44 @@ def test_cached_and_online_targets_are_over_the_tokenizer(setup):
     live = source.batch(idx)
     for name in ("topk_ids", "topk_logprobs", "tail_logprob"):
         assert torch.equal(getattr(live, name), getattr(padded, name)), name
+
+
+def _curve(path: Path) -> list[dict]:
+    return list(csv.DictReader(open(path / "curve.csv")))
+
+
+def test_padded_student_trains_as_its_unpadded_twin(setup):
+    """A pretrained student padded by 5 rows: its logits are cut to the tokenizer before CE and the divergence,
+    so its losses are its twin's (whose logits are exactly the cut ones)."""
+    root = setup["root"]
+    out = {}
+    for name in ("student", "student_twin"):
+        init = root / "init" / name
+        init_student(StudentConfig(arch=STUDENT, init=str(setup[name])), 0, setup["tok"], T, setup["teacher"], init)
+        train_student("logit", ARM, TRAIN, 0, init, root / "cache", root / "data", root / "out" / name,
+                      root / "work" / name)
+        out[name] = root / "out" / name
+    assert load_model(out["student"]).config.vocab_size == setup["n"] + 5  # the student keeps its rows
+    padded, twin = _curve(out["student"]), _curve(out["student_twin"])
+    assert len(padded) == len(twin) == 2
+    for row, other in zip(padded, twin):
+        for key in ("loss", "loss_ce", "loss_fkl"):
+            assert math.isfinite(float(row[key]))
+            assert float(row[key]) == pytest.approx(float(other[key]), rel=1e-5, abs=1e-6), key
+    val = [json.loads((out[s] / "train.json").read_text())["val_loss"] for s in out]
+    assert val[0] == pytest.approx(val[1], rel=1e-5)
+
+
+def test_fewer_rows_than_tokens_are_refused_naming_model_and_both(setup, tmp_path):
+    n, tok = setup["n"], load_tokenizer(setup["tok"])
+    save_model(build_model(STUDENT, n - 3, T, tok.eos_token_id, 0), setup["tok"], tmp_path / "short")
+    with pytest.raises(KdbenchError, match=rf"^student.init '.*short' has {n - 3} embedding rows, fewer than the "
+                                           rf"{n} tokens of its tokenizer$"):
+        init_student(StudentConfig(arch=STUDENT, init=str(tmp_path / "short")), 0, setup["tok"], T, None,
+                     tmp_path / "init")
+    with pytest.raises(KdbenchError, match=rf"^teacher .*short has {n - 3} embedding rows, fewer than the {n} "):
+        cache_teacher(tmp_path / "short", setup["root"] / "data", CACHE, {"logit": ARM}, 2, N * T, tmp_path / "c",
+                      tmp_path / "w")
 
 
 def test_teacher_goes_to_the_process_device_unless_one_process_sees_several_gpus(setup, monkeypatch):

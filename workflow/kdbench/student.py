@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig, Capture
@@ -24,7 +23,7 @@ from kdbench.io import atomic_dir, read_json, write_json
 from kdbench.devices import device_for_rank, world
 from kdbench.layermap import layer_map
 from kdbench.memory import keep_freed_memory
-from kdbench.models import (blocks, build_model, load_model, load_tokenizer, save_model,
+from kdbench.models import (blocks, build_model, check_embedding_rows, load_model, load_tokenizer, save_model,
                             vocabulary_sha256, width)
 from kdbench.provenance import fingerprint
 from kdbench.registry import specs
@@ -36,22 +35,25 @@ def init_student(cfg: StudentConfig, seed: int, tokenizer_dir: Path, seq_len: in
                  out_dir: Path) -> None:
     """Save the initial weights of the seed's students (the untrained floor is evaluated too).
 
-    A random student gets as many output rows as the teacher (Pythia pads its embedding matrix
-    beyond its tokenizer), so every teacher token id has a student logit.
+    A random student gets one embedding row per token of the tokenizer: training reads only those
+    logits (`train.Objective`), so a row past them would stay untrained yet take probability mass in
+    evaluation. 'teacher_layers' keeps the teacher's rows, padded or not, as it copies its embeddings.
     """
     tokenizer = load_tokenizer(tokenizer_dir)
-    vocab = len(tokenizer)
-    if teacher_dir is not None:
-        vocab = max(vocab, AutoConfig.from_pretrained(str(teacher_dir)).vocab_size)
-    if cfg.init in ("random", "teacher_layers"):
-        model = build_model(cfg.arch, vocab, seq_len, tokenizer.eos_token_id, seed)
-        if cfg.init == "teacher_layers":
-            if teacher_dir is None:
-                raise KdbenchError("student.init 'teacher_layers' needs the teacher")
-            copy_teacher_layers(model, load_model(teacher_dir))
+    n = len(tokenizer)
+    if cfg.init == "random":
+        model = build_model(cfg.arch, n, seq_len, tokenizer.eos_token_id, seed)
+    elif cfg.init == "teacher_layers":
+        if teacher_dir is None:
+            raise KdbenchError("student.init 'teacher_layers' needs the teacher")
+        teacher = load_model(teacher_dir)
+        check_embedding_rows(teacher, n, f"teacher {teacher_dir}")
+        model = build_model(cfg.arch, teacher.config.vocab_size, seq_len, tokenizer.eos_token_id, seed)
+        copy_teacher_layers(model, teacher)
     else:
         check_same_tokenizer(load_tokenizer(cfg.init, cfg.revision), tokenizer, cfg.init)
         model = load_model(cfg.init, revision=cfg.revision)
+        check_embedding_rows(model, n, f"student.init {cfg.init!r}")
     with atomic_dir(out_dir) as tmp:
         save_model(model, tokenizer_dir, tmp)
 
@@ -116,7 +118,7 @@ def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init
     source, manifest = teacher_source(teacher, arm, init_dir, model, data_dir, online, teacher_sha256)
     pairs = arm.pairs(len(blocks(model)), manifest["teacher_layers"])
     objective = Objective(arm, pairs, Capture.from_settings(manifest["settings"]), model, manifest["teacher_width"],
-                          seed)
+                          seed, vocab=manifest["vocab_size"])
     key = fingerprint(arm_name, as_dict(arm), as_dict(cfg), seed, manifest["tokens_sha256"],
                       manifest["teacher_sha256"], read_json(init_dir / "config.json"))
     val = TokenSource(load_tokens(data_dir / "val.npy"))
