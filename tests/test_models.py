@@ -126,7 +126,8 @@ def test_depth_pruned_student_distils_from_its_teacher(run, arm, term):
 
 
 @pytest.mark.slow  # the local-models preset through snakemake
-def test_student_with_another_tokenizer_is_refused_before_training(run, tmp_path):
+def test_student_with_another_tokenizer_is_refused_before_any_job(run, tmp_path):
+    """Both tokenizers are local files, so the workflow refuses when it parses (`checks.check_tokenizers`)."""
     root = tmp_path / "mismatch"
     shutil.copytree(run, root, symlinks=True)
     write_pretrained(root / "local" / "other", corpus(variant=1), ArchConfig(family="llama", n_layer=2, d_model=32, n_head=2))
@@ -135,7 +136,8 @@ def test_student_with_another_tokenizer_is_refused_before_training(run, tmp_path
     out = snakemake(f"{EXP}/students/logit/seed0", "--cores", "2",
                     "--configfile", str(PRESETS / "local-models.yaml"), str(override), cwd=root)
     assert out.returncode != 0
-    assert "kdbench error in rule init_student: tokenizer mismatch: local/other has a vocabulary of" in out.stderr
+    assert "tokenizer mismatch: student.init 'local/other' (" in out.stdout + out.stderr
+    assert "and teacher.source 'local/teacher' (" in out.stdout + out.stderr
     assert not (root / EXP / "students" / "logit" / "seed0").exists()
     assert not (root / "logs" / "local-models" / "train_student" / "logit" / "seed0.log").exists()
 

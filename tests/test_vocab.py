@@ -23,9 +23,10 @@ from kdbench import capture
 from kdbench.arms import ArmConfig
 from kdbench.cache import TeacherCache
 from kdbench.capture import Online, cache_teacher, load_teacher, online_teacher
-from kdbench.config import ArchConfig, CacheConfig, StudentConfig, TrainConfig
+from kdbench.config import ArchConfig, CacheConfig, StudentConfig, TokenizerConfig, TrainConfig
 from kdbench.models import build_model, load_model, load_tokenizer, save_model
 from kdbench.student import init_student, train_student
+from kdbench.tokenizer import train_tokenizer
 
 T, N = 16, 16
 TEACHER = ArchConfig(family="gpt_neox", n_layer=2, d_model=32, n_head=4)
@@ -128,6 +129,24 @@ def test_fewer_rows_than_tokens_are_refused_naming_model_and_both(setup, tmp_pat
     with pytest.raises(KdbenchError, match=rf"^teacher .*short has {n - 3} embedding rows, fewer than the {n} "):
         cache_teacher(tmp_path / "short", setup["root"] / "data", CACHE, {"logit": ARM}, 2, N * T, tmp_path / "c",
                       tmp_path / "w")
+
+
+def test_student_with_another_tokenizer_is_refused_naming_both(setup, tmp_path):
+    other_tok = tmp_path / "other-tokenizer"
+    train_tokenizer([f"zz{i} qq{i} ww" for i in range(100)], TokenizerConfig(vocab_size=300, min_frequency=1),
+                    other_tok)
+    save_model(build_model(STUDENT, len(load_tokenizer(other_tok)), T, 0, 0), other_tok, tmp_path / "other")
+    ids = load_tokenizer(other_tok).get_vocab(), load_tokenizer(setup["tok"]).get_vocab()
+    only = [sorted(a.keys() - b.keys(), key=a.get) for a, b in (ids, ids[::-1])]
+    with pytest.raises(KdbenchError) as refused:
+        init_student(StudentConfig(arch=STUDENT, init=str(tmp_path / "other")), 0, setup["tok"], T, None,
+                     tmp_path / "init")
+    message = str(refused.value)
+    assert message == (f"tokenizer mismatch: student.init '{tmp_path / 'other'}' ({len(ids[0])} tokens) and the "
+                       f"teacher's tokenizer {setup['tok']} ({len(ids[1])} tokens) differ: {len(only[0])} tokens only "
+                       f"in the student's (first {only[0][0]!r}), {len(only[1])} only in the teacher's (first "
+                       f"{only[1][0]!r}); logit distillation needs one shared tokenizer")
+    assert only[0] and only[1] and not (tmp_path / "init").exists()
 
 
 def test_teacher_goes_to_the_process_device_unless_one_process_sees_several_gpus(setup, monkeypatch):

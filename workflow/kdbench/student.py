@@ -16,6 +16,7 @@ from kdbench import KdbenchError
 from kdbench.arms import ArmConfig, Capture
 from kdbench.cache import TeacherCache
 from kdbench.capture import Online, online_teacher
+from kdbench.checks import tokenizer_mismatch
 from kdbench.config import StudentConfig, TrainConfig, as_dict, build
 from kdbench.data import load_tokens
 from kdbench.flops import training_flops
@@ -51,19 +52,20 @@ def init_student(cfg: StudentConfig, seed: int, tokenizer_dir: Path, seq_len: in
         model = build_model(cfg.arch, teacher.config.vocab_size, seq_len, tokenizer.eos_token_id, seed)
         copy_teacher_layers(model, teacher)
     else:
-        check_same_tokenizer(load_tokenizer(cfg.init, cfg.revision), tokenizer, cfg.init)
+        check_same_tokenizer(load_tokenizer(cfg.init, cfg.revision), tokenizer, f"student.init {cfg.init!r}",
+                             f"the teacher's tokenizer {tokenizer_dir}")
         model = load_model(cfg.init, revision=cfg.revision)
         check_embedding_rows(model, n, f"student.init {cfg.init!r}")
     with atomic_dir(out_dir) as tmp:
         save_model(model, tokenizer_dir, tmp)
 
 
-def check_same_tokenizer(student_tok, teacher_tok, what: str) -> None:
-    """Distillation compares token distributions: both sides must share one vocabulary."""
+def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str) -> None:
+    """Distillation compares token distributions: both sides must share one vocabulary. `student` and
+    `teacher` name where each tokenizer comes from."""
     if vocabulary_sha256(student_tok) != vocabulary_sha256(teacher_tok):
-        raise KdbenchError(
-            f"tokenizer mismatch: {what} has a vocabulary of {len(student_tok)} tokens, the teacher's has "
-            f"{len(teacher_tok)}, and they differ; logit distillation needs one shared tokenizer")
+        raise KdbenchError(tokenizer_mismatch(student, student_tok.get_vocab(), teacher, teacher_tok.get_vocab(),
+                                              (student_tok.special_tokens_map, teacher_tok.special_tokens_map)))
 
 
 def copy_teacher_layers(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
