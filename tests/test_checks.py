@@ -102,3 +102,44 @@ def test_models_are_checked_from_their_configs(tmp_path, monkeypatch):
     with pytest.raises(KdbenchError, match=r"^arms.relation: .*teacher layer 9"):
         check_models(experiment(teacher={"source": llama}, **{**pretrained, "arms": {
             "relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 9]]}}}), cache)
+
+
+def test_pretrained_student_with_another_tokenizer_is_refused_at_parse_time(tmp_path, monkeypatch, tiny_tokenizer_dir):
+    """Both tokenizer.json files are on disk: compared as JSON before any job, naming both keys and sources."""
+    from kdbench.checks import tokenizer_ids
+    from kdbench.config import TokenizerConfig
+    from kdbench.models import load_tokenizer
+    from kdbench.tokenizer import train_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=320)
+    teacher, student = (save_config(tmp_path / side, "llama", **kw) for side in ("teacher", "student"))
+    arms = {"logit": {"terms": {"fkl": 1.0}}}
+    exp = experiment(teacher={"source": teacher}, student={"init": student}, arms=arms,
+                     stats={"reference_arm": "logit", "candidate_arm": "logit"})
+    check_models(exp, tmp_path / "kept")  # the student has no tokenizer.json: compared by init_student
+    train_tokenizer([f"zz{i} qq{i} ww" for i in range(100)], TokenizerConfig(vocab_size=300, min_frequency=1),
+                    tmp_path / "other")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "student" / f).write_bytes((tmp_path / "other" / f).read_bytes())
+        (tmp_path / "teacher" / f).write_bytes((tiny_tokenizer_dir / f).read_bytes())
+    with pytest.raises(KdbenchError, match=rf"^tokenizer mismatch: student.init '{student}' \(\d+ tokens\) and "
+                                           rf"teacher.source '{teacher}' \(\d+ tokens\) differ: \d+ tokens only in the "
+                                           r"student's \(first '.+'\), \d+ only in the teacher's \(first '.+'\); "):
+        check_models(exp, tmp_path / "kept")
+    (tmp_path / "student" / "tokenizer.json").write_bytes((tiny_tokenizer_dir / "tokenizer.json").read_bytes())
+    check_models(exp, tmp_path / "kept")
+    assert tokenizer_ids(tmp_path / "student") == load_tokenizer(tiny_tokenizer_dir).get_vocab()  # as init_student reads
+
+
+def test_tokenizer_mismatch_names_the_first_difference():
+    from kdbench.checks import tokenizer_mismatch
+
+    teacher = {"a": 0, "b": 1, "c": 2}
+    assert tokenizer_mismatch("s", {"a": 0, "x": 1, "c": 2, "y": 3}, "t", teacher).endswith(
+        "s (4 tokens) and t (3 tokens) differ: 2 tokens only in the student's (first 'x'), 1 only in the teacher's "
+        "(first 'b'); logit distillation needs one shared tokenizer")
+    assert ": token 'c' has id 1 in the student's, 2 in the teacher's;" in tokenizer_mismatch(
+        "s", {"a": 0, "c": 1, "b": 2}, "t", teacher)
+    assert ": special tokens {'eos_token': 'a'} in the student's, {'eos_token': 'c'} in the teacher's;" in \
+        tokenizer_mismatch("s", teacher, "t", teacher, ({"eos_token": "a"}, {"eos_token": "c"}))

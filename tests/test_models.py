@@ -126,7 +126,8 @@ def test_depth_pruned_student_distils_from_its_teacher(run, arm, term):
 
 
 @pytest.mark.slow  # the local-models preset through snakemake
-def test_student_with_another_tokenizer_is_refused_before_training(run, tmp_path):
+def test_student_with_another_tokenizer_is_refused_before_any_job(run, tmp_path):
+    """Both tokenizers are local files, so the workflow refuses when it parses (`checks.check_tokenizers`)."""
     root = tmp_path / "mismatch"
     shutil.copytree(run, root, symlinks=True)
     write_pretrained(root / "local" / "other", corpus(variant=1), ArchConfig(family="llama", n_layer=2, d_model=32, n_head=2))
@@ -135,7 +136,8 @@ def test_student_with_another_tokenizer_is_refused_before_training(run, tmp_path
     out = snakemake(f"{EXP}/students/logit/seed0", "--cores", "2",
                     "--configfile", str(PRESETS / "local-models.yaml"), str(override), cwd=root)
     assert out.returncode != 0
-    assert "kdbench error in rule init_student: tokenizer mismatch: local/other has a vocabulary of" in out.stderr
+    assert "tokenizer mismatch: student.init 'local/other' (" in out.stdout + out.stderr
+    assert "and teacher.source 'local/teacher' (" in out.stdout + out.stderr
     assert not (root / EXP / "students" / "logit" / "seed0").exists()
     assert not (root / "logs" / "local-models" / "train_student" / "logit" / "seed0.log").exists()
 
@@ -157,7 +159,8 @@ def test_teacher_layers_init_within_a_family_and_width_only(run, tmp_path):
 
 
 def test_teacher_with_padded_embeddings_feeds_a_student(tmp_path):
-    """Pythia's embedding matrix has 50304 rows for 50277 tokens; a random student is built for the tokenizer."""
+    """Pythia's embedding matrix has 50304 rows for 50277 tokens; a random student is built for the tokenizer.
+    (tests/test_vocab.py checks the targets and losses against unpadded twins.)"""
     write_pretrained(tmp_path / "teacher", corpus(), TEACHER, pad_vocab_to=128)
     tok = load_tokenizer(tmp_path / "teacher")
     assert load_model(tmp_path / "teacher").config.vocab_size > len(tok)
@@ -168,6 +171,9 @@ def test_teacher_with_padded_embeddings_feeds_a_student(tmp_path):
                   tmp_path / "cache", tmp_path / "work" / "cache")
     init_student(StudentConfig(arch=ArchConfig(family="llama", n_layer=2, d_model=32, n_head=2)), 0,
                  tmp_path / "teacher", 32, tmp_path / "teacher", tmp_path / "init")
+    manifest = read_json(tmp_path / "cache" / "manifest.json")
+    assert load_model(tmp_path / "init").config.vocab_size == len(tok) == manifest["vocab_size"]
+    assert manifest["teacher_embedding_rows"] == math.ceil(len(tok) / 128) * 128
     train = TrainConfig(tokens=2048, batch_size=8, warmup_steps=2, curve_every=1)
     train_student("logit_hidden", arms["logit_hidden"], train, 0,
                   tmp_path / "init", tmp_path / "cache", tmp_path / "data", tmp_path / "student", tmp_path / "work" / "s")

@@ -164,7 +164,7 @@ def test_cache_with_another_tokenizer_is_refused(student_setup, tmp_path_factory
     other = tmp_path_factory.mktemp("other") / "tok"
     train_tokenizer([f"zz{i} qq{i} ww" for i in range(100)], TokenizerConfig(vocab_size=300, min_frequency=1), other)
     with pytest.raises(KdbenchError, match="tokenizer mismatch"):
-        check_same_tokenizer(load_tokenizer(other), load_tokenizer(student_setup / "init"), "the student")
+        check_same_tokenizer(load_tokenizer(other), load_tokenizer(student_setup / "init"), "student", "teacher")
     init = student_setup / "init"
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (init / f).write_bytes((other / f).read_bytes())

@@ -22,10 +22,10 @@ from kdbench.attention import Heads
 from kdbench.cache import TORCH_DTYPES, converted, quantise, stored, stored_ids, to_targets, write_cache
 from kdbench.config import CacheConfig
 from kdbench.data import load_tokens
-from kdbench.devices import bf16_autocast, device_for_rank
+from kdbench.devices import bf16_autocast, device_for_rank, world
 from kdbench.losses import Targets, flat_ids, zero_at
 from kdbench.models import (Taps, blocks, check_attention_formula, forward_taps, load_model, load_tokenizer,
-                            vocabulary_sha256, width)
+                            trim_to_tokenizer, vocabulary_sha256, width)
 from kdbench.provenance import weights_sha256
 
 
@@ -220,10 +220,30 @@ def student_sequences(data_dir: Path, student_tokens: int) -> np.ndarray:
 
 
 def _identity(teacher_dir: Path, teacher, tokens: np.ndarray) -> dict:
-    return {"teacher_sha256": weights_sha256(teacher_dir),
-            "vocabulary_sha256": vocabulary_sha256(load_tokenizer(teacher_dir)),
+    """What names the targets; `vocab_size` is the tokenizer's (the distillation vocabulary), whatever rows the
+    teacher's embedding matrix has (`teacher_embedding_rows`)."""
+    tokenizer = load_tokenizer(teacher_dir)
+    return {"teacher_sha256": weights_sha256(teacher_dir), "vocabulary_sha256": vocabulary_sha256(tokenizer),
+            "vocab_size": len(tokenizer), "teacher_embedding_rows": teacher.config.vocab_size,
             "tokens_sha256": hashlib.sha256(tokens.tobytes()).hexdigest(),
             "teacher_layers": len(blocks(teacher)), "teacher_width": width(teacher)}
+
+
+def load_teacher(teacher_dir: Path, tokens: np.ndarray) -> tuple[torch.nn.Module, str, dict]:
+    """The teacher of a caching or online job over `tokens`: (model, the device its inputs go to, identity).
+
+    A job that is one process and sees several GPUs spreads it over them (device_map "auto": a teacher
+    too big for one GPU); otherwise it goes to the process's device (under torchrun each rank holds a
+    copy, which spreading would not make smaller). Its rows past the tokenizer are cut off
+    (`models.trim_to_tokenizer`), so no padded row is ever a target.
+    """
+    spread = torch.cuda.device_count() > 1 and world()[1] == 1
+    teacher = load_model(teacher_dir, device_map="auto" if spread else None)
+    if not spread:
+        teacher.to(device_for_rank())
+    identity = _identity(teacher_dir, teacher, tokens)
+    trim_to_tokenizer(teacher, identity["vocab_size"], f"teacher {teacher_dir}")
+    return teacher, str(teacher.get_input_embeddings().weight.device), identity
 
 
 @dataclass(frozen=True)
@@ -234,18 +254,16 @@ class Online:
     student_tokens: int
 
 
-def online_teacher(teacher_dir: Path, data_dir: Path, online: Online, arm: ArmConfig, n_student_layers: int,
-                   device: str) -> tuple[OnlineTeacher, dict]:
+def online_teacher(teacher_dir: Path, data_dir: Path, online: Online, arm: ArmConfig,
+                   n_student_layers: int) -> tuple[OnlineTeacher, dict]:
     """An arm's teacher targets computed in its own job; returns the source and what a cache manifest would
     say about it (identity, vocabulary, top_k, capture settings), so students check both alike."""
-    teacher = load_model(teacher_dir).to(device)
     tokens, cfg = student_sequences(data_dir, online.student_tokens), online.cache
-    identity = _identity(teacher_dir, teacher, tokens)
+    teacher, device, identity = load_teacher(teacher_dir, tokens)
     capture = capture_for({"arm": arm}, n_student_layers, identity["teacher_layers"])
-    k = min(cfg.top_k, teacher.config.vocab_size)
+    k = min(cfg.top_k, identity["vocab_size"])
     source = OnlineTeacher(teacher, tokens, k, cfg, capture, device)
-    manifest = {**identity, "vocab_size": teacher.config.vocab_size, "top_k": k, "settings": asdict(capture),
-                "attention_heads": _as_dict(source.heads)}
+    manifest = {**identity, "top_k": k, "settings": asdict(capture), "attention_heads": _as_dict(source.heads)}
     return source, manifest
 
 
@@ -256,10 +274,7 @@ def _as_dict(heads: Heads | None) -> dict | None:
 def cache_teacher(teacher_dir: Path, data_dir: Path, cfg: CacheConfig, arms: dict[str, ArmConfig],
                   n_student_layers: int, student_tokens: int, out_dir: Path, work_dir: Path) -> dict:
     """Cache what the arms need from the teacher over the sequences a student's token budget covers."""
-    spread = torch.cuda.device_count() > 1  # the job's GPUs: a teacher too big for one is spread over them
-    teacher = load_model(teacher_dir, device_map="auto" if spread else None)
     tokens = student_sequences(data_dir, student_tokens)
-    identity = _identity(teacher_dir, teacher, tokens)
+    teacher, device, identity = load_teacher(teacher_dir, tokens)
     capture = capture_for(arms, n_student_layers, identity["teacher_layers"])
-    device = str(teacher.get_input_embeddings().weight.device) if spread else device_for_rank()  # where inputs go
     return write_teacher_cache(teacher, tokens, identity, cfg, capture, out_dir, work_dir, device)

@@ -196,7 +196,51 @@ def check_models(exp, cache_dir: Path = Path(".snakemake/kdbench")) -> dict[str,
                                        f"{info['missing'][component]}")
     n_teacher = exp.teacher.arch.n_layer if exp.trains_teacher else (found["teacher"] or {}).get("n_layer")
     check_arms(exp.arms, student_depth(exp, found["student"]), n_teacher)  # maps against the loaded depths
+    if pretrained and not exp.trains_teacher:
+        check_tokenizers(exp)
     return found
+
+
+def check_tokenizers(exp) -> None:
+    """Refuse a pretrained student whose tokenizer is not the teacher's, when both tokenizer.json files are at hand
+    (local directories, the hub cache); otherwise `student.init_student` compares them, before any student trains."""
+    sides = (("student.init", exp.student.init, exp.student.revision),
+             ("teacher.source", exp.teacher.source, exp.teacher.revision))
+    ids = [tokenizer_ids(model_config_dir(source, revision)) for _, source, revision in sides]
+    if None not in ids and ids[0] != ids[1]:
+        (key_s, student, _), (key_t, teacher, _) = sides
+        raise KdbenchError(tokenizer_mismatch(f"{key_s} {student!r}", ids[0], f"{key_t} {teacher!r}", ids[1]))
+
+
+def tokenizer_ids(folder: Path | None) -> dict[str, int] | None:
+    """token -> id of the tokenizer.json in `folder` (its model's vocabulary and added tokens: what `get_vocab`
+    gives), None without one; read as JSON, so parsing needs no transformers."""
+    path = folder / "tokenizer.json" if folder else None
+    if path is None or not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    vocab = data["model"].get("vocab") or {}
+    ids = dict(vocab) if isinstance(vocab, dict) else {piece: i for i, (piece, _) in enumerate(vocab)}  # Unigram's list
+    return {**ids, **{token["content"]: token["id"] for token in data.get("added_tokens", [])}}
+
+
+def tokenizer_mismatch(student: str, s_ids: dict[str, int], teacher: str, t_ids: dict[str, int],
+                       specials: tuple[dict, dict] | None = None) -> str:
+    """One line on how the student's and the teacher's tokenizers (token -> id, named by where they come from)
+    differ: the tokens only one has, else the first token whose id differs, else their `specials`."""
+    only_s = sorted(s_ids.keys() - t_ids.keys(), key=s_ids.get)
+    only_t = sorted(t_ids.keys() - s_ids.keys(), key=t_ids.get)
+    moved = sorted((t for t in s_ids.keys() & t_ids.keys() if s_ids[t] != t_ids[t]), key=s_ids.get)
+    first = lambda tokens: f" (first {tokens[0]!r})" if tokens else ""
+    if only_s or only_t:
+        why = (f"{len(only_s)} tokens only in the student's{first(only_s)}, "
+               f"{len(only_t)} only in the teacher's{first(only_t)}")
+    elif moved:
+        why = f"token {moved[0]!r} has id {s_ids[moved[0]]} in the student's, {t_ids[moved[0]]} in the teacher's"
+    else:
+        why = f"special tokens {specials[0]} in the student's, {specials[1]} in the teacher's"
+    return (f"tokenizer mismatch: {student} ({len(s_ids)} tokens) and {teacher} ({len(t_ids)} tokens) differ: {why}; "
+            "logit distillation needs one shared tokenizer")
 
 
 def student_depth(exp, student: dict | None) -> int:

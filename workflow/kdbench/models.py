@@ -69,6 +69,25 @@ def load_tokenizer(source: str | Path, revision: str | None = None):
         raise KdbenchError(f"cannot load tokenizer {str(source)!r}: {str(e).splitlines()[0]}") from e
 
 
+def check_embedding_rows(model: PreTrainedModel, n: int, what: str) -> None:
+    """Refuse a model with fewer embedding rows than its tokenizer's `n` ids: some token would have no logit."""
+    rows = model.config.vocab_size
+    if rows < n:
+        raise KdbenchError(f"{what} has {rows} embedding rows, fewer than the {n} tokens of its tokenizer")
+
+
+def trim_to_tokenizer(model: PreTrainedModel, n: int, what: str) -> None:
+    """Cut a teacher's embedding rows to its tokenizer's `n` ids, in place (its config's vocab_size becomes n).
+
+    Families pad the matrix past the tokenizer (Pythia: 50,304 rows for 50,277 tokens); the padded rows
+    are no token, so distillation is over the first n logits: the teacher's top-k, tail and its V - k
+    are computed over them alone.
+    """
+    check_embedding_rows(model, n, what)
+    if model.config.vocab_size > n:
+        model.resize_token_embeddings(n)
+
+
 def save_model(model: PreTrainedModel, tokenizer_source: str | Path, out_dir: Path, revision: str | None = None) -> None:
     """Write weights (safetensors) and the tokenizer of `tokenizer_source` into `out_dir` (callers make it atomic)."""
     model.save_pretrained(out_dir, safe_serialization=True)

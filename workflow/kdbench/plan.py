@@ -103,6 +103,8 @@ def plan(exp, described: dict[str, dict | None]) -> Plan:
     else:
         raise KdbenchError(f"teacher.source: no config.json of {exp.teacher.source!r} at hand (hub cache or "
                            "config/models/), so nothing can be planned")
+    # Built here, a student has the teacher's embedding rows (teacher_layers) or the tokenizer's ids (random): those
+    # are unknown here but at most the rows, as are the ids the cache stores; the difference is a family's padding.
     student = (described_shape(described["student"]) if described.get("student")
                else arch_shape(exp.student.arch, teacher.vocab_size))
     seq_len, train = exp.data.seq_len, exp.student.train

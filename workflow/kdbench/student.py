@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig
 
 from kdbench import KdbenchError
 from kdbench.arms import ArmConfig, Capture
 from kdbench.cache import TeacherCache
 from kdbench.capture import Online, online_teacher
+from kdbench.checks import tokenizer_mismatch
 from kdbench.config import StudentConfig, TrainConfig, as_dict, build
 from kdbench.data import load_tokens
 from kdbench.flops import training_flops
@@ -25,8 +25,8 @@ from kdbench.io import atomic_dir, read_json, write_json
 from kdbench.devices import device_for_rank, world
 from kdbench.layermap import layer_map
 from kdbench.memory import keep_freed_memory
-from kdbench.models import (blocks, build_model, check_attention_formula, forward_taps, load_model, load_tokenizer,
-                            save_model, vocabulary_sha256, width)
+from kdbench.models import (blocks, build_model, check_attention_formula, check_embedding_rows, forward_taps,
+                            load_model, load_tokenizer, save_model, vocabulary_sha256, width)
 from kdbench.provenance import fingerprint
 from kdbench.registry import specs
 from kdbench.train import Objective, TokenSource, train, write_curve
@@ -37,32 +37,36 @@ def init_student(cfg: StudentConfig, seed: int, tokenizer_dir: Path, seq_len: in
                  out_dir: Path) -> None:
     """Save the initial weights of the seed's students (the untrained floor is evaluated too).
 
-    A random student gets as many output rows as the teacher (Pythia pads its embedding matrix
-    beyond its tokenizer), so every teacher token id has a student logit.
+    A random student gets one embedding row per token of the tokenizer: training reads only those
+    logits (`train.Objective`), so a row past them would stay untrained yet take probability mass in
+    evaluation. 'teacher_layers' keeps the teacher's rows, padded or not, as it copies its embeddings.
     """
     tokenizer = load_tokenizer(tokenizer_dir)
-    vocab = len(tokenizer)
-    if teacher_dir is not None:
-        vocab = max(vocab, AutoConfig.from_pretrained(str(teacher_dir)).vocab_size)
-    if cfg.init in ("random", "teacher_layers"):
-        model = build_model(cfg.arch, vocab, seq_len, tokenizer.eos_token_id, seed)
-        if cfg.init == "teacher_layers":
-            if teacher_dir is None:
-                raise KdbenchError("student.init 'teacher_layers' needs the teacher")
-            copy_teacher_layers(model, load_model(teacher_dir))
+    n = len(tokenizer)
+    if cfg.init == "random":
+        model = build_model(cfg.arch, n, seq_len, tokenizer.eos_token_id, seed)
+    elif cfg.init == "teacher_layers":
+        if teacher_dir is None:
+            raise KdbenchError("student.init 'teacher_layers' needs the teacher")
+        teacher = load_model(teacher_dir)
+        check_embedding_rows(teacher, n, f"teacher {teacher_dir}")
+        model = build_model(cfg.arch, teacher.config.vocab_size, seq_len, tokenizer.eos_token_id, seed)
+        copy_teacher_layers(model, teacher)
     else:
-        check_same_tokenizer(load_tokenizer(cfg.init, cfg.revision), tokenizer, cfg.init)
+        check_same_tokenizer(load_tokenizer(cfg.init, cfg.revision), tokenizer, f"student.init {cfg.init!r}",
+                             f"the teacher's tokenizer {tokenizer_dir}")
         model = load_model(cfg.init, revision=cfg.revision)
+        check_embedding_rows(model, n, f"student.init {cfg.init!r}")
     with atomic_dir(out_dir) as tmp:
         save_model(model, tokenizer_dir, tmp)
 
 
-def check_same_tokenizer(student_tok, teacher_tok, what: str) -> None:
-    """Distillation compares token distributions: both sides must share one vocabulary."""
+def check_same_tokenizer(student_tok, teacher_tok, student: str, teacher: str) -> None:
+    """Distillation compares token distributions: both sides must share one vocabulary. `student` and
+    `teacher` name where each tokenizer comes from."""
     if vocabulary_sha256(student_tok) != vocabulary_sha256(teacher_tok):
-        raise KdbenchError(
-            f"tokenizer mismatch: {what} has a vocabulary of {len(student_tok)} tokens, the teacher's has "
-            f"{len(teacher_tok)}, and they differ; logit distillation needs one shared tokenizer")
+        raise KdbenchError(tokenizer_mismatch(student, student_tok.get_vocab(), teacher, teacher_tok.get_vocab(),
+                                              (student_tok.special_tokens_map, teacher_tok.special_tokens_map)))
 
 
 def copy_teacher_layers(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
@@ -90,16 +94,18 @@ def copy_teacher_layers(student: torch.nn.Module, teacher: torch.nn.Module) -> N
 def teacher_source(teacher: Path, arm: ArmConfig, init_dir: Path, model, data_dir: Path, online: Online | None,
                    teacher_sha256: str | None = None):
     """(batch source, manifest) of the teacher's targets: the cache at `teacher`, or, with `online`, the teacher
-    model at `teacher` run in this job. Either must match the student's vocabulary and tokenizer and, when
-    `teacher_sha256` is given, be that teacher's (a random-teacher control's cache is refused as the real one's)."""
-    expect = {"vocab_size": model.config.vocab_size, "vocabulary_sha256": vocabulary_sha256(load_tokenizer(init_dir))}
+    model at `teacher` run in this job. Either must match the student's tokenizer (its vocabulary and size, not the
+    student's embedding rows) and, when `teacher_sha256` is given, be that teacher's (a random-teacher control's
+    cache is refused as the real one's)."""
+    tokenizer = load_tokenizer(init_dir)
+    expect = {"vocab_size": len(tokenizer), "vocabulary_sha256": vocabulary_sha256(tokenizer)}
     if teacher_sha256 is not None:
         expect["teacher_sha256"] = teacher_sha256
     if online is None:
         cache = TeacherCache(teacher, expect=expect)
         cache.select(arm.components)
         return cache, cache.manifest
-    source, manifest = online_teacher(teacher, data_dir, online, arm, len(blocks(model)), device_for_rank())
+    source, manifest = online_teacher(teacher, data_dir, online, arm, len(blocks(model)))
     for key, want in expect.items():
         if manifest[key] != want:
             raise KdbenchError(f"online teacher {teacher}: {key} {manifest[key]!r} differs from the student's {want!r}")
@@ -115,7 +121,7 @@ def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init
     source, manifest = teacher_source(teacher, arm, init_dir, model, data_dir, online, teacher_sha256)
     pairs = arm.pairs(len(blocks(model)), manifest["teacher_layers"])
     objective = Objective(arm, pairs, Capture.from_settings(manifest["settings"]), model, manifest["teacher_width"],
-                          seed)
+                          seed, vocab=manifest["vocab_size"])
     key = fingerprint(arm_name, as_dict(arm), as_dict(cfg), seed, manifest["tokens_sha256"],
                       manifest["teacher_sha256"], read_json(init_dir / "config.json"))
     val = TokenSource(load_tokens(data_dir / "val.npy"))
@@ -138,11 +144,12 @@ def _flops(arm: ArmConfig, pairs, objective: Objective, model, source, m: dict, 
     for term in arm.terms:
         for part in specs()[term].reads:
             reads[part] = reads.get(part, 0) + (1 if part == "logits" else len(pairs))
-    teacher = {"layers": m["teacher_layers"], "width": m["teacher_width"], "vocab_size": m["vocab_size"],
+    rows = m.get("teacher_embedding_rows", m["vocab_size"])  # absent (older caches, direct writes): vocab_size is it
+    teacher = {"layers": m["teacher_layers"], "width": m["teacher_width"], "vocab_size": rows,
                "heads": m.get("teacher_heads", 1)} if arm.uses_teacher else None
     projector = sum(p.numel() for p in objective.parameters())
     return training_flops(sum(p.numel() for p in model.parameters()), projector, summary["tokens"], reads,
-                          model.config.vocab_size, source.seq_len, width(model), teacher,
+                          m["vocab_size"], source.seq_len, width(model), teacher,
                           summary["tokens"] if online else min(summary["tokens"], source.n_seqs * source.seq_len))
 
 

@@ -52,12 +52,17 @@ class TokenSource:
 
 
 class Objective(nn.Module):
-    """Weighted sum of an arm's loss terms; owns the learned hidden-state projection."""
+    """Weighted sum of an arm's loss terms; owns the learned hidden-state projection.
+
+    `vocab`: the distillation vocabulary, the tokenizer's ids (None: every row of the student's head). The
+    student's logits are cut to it before every term, CE included, so rows padded past the tokenizer take no
+    mass and the teacher's uniform tail spreads over V - k tokens that exist.
+    """
 
     def __init__(self, arm: ArmConfig, pairs: tuple[tuple[int, int], ...], capture: Capture,
-                 student: nn.Module, d_teacher: int, seed: int):
+                 student: nn.Module, d_teacher: int, seed: int, vocab: int | None = None):
         super().__init__()
-        self.arm, self.terms = arm, dict(arm.terms)
+        self.arm, self.terms, self.vocab = arm, dict(arm.terms), vocab
         self.losses = {n: (get_loss(n), loss_kwargs(n, arm.hyper)) for n in self.terms}
         ce, buckets = "ce" in self.terms, "logits" in arm.reads  # one pass over the logits serves both
         self.logit_parts = dict(ce=ce, buckets=buckets, temperature=arm.temperature if buckets else 1.0)
@@ -81,12 +86,12 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, targets: Targets, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         taps = forward_taps(model, targets.input_ids, **self.want)
         picked = _pick_layers(targets, self.rows)
-        parts = self.logit_parts
+        parts, logits = self.logit_parts, taps.logits[..., :self.vocab]
         student = StudentOutputs(
-            logits=taps.logits,
+            logits=logits,
             hidden=self.projector(taps.hidden) if self.projector is not None else None,
             attentions=taps.maps(), qkv=taps.vectors(),
-            logit_pass=logit_pass(taps.logits, picked, mask, **parts) if parts["ce"] or parts["buckets"] else None)
+            logit_pass=logit_pass(logits, picked, mask, **parts) if parts["ce"] or parts["buckets"] else None)
         values = {n: fn(student, picked, mask, **kwargs) for n, (fn, kwargs) in self.losses.items()}
         total = sum(w * values[n] for n, w in self.terms.items())
         return total, values
@@ -167,13 +172,15 @@ class Stepper:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, val: TokenSource, n: int, batch_size: int, device: str) -> float:
-    """Mean next-token cross-entropy on the first `n` validation sequences."""
+def validation_loss(model: nn.Module, val: TokenSource, n: int, batch_size: int, device: str,
+                    vocab: int | None = None) -> float:
+    """Mean next-token cross-entropy on the first `n` validation sequences, over the first `vocab` logits as
+    training (`Objective`)."""
     ce = get_loss("ce")
     losses = []
     for start in range(0, min(n, val.n_seqs), batch_size):
         t = val.batch(np.arange(start, min(n, val.n_seqs, start + batch_size)), device)
-        logits = model(input_ids=t.input_ids, use_cache=False).logits
+        logits = model(input_ids=t.input_ids, use_cache=False).logits[..., :vocab]
         losses.append(float(ce(StudentOutputs(logits=logits), t, torch.ones_like(t.input_ids, dtype=torch.bool))))
     return float(np.mean(losses))
 
@@ -227,7 +234,7 @@ def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: Trai
                "final_loss": curve[-1]["loss"] if curve else None}
     if val is not None and rank == 0:
         model.eval()
-        summary["val_loss"] = validation_loss(model, val, cfg.val_seqs, cfg.batch_size, device)
+        summary["val_loss"] = validation_loss(model, val, cfg.val_seqs, cfg.batch_size, device, objective.vocab)
         print(f"{label}: validation loss {summary['val_loss']:.4f}", flush=True)
     return curve, summary
 

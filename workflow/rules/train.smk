@@ -2,7 +2,7 @@ rule init_student:
     input:
         tokenizer=f"{R}/tokenizer",
         info=f"{R}/data/data.json",
-        teacher=f"{R}/teacher",  # its vocabulary size (and its layers for teacher_layers)
+        teacher=f"{R}/teacher",  # teacher_layers copies its embeddings and blocks
     output:
         directory(f"{R}/students/init/seed{{seed}}"),
     conda:
