@@ -79,14 +79,21 @@ def test_control_gain_and_why_paragraph_follow_the_numbers():
     assert "kd scores +" in text and "more than its control" in text
     flipped = gains.assign(gain=-gains["gain"], ci_lo=-gains["ci_hi"], ci_hi=-gains["ci_lo"])
     assert "less than its control" in why.paragraph({"controls": flipped}, StatsConfig(), {"kd@random": "kd"})
+    vague = gains.assign(ci_lo=-1.0, p=0.4)
+    assert "not distinguishable from its control" in why.paragraph({"controls": vague}, StatsConfig(), {"kd@random": "kd"})
 
 
-def test_budget_clause_says_where_the_curves_cross():
+def test_budget_clause_reads_only_detected_differences():
+    """Signs are read only where the interval excludes 0: an n.s. point estimate of either sign is no finding."""
     d = pd.DataFrame({"budget": [100000, 400000, 1600000], "diff": [20.0, 5.0, -0.5], "ci_lo": [15.0, 1.0, -2.0],
                       "ci_hi": [25.0, 9.0, 1.0], "p": [1e-4, 0.02, 0.6]})
     text = why.paragraph({"budget_diffs": d}, StatsConfig(), {})
-    assert "changes sign between 400,000 and 1,600,000 tokens" in text
+    assert "a difference is detectable at 2 of 3 budgets (cand ahead at 100,000, 400,000 tokens)" in text.replace(
+        StatsConfig().candidate_arm, "cand")
     assert "no gap is detectable at the largest budget" in text
-    kept = why.paragraph({"budget_diffs": d.assign(diff=[20.0, 5.0, 3.0], ci_lo=[15.0, 1.0, 1.0], p=[1e-4, 0.02, 0.01])},
-                         StatsConfig(), {})
-    assert "keeps its sign (+) at every budget" in kept and "a gap remains at the largest budget" in kept
+    both = why.paragraph({"budget_diffs": d.assign(diff=[20.0, -5.0, 3.0], ci_lo=[15.0, -9.0, 1.0],
+                                                   ci_hi=[25.0, -1.0, 5.0], p=[1e-4, 0.02, 0.01])}, StatsConfig(), {})
+    assert "detectable at every budget (" in both and "ahead at 100,000, 1,600,000 tokens and" in both
+    assert "behind at 400,000 tokens)" in both and "a gap remains at the largest budget" in both
+    none = why.paragraph({"budget_diffs": d.assign(p=[0.3, 0.2, 0.6])}, StatsConfig(), {})
+    assert "no budget shows a detectable difference" in none and "ahead" not in none

@@ -203,3 +203,7 @@ def _verify_cache(args: argparse.Namespace) -> int:
           f"manifest.json; {cache.n_seqs} sequences x {cache.seq_len} tokens of {', '.join(cache.components)}; "
           f"teacher {cache.manifest.get('teacher_sha256', '')[:12]}")
     return 0
+
+
+if __name__ == "__main__":  # python -m kdbench.cli, as the console script
+    sys.exit(main())

@@ -50,7 +50,7 @@ def _controls(t: pd.DataFrame, ci: str, alpha: float) -> str:
     clauses = []
     for r in t[t["task"] == OVERALL].itertuples():
         verdict = ("more than its control" if r.gain > 0 else "less than its control") if r.p < alpha else \
-            "no different from its control"
+            "not distinguishable from its control"
         clauses.append(f"{r.arm} scores {_interval(r.gain, r.ci_lo, r.ci_hi, '{:.1f}', True)} points over {r.control} "
                        f"({format_p(r.p)}): {verdict}")
     return (f"Against random-teacher controls (the same loss distilled from an untrained teacher; points of accuracy "
@@ -125,14 +125,15 @@ def _budgets(d: pd.DataFrame, cand: str, ref: str, ci: str, alpha: float) -> str
     rows = list(d.sort_values("budget").itertuples())
     values = "; ".join(f"{int(r.budget):,} tokens {_interval(r.diff, r.ci_lo, r.ci_hi, '{:.1f}', True)}"
                        + ("" if r.p < alpha else " (n.s.)") for r in rows)
-    signs = [np.sign(r.diff) for r in rows]
-    cross = [f"between {int(a.budget):,} and {int(b.budget):,} tokens" for a, b in zip(rows, rows[1:])
-             if np.sign(a.diff) != np.sign(b.diff)]
+    found = [r for r in rows if r.p < alpha]  # only a detected difference has a sign worth reading
+    sides = [f"{cand} {side} at {', '.join(f'{int(r.budget):,}' for r in found if (r.diff > 0) == ahead)} tokens"
+             for side, ahead in (("ahead", True), ("behind", False)) if any((r.diff > 0) == ahead for r in found)]
     last = rows[-1]
-    if cross:
-        shape = "the difference changes sign " + " and ".join(cross)
+    if not found:
+        shape = "no budget shows a detectable difference"
     else:
-        shape = f"the difference keeps its sign ({'+' if signs[0] >= 0 else '-'}) at every budget"
+        where = "every budget" if len(found) == len(rows) else f"{len(found)} of {len(rows)} budgets"
+        shape = f"a difference is detectable at {where} ({' and '.join(sides)})"
     end = ("a gap remains at the largest budget" if last.p < alpha else
            "no gap is detectable at the largest budget")
     return (f"Budget curves, {cand} - {ref} overall ({ci}, points): {values}; {shape}, and {end} "
