@@ -32,7 +32,8 @@ _RECORDER: contextvars.ContextVar[dict | None] = contextvars.ContextVar("kdbench
 def _record_and_attend(module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
     slots = _RECORDER.get()
     if slots is not None and id(module) in slots:
-        slots[id(module)].append((query, key, value, kwargs["scaling"]))
+        scaling = kwargs.get("scaling")  # None: sdpa's default, 1 / sqrt(head size)
+        slots[id(module)].append((query, key, value, query.shape[-1] ** -0.5 if scaling is None else scaling))
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 

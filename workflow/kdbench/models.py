@@ -151,7 +151,7 @@ def forward_taps(model: PreTrainedModel, input_ids: Tensor, hidden: tuple[int, .
 def check_attention_formula(model: PreTrainedModel, input_ids: Tensor, layers: tuple[int, ...], derived: Tensor,
                             who: str) -> Tensor:
     """Refuse `model` unless the maps `derived` from its recorded q/k (B, L, H, T, T) are its eager kernel's at
-    blocks `layers`; returns the eager maps. Tolerance: the kernels' own float differences (bf16 autocast: 2e-2)."""
+    blocks `layers`; returns the eager maps. Tolerance: the kernels' own float differences (bf16 autocast: 5e-2)."""
     before = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
@@ -160,7 +160,7 @@ def check_attention_formula(model: PreTrainedModel, input_ids: Tensor, layers: t
         model.set_attn_implementation(before)
     eager = torch.stack([out.attentions[l - 1].float() for l in layers], dim=1)
     error = float((derived.float() - eager).abs().max())
-    if error > (2e-2 if torch.is_autocast_enabled(input_ids.device.type) else 1e-4):
+    if error > (5e-2 if torch.is_autocast_enabled(input_ids.device.type) else 1e-4):
         raise KdbenchError(
             f"{who} ({model.config.model_type}): its attention maps are not softmax(q k^T * scale) under a causal mask "
             f"(max abs difference {error:.2g} from its eager kernel; ALiBi, soft-capping or a sliding window shorter "
