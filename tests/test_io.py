@@ -99,3 +99,15 @@ def test_keep_freed_memory_cuts_page_faults_of_training_steps():
 
     default, keep = faults("default"), faults("keep")
     assert keep < 0.5 * default or default < 1000  # (huge pages: few faults either way, nothing to cut)
+
+
+def test_a_failed_writers_late_cleanup_never_removes_a_retrys_file(tmp_path):
+    """A writer that failed but whose context closes late (when garbage-collected, as an interrupted cache
+    shard's does) must not delete the temporary file of a retry of the same target in the same process."""
+    target = tmp_path / "shard.npy"
+    failed = kio.atomic_path(target)
+    failed.__enter__().write_bytes(b"half")
+    with kio.atomic_path(target) as retry:
+        retry.write_bytes(b"whole")
+        failed.__exit__(KeyboardInterrupt, KeyboardInterrupt("killed"), None)
+    assert target.read_bytes() == b"whole" and [p.name for p in tmp_path.iterdir()] == ["shard.npy"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -42,6 +43,15 @@ def sha256_path(path: Path) -> str:
     return sha256_dir(path) if Path(path).is_dir() else sha256_file(path)
 
 
+_TEMP_IDS = itertools.count()
+
+
+def _temp_sibling(path: Path) -> Path:
+    """A hidden sibling name no other call uses: a failed writer's late cleanup (a context manager closed
+    when it is garbage-collected) can then never remove a retry's file of the same target."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}-{next(_TEMP_IDS)}")
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
@@ -51,7 +61,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temp_sibling(path)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -144,8 +154,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _temp_sibling(path)
     tmp.mkdir()
     try:
         yield tmp
