@@ -97,7 +97,7 @@ def test_keep_freed_memory_cuts_page_faults_of_training_steps():
         assert done.returncode == 0, done.stderr[-2000:]
         return int(done.stdout.split()[-1])
 
-    default, keep = faults("default"), faults("keep")
+    default, keep = (min(faults(mode) for _ in range(2)) for mode in ("default", "keep"))  # the quieter of two runs
     assert keep < 0.5 * default or default < 1000  # (huge pages: few faults either way, nothing to cut)
 
 
