@@ -96,6 +96,11 @@ def maps(q: Tensor, k: Tensor, scaling: float) -> Tensor:
     return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
 
 
+def stored_maps(qk: Tensor, heads: Heads) -> Tensor:
+    """Maps from q|k as the cache stores them (`Recorded.packed("qk")`): (..., T, width) -> (..., H, T, T)."""
+    return maps(*unpack(qk, heads, "qk"), heads.scaling)
+
+
 def vectors(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """(..., H, T, hd) each -> (..., 3, T, H * hd): the layout of the relation loss."""
     return torch.stack([x.transpose(-3, -2).flatten(-2) for x in (q, k, v)], dim=-3)

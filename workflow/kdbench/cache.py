@@ -110,7 +110,7 @@ def to_targets(parts: dict[str, torch.Tensor], heads: Heads | None, device: str)
     stored q/k(/v). The reader and the online teacher share it, so both give the same targets."""
     out = converted(parts, device)
     if "attention_qk" in out:
-        out["attentions"] = attention.maps(*attention.unpack(out.pop("attention_qk"), heads, "qk"), heads.scaling)
+        out["attentions"] = attention.stored_maps(out.pop("attention_qk"), heads)
     if "qkv" in out:
         out["qkv"] = attention.vectors(*attention.unpack(out["qkv"], heads, "qkv"))
     return Targets(**out)

@@ -180,13 +180,12 @@ def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Captu
         out |= {"hidden_dtype": cfg.hidden_dtype, "hidden_rel_rmse": float(err.norm() / x.norm()),
                 "hidden_max_abs_err": float(err.abs().max())}
     if taps.attentions:
-        ids = torch.from_numpy(seqs.astype(np.int64)).to(device)
+        ids, exact = torch.from_numpy(seqs.astype(np.int64)).to(device), taps.maps()
         with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
-            eager = check_attention_formula(teacher, ids, capture.attentions, taps.maps(), "cache: the teacher")
-        stored_maps = torch.stack([attention.maps(*attention.unpack(r.packed("qk").half().float(), r.heads, "qk"),
-                                                  r.scaling) for r in taps.attentions], dim=1)
-        out.update(attention_max_abs_err=float((stored_maps - eager).abs().max()),
-                   attention_formula_max_abs_err=float((taps.maps() - eager).abs().max()))
+            eager = check_attention_formula(teacher, ids, capture.attentions, exact, "cache: the teacher")
+        from_cache = attention.stored_maps(_packed(taps.attentions, "qk").float(), taps.attentions[0].heads)
+        out.update(attention_max_abs_err=float((from_cache - eager).abs().max()),
+                   attention_formula_max_abs_err=float((exact - eager).abs().max()))
     return out
 
 
