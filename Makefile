@@ -63,7 +63,7 @@ report: setup
 	$(BIN)/snakemake $(PRESET) --report $(REPORT)
 
 report-png: report browser
-	$(BIN)/python -m kdbench.browser $(REPORT) $(REPORT:.html=.png)
+	$(BIN)/python -m kdbench.tools.browser $(REPORT) $(REPORT:.html=.png)
 
 paper: setup
 	$(BIN)/kdbench paper results/$(EXP)

@@ -17,8 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer trained on a few sentences, saved like the pipeline saves it."""
-    from kdbench.config import TokenizerConfig
-    from kdbench.tokenizer import train_tokenizer
+    from kdbench.schema.config import TokenizerConfig
+    from kdbench.data.tokenizer import train_tokenizer
 
     texts = [f"Person{i} lives in City{i % 5}. Person{i} has a cat." for i in range(200)]
     out = tmp_path_factory.mktemp("tok") / "tokenizer"

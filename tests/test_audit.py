@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from kdbench import KdbenchError
-from kdbench.audit import audit
+from kdbench.tools.audit import audit
 from kdbench.io import read_json, sha256_file, sha256_path, write_json
 from conftest import SmokeRun
 from kdbench.provenance import job_seed, tree_hashes, write_record
@@ -170,10 +170,10 @@ def test_edited_number_in_summary_is_recomputed_from_the_eval_jsons(run_copy):
 
 @pytest.mark.slow
 def test_swapped_cache_shard_is_named(run_copy, tmp_path):
-    from kdbench.config import CacheConfig
-    from kdbench.arms import Capture
-    from kdbench.capture import write_teacher_cache
-    from kdbench.models import load_model
+    from kdbench.schema.config import CacheConfig
+    from kdbench.schema.arms import Capture
+    from kdbench.cache.capture import write_teacher_cache
+    from kdbench.models.causal_lm import load_model
 
     manifest = read_json(run_copy / "cache" / "manifest.json")
     settings = manifest["settings"]

@@ -1,4 +1,4 @@
-"""kdbench.cache: bit-exact round trip, verification, staleness, resume, top-k fidelity.
+"""kdbench.cache.store: bit-exact round trip, verification, staleness, resume, top-k fidelity.
 
     .venv/bin/python -m pytest tests/test_cache.py -v
 """
@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from kdbench import KdbenchError
-from kdbench import cache as cache_mod
-from kdbench import capture as capture_mod
-from kdbench.arms import ArmConfig, Capture
-from kdbench.config import CacheConfig, ArchConfig
-from kdbench.cache import TeacherCache, pack_uint24, quantise, stored_ids, unpack_uint24
-from kdbench.capture import OnlineTeacher, fidelity, reconstruction_kl, topk, topk_targets, write_teacher_cache
+from kdbench.cache import store as cache_mod
+from kdbench.cache import capture as capture_mod
+from kdbench.schema.arms import ArmConfig, Capture
+from kdbench.schema.config import CacheConfig, ArchConfig
+from kdbench.cache.store import TeacherCache, pack_uint24, quantise, stored_ids, unpack_uint24
+from kdbench.cache.capture import OnlineTeacher, fidelity, reconstruction_kl, topk, topk_targets, write_teacher_cache
 from kdbench.io import read_json
-from kdbench.models import build_model, forward_taps
+from kdbench.models.causal_lm import build_model, forward_taps
 
 V, T, N = 61, 12, 10
 CAPTURE = Capture(hidden=(1, 3), attentions=(1, 3), qkv=(1, 3))
@@ -190,7 +190,7 @@ def test_manifest_records_identity_and_sizes(tmp_path, tokens):
 def test_attention_other_than_the_formula_is_refused(tmp_path, tokens, monkeypatch):
     """A teacher whose eager maps are not softmax(q k^T * scale) under a causal mask (here: the derivation is
     made to differ) is refused before any shard is written."""
-    from kdbench import attention
+    from kdbench.models import attention
 
     real = attention.maps
     monkeypatch.setattr(attention, "maps", lambda q, k, scaling: real(q, k, scaling).flip(-1))
@@ -353,7 +353,7 @@ def test_online_teacher_gives_the_cached_targets_and_losses(tmp_path, tokens, id
     """Online targets are the cache's: bit-equal on the batch the writer ran, and on any other batch within
     the storage dtypes' rounding (the teacher's float sums may differ in the last bit with the batch's rows)."""
     from kdbench.losses import Targets
-    from kdbench.train import Objective
+    from kdbench.train.loop import Objective
 
     write(tmp_path, tokens, cfg=cfg)
     idx = np.array(idx)

@@ -1,4 +1,4 @@
-"""kdbench.checks: what the workflow refuses at parse time, before any job runs, in one line naming the key.
+"""kdbench.schema.checks: what the workflow refuses at parse time, before any job runs, in one line naming the key.
 
     .venv/bin/python -m pytest tests/test_checks.py -q   (about 30 s: one lm-eval task index, four dry runs)
 """
@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from kdbench import KdbenchError
-from kdbench.checks import check_config_files, check_models, check_paths, check_tasks, source_kind
-from kdbench.experiment import load_experiment
+from kdbench.schema.checks import check_config_files, check_models, check_paths, check_tasks, source_kind
+from kdbench.schema.experiment import load_experiment
 
 from conftest import REPO, snakemake
 
@@ -106,10 +106,10 @@ def test_models_are_checked_from_their_configs(tmp_path, monkeypatch):
 
 def test_pretrained_student_with_another_tokenizer_is_refused_at_parse_time(tmp_path, monkeypatch, tiny_tokenizer_dir):
     """Both tokenizer.json files are on disk: compared as JSON before any job, naming both keys and sources."""
-    from kdbench.checks import tokenizer_ids
-    from kdbench.config import TokenizerConfig
-    from kdbench.models import load_tokenizer
-    from kdbench.tokenizer import train_tokenizer
+    from kdbench.schema.checks import tokenizer_ids
+    from kdbench.schema.config import TokenizerConfig
+    from kdbench.models.causal_lm import load_tokenizer
+    from kdbench.data.tokenizer import train_tokenizer
 
     monkeypatch.chdir(tmp_path)
     kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=320)
@@ -133,7 +133,7 @@ def test_pretrained_student_with_another_tokenizer_is_refused_at_parse_time(tmp_
 
 
 def test_tokenizer_mismatch_names_the_first_difference():
-    from kdbench.checks import tokenizer_mismatch
+    from kdbench.schema.checks import tokenizer_mismatch
 
     teacher = {"a": 0, "b": 1, "c": 2}
     assert tokenizer_mismatch("s", {"a": 0, "x": 1, "c": 2, "y": 3}, "t", teacher).endswith(

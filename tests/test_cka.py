@@ -1,4 +1,4 @@
-"""kdbench.cka: linear CKA against hand-computed cases.
+"""kdbench.analysis.cka: linear CKA against hand-computed cases.
 
     .venv/bin/python -m pytest tests/test_cka.py -v
 """
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
-from kdbench.cka import cka_matrix, linear_cka
+from kdbench.analysis.cka import cka_matrix, linear_cka
 
 
 def test_one_feature_each_is_the_squared_correlation():

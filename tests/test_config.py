@@ -1,4 +1,4 @@
-"""kdbench.config / experiment: the shipped configs load, and bad input names the key.
+"""kdbench.schema.config / experiment: the shipped configs load, and bad input names the key.
 
     .venv/bin/python -m pytest tests/test_config.py -v
 """
@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from kdbench import KdbenchError
-from kdbench.config import ConfigError, build
-from kdbench.arms import capture_for, Capture
-from kdbench.experiment import capture_spec, load_experiment
+from kdbench.schema.config import ConfigError, build
+from kdbench.schema.arms import capture_for, Capture
+from kdbench.schema.experiment import capture_spec, load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_bad_config_names_the_key(path, value, message):
 
 
 def test_build_rejects_non_mapping_section():
-    from kdbench.config import CacheConfig
+    from kdbench.schema.config import CacheConfig
     with pytest.raises(ConfigError, match="cache: expected a mapping"):
         build(CacheConfig, [1, 2], "cache")
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from kdbench import KdbenchError
-from kdbench.arms import ArmConfig, Capture
-from kdbench.capture import write_teacher_cache
-from kdbench.config import ArchConfig, CacheConfig, StudentConfig, TrainConfig
-from kdbench.experiment import control_arms, load_experiment
-from kdbench.models import build_model, load_model, load_tokenizer, save_model, vocabulary_sha256
+from kdbench.schema.arms import ArmConfig, Capture
+from kdbench.cache.capture import write_teacher_cache
+from kdbench.schema.config import ArchConfig, CacheConfig, StudentConfig, TrainConfig
+from kdbench.schema.experiment import control_arms, load_experiment
+from kdbench.models.causal_lm import build_model, load_model, load_tokenizer, save_model, vocabulary_sha256
 from kdbench.provenance import weights_sha256
-from kdbench.student import init_student, train_student
-from kdbench.teacher import random_teacher
+from kdbench.train.student import init_student, train_student
+from kdbench.train.teacher import random_teacher
 
 T = 16
 CFG = TrainConfig(tokens=4 * 4 * T, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=100, log_every_s=0.0,

@@ -1,4 +1,4 @@
-"""kdbench.data: corpus readers, packing, dtypes, deterministic splits.
+"""kdbench.data.tokens: corpus readers, packing, dtypes, deterministic splits.
 
     .venv/bin/python -m pytest tests/test_data.py -v
 """
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from kdbench import KdbenchError
-from kdbench.config import DataConfig
-from kdbench.data import load_tokens, pack, prepare, read_texts, token_dtype
-from kdbench.models import load_tokenizer
+from kdbench.schema.config import DataConfig
+from kdbench.data.tokens import load_tokens, pack, prepare, read_texts, token_dtype
+from kdbench.models.causal_lm import load_tokenizer
 
 
 def test_token_dtype_is_narrowest():

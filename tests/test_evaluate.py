@@ -27,7 +27,7 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from kdbench import KdbenchError  # noqa: E402
-from kdbench.config import EvalConfig  # noqa: E402
+from kdbench.schema.config import EvalConfig  # noqa: E402
 from kdbench.evaluate import evaluate_model, render_tasks
 from kdbench.io import read_json, sha256_dir  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""kdbench.models on any decoder-only causal LM: blocks, hidden states, and queries, keys and values as the
+"""kdbench.models.causal_lm on any decoder-only causal LM: blocks, hidden states, and queries, keys and values as the
 attention receives them (grouped- and multi-query attention included), on tiny random stand-ins of ten families.
 
 Two checks need no family knowledge: the attention maps derived from the recorded q and k must equal the
@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from kdbench import KdbenchError
-from kdbench.models import blocks, check_attention_formula, describe, forward_taps
+from kdbench.models.causal_lm import blocks, check_attention_formula, describe, forward_taps
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, vocab_size=96,
             max_position_embeddings=64, pad_token_id=0, bos_token_id=0, eos_token_id=0)

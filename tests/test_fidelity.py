@@ -1,4 +1,4 @@
-"""kdbench.fidelity, flops and why: agreement and inherited errors on a planted case; FLOPs; the paragraph.
+"""kdbench.analysis.fidelity, flops and why: agreement and inherited errors on a planted case; FLOPs; the paragraph.
 
     .venv/bin/python -m pytest tests/test_fidelity.py -v
 """
@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdbench import why
-from kdbench.analysis import control_gains
-from kdbench.config import StatsConfig
-from kdbench.fidelity import agreement_table, counts, item_agreement, kl_table
-from kdbench.flops import training_flops, transformer_params
+from kdbench.analysis import why
+from kdbench.analysis.explain import control_gains
+from kdbench.schema.config import StatsConfig
+from kdbench.analysis.fidelity import agreement_table, counts, item_agreement, kl_table
+from kdbench.train.flops import training_flops, transformer_params
 
 
 def evaluation(chosen: list[int], labels: list[int], task: str = "t") -> dict:

@@ -72,8 +72,8 @@ import resource, sys, torch
 from kdbench.memory import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     sys.exit(3)
-from kdbench.config import ArchConfig
-from kdbench.models import build_model
+from kdbench.schema.config import ArchConfig
+from kdbench.models.causal_lm import build_model
 model = build_model(ArchConfig(), 1024, 64, 0, seed=0)
 ids = torch.randint(1024, (32, 64))
 def step():

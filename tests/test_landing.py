@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kdbench import KdbenchError
-from kdbench.landing import headline_html, table_html
+from kdbench.analysis.landing import headline_html, table_html
 
 
 def test_table_html_keeps_the_table_and_drops_the_rule():

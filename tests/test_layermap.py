@@ -6,7 +6,7 @@ Expected maps are written out by hand. Run: .venv/bin/python -m pytest tests/tes
 import pytest
 
 from kdbench import KdbenchError
-from kdbench.layermap import layer_map, teacher_layers
+from kdbench.schema.layermap import layer_map, teacher_layers
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from kdbench import KdbenchError
 from kdbench.losses import HiddenProjector, StudentOutputs, Targets, _StudentLogits, get_loss, logit_pass, loss_kwargs
-from kdbench.registry import READS, register, specs, table
+from kdbench.schema.registry import READS, register, specs, table
 
 LOSSES = specs()
 

@@ -29,16 +29,16 @@ import torch
 import yaml
 
 from kdbench import KdbenchError
-from kdbench.arms import ArmConfig
-from kdbench.config import CacheConfig, DataConfig, ArchConfig, StudentConfig, TokenizerConfig, TrainConfig
-from kdbench.cache import TeacherCache
-from kdbench.capture import Online, cache_teacher
-from kdbench.data import prepare
+from kdbench.schema.arms import ArmConfig
+from kdbench.schema.config import CacheConfig, DataConfig, ArchConfig, StudentConfig, TokenizerConfig, TrainConfig
+from kdbench.cache.store import TeacherCache
+from kdbench.cache.capture import Online, cache_teacher
+from kdbench.data.tokens import prepare
 from kdbench.evaluate import resolve_device
 from kdbench.io import read_json
-from kdbench.models import blocks, build_model, load_model, load_tokenizer, save_model, vocabulary_sha256
-from kdbench.student import init_student, train_student
-from kdbench.tokenizer import train_tokenizer
+from kdbench.models.causal_lm import blocks, build_model, load_model, load_tokenizer, save_model, vocabulary_sha256
+from kdbench.train.student import init_student, train_student
+from kdbench.data.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

@@ -1,4 +1,4 @@
-"""kdbench.plan: the planner's bytes against a real cache, auto mode, the disk limit. CPU, a few seconds.
+"""kdbench.schema.plan: the planner's bytes against a real cache, auto mode, the disk limit. CPU, a few seconds.
 
     .venv/bin/python -m pytest tests/test_plan.py -v
 """
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from kdbench import KdbenchError
-from kdbench.arms import capture_for
-from kdbench.capture import write_teacher_cache
+from kdbench.schema.arms import capture_for
+from kdbench.cache.capture import write_teacher_cache
 from kdbench.cli import main
-from kdbench.experiment import load_experiment
-from kdbench.models import build_model, describe
-from kdbench.plan import arch_shape, described_shape, id_bytes, plan, teacher_mode
+from kdbench.schema.experiment import load_experiment
+from kdbench.models.causal_lm import build_model, describe
+from kdbench.schema.plan import arch_shape, described_shape, id_bytes, plan, teacher_mode
 
 V, T = 300, 12  # ids above 255: two bytes each
 CONFIG = {"tokenizer": {"vocab_size": V}, "data": {"seq_len": T}, "seeds": [0],

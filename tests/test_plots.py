@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kdbench import plots
+from kdbench.analysis import plots
 
 
 def test_paired_legend_lists_each_arm_once(monkeypatch, tmp_path):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdbench.power import Components, plan
-from kdbench.config import StatsConfig
-from kdbench.stats import estimate, mean_squares
+from kdbench.analysis.power import Components, plan
+from kdbench.schema.config import StatsConfig
+from kdbench.analysis.stats import estimate, mean_squares
 
 KNOWN = Components(seed=4e-4, item=(0.02, 0.05), resid=(0.2, 0.25), items=(150, 100))
 

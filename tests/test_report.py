@@ -21,8 +21,8 @@ import pytest
 from kdbench import KdbenchError
 from kdbench.evaluate import FORMAT
 from kdbench.io import read_json, write_json
-from kdbench.report import ModelEval, aggregate, model_evals
-from kdbench.config import StatsConfig
+from kdbench.analysis.report import ModelEval, aggregate, model_evals
+from kdbench.schema.config import StatsConfig
 
 TASKS = {"kdb_alpha": 4, "kdb_beta": 2}  # task -> choices per item
 N_ITEMS = 80
@@ -187,7 +187,7 @@ def test_training_conditions_come_from_train_json(models, tmp_path):
 
 def test_sensitivity_sentence_counts_intervals_that_exclude_zero():
     """A difference of -0.0 is no sign: the sentence counts settings whose interval excludes 0, by side."""
-    from kdbench.report import _sensitivity_sentence
+    from kdbench.analysis.report import _sensitivity_sentence
 
     cfg = StatsConfig(reference_arm="logit", candidate_arm="logit_hidden")
     table = pd.DataFrame({"lr": [0.003, 0.008, 0.0015], "diff": [-0.0, 3.0, -2.5],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMOKE, snakemake
-from kdbench import browser
+from kdbench.tools import browser
 
 FIGURES = ("accuracy", "paired", "curves")
 # Added to a copy of the page only: once the report's scripts have drawn the landing page, note where the

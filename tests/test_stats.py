@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from kdbench.config import StatsConfig
-from kdbench.stats import OVERALL, arm_means, estimate, format_p, headline, holm, mean_squares, paired_comparisons
+from kdbench.schema.config import StatsConfig
+from kdbench.analysis.stats import OVERALL, arm_means, estimate, format_p, headline, holm, mean_squares, paired_comparisons
 
 
 def _items(rates: dict[str, dict[str, float]], n_seeds: int = 3, n_items: int = 200, seed: int = 1) -> pd.DataFrame:

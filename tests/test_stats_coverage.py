@@ -17,7 +17,7 @@ Phi((mu_t + delta_t) / sqrt(2 + tau_c^2 + sg^2 + sh^2)) - Phi(mu_t / sqrt(2 + ta
 "overall" claims the unweighted mean of that over families. Under the null design both
 arms have the same distribution (delta 0, tau_c = tau_r), so the truth is exactly 0 while
 items still move the difference. The intervals come from
-`kdbench.stats.estimate`, the function `paired_comparisons` uses, run on the simulated
+`kdbench.analysis.stats.estimate`, the function `paired_comparisons` uses, run on the simulated
 seeds x items difference matrices of all replicates at once. 2,000 replicates per
 design give a binomial standard error of 0.5 points on a 95% coverage, so the required
 93-97% band is four standard errors wide on each side. Fixed generator seeds make the
@@ -35,8 +35,8 @@ import pandas as pd
 import pytest
 from scipy.special import ndtr
 
-from kdbench.config import StatsConfig
-from kdbench.stats import OVERALL, Estimate, estimate, paired_comparisons
+from kdbench.schema.config import StatsConfig
+from kdbench.analysis.stats import OVERALL, Estimate, estimate, paired_comparisons
 
 REPLICATES = 2000
 ITEMS = (120, 80, 100)  # per task family, unequal on purpose

@@ -16,12 +16,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from kdbench import KdbenchError
-from kdbench.config import build, TokenizerConfig, WorldConfig
+from kdbench.schema.config import build, TokenizerConfig, WorldConfig
 from kdbench.io import sha256_dir
-from kdbench.tokenizer import EOS, train_tokenizer
-from kdbench.world import generate_world
+from kdbench.data.tokenizer import EOS, train_tokenizer
+from kdbench.data.world import generate_world
 
-_TRAIN = ("import json, sys; from pathlib import Path; from kdbench.tokenizer import TokenizerConfig, train_tokenizer; "
+_TRAIN = ("import json, sys; from pathlib import Path; from kdbench.data.tokenizer import TokenizerConfig, train_tokenizer; "
           "texts = [json.loads(l)['text'] for l in open(sys.argv[1])]; "
           "train_tokenizer(texts, TokenizerConfig(), Path(sys.argv[2]))")
 

@@ -1,4 +1,4 @@
-"""kdbench.train / student: fair initialisation, resume after SIGKILL, NaN detection, tokenizer checks.
+"""kdbench.train.loop / student: fair initialisation, resume after SIGKILL, NaN detection, tokenizer checks.
 
     .venv/bin/python -m pytest tests/test_train.py -v
 """
@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from kdbench import KdbenchError
-from kdbench.arms import ArmConfig, Capture
-from kdbench.config import ArchConfig, CacheConfig, StudentConfig, TrainConfig
-from kdbench.capture import write_teacher_cache
-from kdbench.data import batch_indices
-from kdbench.models import build_model, load_model, load_tokenizer, vocabulary_sha256, width
-from kdbench.student import check_same_tokenizer, init_student, train_student
-from kdbench.train import CHECKPOINT_FORMAT, Objective, TokenSource, lr_at, train
+from kdbench.schema.arms import ArmConfig, Capture
+from kdbench.schema.config import ArchConfig, CacheConfig, StudentConfig, TrainConfig
+from kdbench.cache.capture import write_teacher_cache
+from kdbench.data.tokens import batch_indices
+from kdbench.models.causal_lm import build_model, load_model, load_tokenizer, vocabulary_sha256, width
+from kdbench.train.student import check_same_tokenizer, init_student, train_student
+from kdbench.train.loop import CHECKPOINT_FORMAT, Objective, TokenSource, lr_at, train
 
 T = 16
 SMALL = TrainConfig(tokens=8 * 4 * T, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=3,
@@ -90,10 +90,10 @@ def test_student_trains_from_cache_and_writes_outputs(student_setup):
 RESUME = """
 import os, signal, sys
 from pathlib import Path
-import kdbench.train as tr
-from kdbench.arms import ArmConfig
-from kdbench.config import TrainConfig
-from kdbench.student import train_student
+import kdbench.train.loop as tr
+from kdbench.schema.arms import ArmConfig
+from kdbench.schema.config import TrainConfig
+from kdbench.train.student import train_student
 root, die_at = Path(sys.argv[1]), int(sys.argv[2])
 cfg = TrainConfig(tokens={tokens}, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=3, log_every_s=0.0,
            curve_every=1, val_seqs=4, autocast=False)
@@ -158,8 +158,8 @@ def test_checkpoint_of_another_job_or_format_is_ignored(student_setup, capsys, c
 
 
 def test_cache_with_another_tokenizer_is_refused(student_setup, tmp_path_factory):
-    from kdbench.config import TokenizerConfig
-    from kdbench.tokenizer import train_tokenizer
+    from kdbench.schema.config import TokenizerConfig
+    from kdbench.data.tokenizer import train_tokenizer
 
     other = tmp_path_factory.mktemp("other") / "tok"
     train_tokenizer([f"zz{i} qq{i} ww" for i in range(100)], TokenizerConfig(vocab_size=300, min_frequency=1), other)
@@ -176,7 +176,7 @@ def test_two_process_ddp_matches_single_process_curve(student_setup):
     """torchrun with 2 gloo processes (each half of every batch) follows the 1-process loss curve."""
     import csv
 
-    from kdbench.student import train_student_distributed
+    from kdbench.train.student import train_student_distributed
 
     _train(student_setup, "single")
     arm = ArmConfig(terms={"ce": 0.5, "fkl": 0.5, "hidden_mse": 1.0}, temperature=2.0)

@@ -1,4 +1,4 @@
-"""kdbench.tuning: equal budgets across arms, determinism, selection by validation loss only.
+"""kdbench.train.tuning: equal budgets across arms, determinism, selection by validation loss only.
 
     .venv/bin/python -m pytest tests/test_tuning.py -v
 """
@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from kdbench import tuning
-from kdbench.arms import ArmConfig
+from kdbench.train import tuning
+from kdbench.schema.arms import ArmConfig
 from kdbench.io import read_json
-from kdbench.config import TrainConfig, TuningConfig
-from kdbench.tuning import candidates, tune_arm
+from kdbench.schema.config import TrainConfig, TuningConfig
+from kdbench.train.tuning import candidates, tune_arm
 
 LOGIT = ArmConfig(terms={"ce": 0.5, "fkl": 0.5}, temperature=2.0)
 HIDDEN = ArmConfig(terms={"ce": 0.5, "hidden_mse": 1.0})

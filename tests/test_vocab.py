@@ -19,14 +19,14 @@ import pytest
 import torch
 
 from kdbench import KdbenchError
-from kdbench import capture
-from kdbench.arms import ArmConfig
-from kdbench.cache import TeacherCache
-from kdbench.capture import Online, cache_teacher, load_teacher, online_teacher
-from kdbench.config import ArchConfig, CacheConfig, StudentConfig, TokenizerConfig, TrainConfig
-from kdbench.models import build_model, load_model, load_tokenizer, save_model
-from kdbench.student import init_student, train_student
-from kdbench.tokenizer import train_tokenizer
+from kdbench.cache import capture
+from kdbench.schema.arms import ArmConfig
+from kdbench.cache.store import TeacherCache
+from kdbench.cache.capture import Online, cache_teacher, load_teacher, online_teacher
+from kdbench.schema.config import ArchConfig, CacheConfig, StudentConfig, TokenizerConfig, TrainConfig
+from kdbench.models.causal_lm import build_model, load_model, load_tokenizer, save_model
+from kdbench.train.student import init_student, train_student
+from kdbench.data.tokenizer import train_tokenizer
 
 T, N = 16, 16
 TEACHER = ArchConfig(family="gpt_neox", n_layer=2, d_model=32, n_head=4)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdbench.cache import TeacherCache
+from kdbench.cache.store import TeacherCache
 from kdbench.io import read_json
 
 from conftest import REPO, SMOKE, snakemake
@@ -58,7 +58,7 @@ def test_controls_and_budgets_add_their_jobs(tmp_path):
     assert counts["train_student"] == (len(config["arms"]) + 2) * seeds  # + logit@random, logit_hidden@random
     assert counts["train_budget"] == 2 * 3 * seeds  # 400000 is the main budget: its students are reused
     assert counts["init_random_teacher"] == counts["cache_control"] == counts["probe_models"] == counts["analyze"] == 1
-    from kdbench.experiment import cached_tokens, load_experiment
+    from kdbench.schema.experiment import cached_tokens, load_experiment
 
     merged = {**config, **yaml.safe_load(preset.read_text())}
     assert cached_tokens(load_experiment(merged)) == 1600000  # the real teacher's cache covers the largest budget
@@ -69,7 +69,7 @@ def test_parsing_the_workflow_imports_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys, yaml; from kdbench.experiment import capture_spec, load_experiment; "
+    code = ("import sys, yaml; from kdbench.schema.experiment import capture_spec, load_experiment; "
             f"capture_spec(load_experiment(yaml.safe_load(open({str(REPO / 'config' / 'config.yaml')!r})))); "
             "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'seaborn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -78,7 +78,7 @@ def test_parsing_the_workflow_imports_no_heavy_library():
 
 def test_generated_docs_are_current():
     """docs/config.md and the README's results section are what `kdbench docs` writes (run `make docs`)."""
-    from kdbench.docs import regenerate
+    from kdbench.tools.docs import regenerate
 
     assert [p.name for p in regenerate(REPO, check=True)] == []
 
@@ -155,7 +155,7 @@ def test_smoke_run_produces_every_analysis(smoke):
 
 @pytest.mark.slow
 def test_smoke_run_passes_the_audit(smoke):
-    from kdbench.audit import audit
+    from kdbench.tools.audit import audit
 
     result = audit(smoke)
     assert result.ok, result.problems[:5]

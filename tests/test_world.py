@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from kdbench import KdbenchError
-from kdbench.config import build, WorldConfig
+from kdbench.schema.config import build, WorldConfig
 from kdbench.io import sha256_dir, sha256_file
-from kdbench.world import ATTRIBUTES, PLACES, SUBJECTS, generate_world
+from kdbench.data.world import ATTRIBUTES, PLACES, SUBJECTS, generate_world
 
 SMALL = dict(n_docs=1500, items_per_task=60)
 

@@ -24,16 +24,16 @@ import numpy as np
 import torch
 import yaml
 
-from kdbench.arms import ArmConfig, Capture, capture_for
-from kdbench.cache import TeacherCache
-from kdbench.capture import OnlineTeacher, reconstruction_kl, topk_targets, write_teacher_cache
-from kdbench.config import TrainConfig
-from kdbench.data import batch_indices
-from kdbench.experiment import Experiment, load_experiment
+from kdbench.schema.arms import ArmConfig, Capture, capture_for
+from kdbench.cache.store import TeacherCache
+from kdbench.cache.capture import OnlineTeacher, reconstruction_kl, topk_targets, write_teacher_cache
+from kdbench.schema.config import TrainConfig
+from kdbench.data.tokens import batch_indices
+from kdbench.schema.experiment import Experiment, load_experiment
 from kdbench.io import write_json
 from kdbench.memory import keep_freed_memory
-from kdbench.models import build_model, forward_taps, load_model, width
-from kdbench.train import Objective, Stepper, TokenSource, batches
+from kdbench.models.causal_lm import build_model, forward_taps, load_model, width
+from kdbench.train.loop import Objective, Stepper, TokenSource, batches
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 1024
@@ -216,9 +216,9 @@ def bench_gpu(preset: Path, steps: int, rounds: int, device: str = "cuda") -> di
         raise SystemExit("bench gpu: no CUDA device here; run `make gpu-check` on a machine with a GPU")
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from kdbench.checks import load_config
-    from kdbench.models import describe
-    from kdbench.plan import PEAK_TFLOPS, arch_shape, described_shape
+    from kdbench.schema.checks import load_config
+    from kdbench.models.causal_lm import describe
+    from kdbench.schema.plan import PEAK_TFLOPS, arch_shape, described_shape
 
     exp = load_experiment({**load_config([REPO / "config" / "config.yaml", preset]), "gpus": 1})  # as snakemake merges
     teacher_config = AutoConfig.from_pretrained(str(REPO / "config" / "models" / exp.teacher.source))

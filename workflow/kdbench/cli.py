@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 from kdbench import KdbenchError
 
 if TYPE_CHECKING:
-    from kdbench.audit import AuditResult
+    from kdbench.tools.audit import AuditResult
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,9 +87,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from kdbench.checks import check_config_files, check_models, load_config
-    from kdbench.experiment import load_experiment
-    from kdbench.plan import DEFAULT_TFLOPS, plan, render
+    from kdbench.schema.checks import check_config_files, check_models, load_config
+    from kdbench.schema.experiment import load_experiment
+    from kdbench.schema.plan import DEFAULT_TFLOPS, plan, render
 
     files = [Path(__file__).resolve().parents[2] / "config" / "config.yaml", *args.configfile]
     check_config_files(files)
@@ -99,8 +99,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _power(args: argparse.Namespace) -> int:
-    from kdbench.config import StatsConfig, build
-    from kdbench.power import headline_components, plan
+    from kdbench.schema.config import StatsConfig, build
+    from kdbench.analysis.power import headline_components, plan
 
     given = {"reference_arm": args.reference, "candidate_arm": args.candidate, "metric": args.metric}
     cfg = build(StatsConfig, {**_recorded(args.results_dir)["stats"], **{k: v for k, v in given.items() if v}}, "stats")
@@ -121,7 +121,7 @@ def _recorded(results_dir: Path) -> dict:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from kdbench.audit import audit
+    from kdbench.tools.audit import audit
 
     result = audit(args.results_dir, partial=args.partial, allow_mixed_code=args.allow_mixed_code)
     print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
@@ -134,7 +134,7 @@ def format_result(result: AuditResult) -> str:
     An artifact's line holds its status, short hash, path (indented by its distance from
     summary.csv) and the job that produced it; its problems follow on lines marked `!`.
     """
-    from kdbench.audit import short
+    from kdbench.tools.audit import short
 
     width = max(len("  " * a.depth + a.path) for a in result.artifacts)
     lines = [f"audit of {result.results_dir} ({'partial: absent files allowed' if result.partial else 'full'})"]
@@ -161,9 +161,9 @@ def format_result(result: AuditResult) -> str:
 
 
 def _paper(args: argparse.Namespace) -> int:
-    from kdbench.analysis import paper
-    from kdbench.arms import ArmConfig
-    from kdbench.config import AnalysisConfig, StatsConfig, build
+    from kdbench.analysis.explain import paper
+    from kdbench.schema.arms import ArmConfig
+    from kdbench.schema.config import AnalysisConfig, StatsConfig, build
     from kdbench.io import read_json
     from kdbench.provenance import record_path
 
@@ -180,7 +180,7 @@ def _paper(args: argparse.Namespace) -> int:
 
 
 def _docs(args: argparse.Namespace) -> int:
-    from kdbench.docs import regenerate
+    from kdbench.tools.docs import regenerate
 
     stale = regenerate(Path(__file__).resolve().parents[2], check=args.check)
     for path in stale:
@@ -191,7 +191,7 @@ def _docs(args: argparse.Namespace) -> int:
 def _verify_cache(args: argparse.Namespace) -> int:
     if not args.cache_dir.is_dir():
         raise KdbenchError(f"{args.cache_dir}: no such cache directory")
-    from kdbench.cache import TeacherCache
+    from kdbench.cache.store import TeacherCache
 
     try:
         cache = TeacherCache(args.cache_dir, verify=True)

@@ -34,8 +34,8 @@ from typing import Any
 import yaml
 
 from kdbench import KdbenchError
-from kdbench.checks import SUITE_ALIAS  # config name for the rendered local suite
-from kdbench.config import EvalConfig
+from kdbench.schema.checks import SUITE_ALIAS  # config name for the rendered local suite
+from kdbench.schema.config import EvalConfig
 from kdbench.io import atomic_path, read_json, sha256_file, write_json
 from kdbench.provenance import weights_sha256
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench import KdbenchError
-from kdbench.registry import register, spec, table
+from kdbench.schema.registry import register, spec, table
 
 # Empty buckets have log-prob -inf; flooring them to a finite value far below any real
 # log-prob makes 0 * log 0 terms exactly 0 and keeps gradients free of inf - inf.

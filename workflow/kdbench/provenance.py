@@ -4,7 +4,7 @@ Every job writes `<first output>.prov.json` holding its rule, params, wildcards,
 job's seed, the sha256 of every input and output (plus the hash of each file inside a
 directory output, so an audit can name the file that changed), the code version
 (commit, dirty flag, hash of uncommitted and untracked changes), package versions,
-device and timing. `kdbench audit` walks these records back (see `kdbench.audit`).
+device and timing. `kdbench audit` walks these records back (see `kdbench.tools.audit`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # Why the answer falls as it does (issue 18): random-teacher controls, budget curves, the probes
-# (KL and CKA on validation text) and the analysis tables, figures and why.md (kdbench.analysis).
+# (KL and CKA on validation text) and the analysis tables, figures and why.md (kdbench.analysis.explain).
 PROBED = [m for m in MODELS if m != "teacher"] + CONTROL_STUDENTS  # every student, floors and controls included
 
 
@@ -109,7 +109,7 @@ if PROBES:
 if ANALYSIS:
 
     rule analyze:
-        """Tables, figures and why.md from the evaluations, probes and train.json files (kdbench.analysis)."""
+        """Tables, figures and why.md from the evaluations, probes and train.json files (kdbench.analysis.explain)."""
         input:
             evals=expand(f"{R}/eval/{{model}}/results.json", model=[*MODELS, *CONTROL_STUDENTS, *BUDGET_ONLY]),
             budget_models=[f"{R}/{m}" for m in BUDGET_ONLY],

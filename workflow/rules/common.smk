@@ -2,9 +2,9 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from kdbench.checks import check_config_files, check_models, check_paths, check_tasks, student_depth
-from kdbench.experiment import budget_arms, cached_tokens, capture_spec, control_arms, load_experiment
-from kdbench.plan import teacher_mode
+from kdbench.schema.checks import check_config_files, check_models, check_paths, check_tasks, student_depth
+from kdbench.schema.experiment import budget_arms, cached_tokens, capture_spec, control_arms, load_experiment
+from kdbench.schema.plan import teacher_mode
 
 
 check_config_files(workflow.configfiles)  # a key given twice in one file would silently keep the last

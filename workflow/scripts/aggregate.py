@@ -1,8 +1,8 @@
 """Snakemake job: turn every evaluation into tables, statistics and figures."""
 from pathlib import Path
 
-from kdbench.config import StatsConfig, build
-from kdbench.report import aggregate, budget_models, model_evals
+from kdbench.schema.config import StatsConfig, build
+from kdbench.analysis.report import aggregate, budget_models, model_evals
 from kdbench.snake import run_job
 
 p = snakemake.params

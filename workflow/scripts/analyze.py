@@ -1,9 +1,9 @@
 """Snakemake job: the why analyses (controls, fidelity, CKA, budget curves) and why.md."""
 from pathlib import Path
 
-from kdbench.analysis import analyze
-from kdbench.arms import ArmConfig
-from kdbench.config import AnalysisConfig, StatsConfig, build
+from kdbench.analysis.explain import analyze
+from kdbench.schema.arms import ArmConfig
+from kdbench.schema.config import AnalysisConfig, StatsConfig, build
 from kdbench.snake import run_job
 
 i, p = snakemake.input, snakemake.params

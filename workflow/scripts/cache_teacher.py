@@ -1,9 +1,9 @@
 """Snakemake job: run the teacher once and cache what the arms need."""
 from pathlib import Path
 
-from kdbench.arms import ArmConfig
-from kdbench.capture import cache_teacher
-from kdbench.config import CacheConfig, as_dict, build
+from kdbench.schema.arms import ArmConfig
+from kdbench.cache.capture import cache_teacher
+from kdbench.schema.config import CacheConfig, as_dict, build
 from kdbench.snake import run_job
 
 p = snakemake.params

@@ -1,7 +1,7 @@
 """Snakemake job: evaluate one model on the held-out suite with lm-eval."""
 from pathlib import Path
 
-from kdbench.config import EvalConfig, as_dict, build
+from kdbench.schema.config import EvalConfig, as_dict, build
 from kdbench.evaluate import evaluate_model
 from kdbench.snake import run_job
 

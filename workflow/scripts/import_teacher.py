@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from kdbench.snake import run_job
-from kdbench.teacher import import_teacher
+from kdbench.train.teacher import import_teacher
 
 run_job(snakemake, lambda: import_teacher(snakemake.params.source, Path(snakemake.output[0]),
                                             snakemake.params.revision))

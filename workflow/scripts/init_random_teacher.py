@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from kdbench.snake import run_job
-from kdbench.teacher import random_teacher
+from kdbench.train.teacher import random_teacher
 
 run_job(snakemake, lambda: random_teacher(Path(snakemake.input.teacher), snakemake.params.seed,
                                           Path(snakemake.output[0])))

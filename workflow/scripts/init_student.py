@@ -1,10 +1,10 @@
 """Snakemake job: save the seed's initial student weights (shared by every arm)."""
 from pathlib import Path
 
-from kdbench.config import StudentConfig, build
+from kdbench.schema.config import StudentConfig, build
 from kdbench.io import read_json
 from kdbench.snake import run_job
-from kdbench.student import init_student
+from kdbench.train.student import init_student
 
 cfg = build(StudentConfig, snakemake.params.student, "student")
 seq_len = read_json(snakemake.input.info)["seq_len"]

@@ -1,5 +1,5 @@
 """Snakemake job: the HTML pieces of the report's landing page (headline, main table, forest plot, why paragraph)."""
-from kdbench.landing import write_landing
+from kdbench.analysis.landing import write_landing
 from kdbench.snake import run_job
 
 i, o = snakemake.input, snakemake.output

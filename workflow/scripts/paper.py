@@ -1,9 +1,9 @@
 """Snakemake job: every table and figure of a finished run into paper/ (the why analyses into paper/analysis/)."""
 from pathlib import Path
 
-from kdbench.analysis import paper
-from kdbench.arms import ArmConfig
-from kdbench.config import AnalysisConfig, StatsConfig, build
+from kdbench.analysis.explain import paper
+from kdbench.schema.arms import ArmConfig
+from kdbench.schema.config import AnalysisConfig, StatsConfig, build
 from kdbench.snake import run_job
 
 p = snakemake.params

@@ -1,9 +1,9 @@
 """Snakemake job: tokenise and pack the corpus into train/val sequences."""
 from pathlib import Path
 
-from kdbench.config import DataConfig, build
-from kdbench.data import prepare, read_texts
-from kdbench.models import load_tokenizer
+from kdbench.schema.config import DataConfig, build
+from kdbench.data.tokens import prepare, read_texts
+from kdbench.models.causal_lm import load_tokenizer
 from kdbench.snake import run_job
 
 cfg = build(DataConfig, snakemake.params.data, "data")

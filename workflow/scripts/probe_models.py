@@ -1,7 +1,7 @@
 """Snakemake job: KL(teacher || student) and layer-by-layer linear CKA of every student on validation text."""
 from pathlib import Path
 
-from kdbench.probe import write_probes
+from kdbench.analysis.probe import write_probes
 from kdbench.snake import run_job
 
 i, o, p = snakemake.input, snakemake.output, snakemake.params

@@ -5,13 +5,13 @@ The cache must be the given teacher's (a control's cache is never read as the re
 from dataclasses import replace
 from pathlib import Path
 
-from kdbench.arms import ArmConfig
-from kdbench.capture import Online
-from kdbench.config import TrainConfig, as_dict, build
+from kdbench.schema.arms import ArmConfig
+from kdbench.cache.capture import Online
+from kdbench.schema.config import TrainConfig, as_dict, build
 from kdbench.io import read_json
 from kdbench.provenance import weights_sha256
 from kdbench.snake import run_job
-from kdbench.student import train_student_distributed
+from kdbench.train.student import train_student_distributed
 
 w, p = snakemake.wildcards, snakemake.params
 arm = build(ArmConfig, p.arm, f"arms.{w.arm}")

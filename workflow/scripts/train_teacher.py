@@ -1,9 +1,9 @@
 """Snakemake job: train the teacher on the corpus."""
 from pathlib import Path
 
-from kdbench.config import TeacherConfig, as_dict, build
+from kdbench.schema.config import TeacherConfig, as_dict, build
 from kdbench.snake import run_job
-from kdbench.teacher import train_teacher
+from kdbench.train.teacher import train_teacher
 
 cfg = build(TeacherConfig, snakemake.params.teacher, "teacher")
 out = Path(snakemake.output[0])

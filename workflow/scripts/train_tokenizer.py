@@ -1,10 +1,10 @@
 """Snakemake job: train the byte-level BPE tokenizer on the corpus."""
 from pathlib import Path
 
-from kdbench.config import DataConfig, TokenizerConfig, build
-from kdbench.data import read_texts
+from kdbench.schema.config import DataConfig, TokenizerConfig, build
+from kdbench.data.tokens import read_texts
 from kdbench.snake import run_job
-from kdbench.tokenizer import train_tokenizer
+from kdbench.data.tokenizer import train_tokenizer
 
 data = build(DataConfig, snakemake.params.data, "data")
 cfg = build(TokenizerConfig, snakemake.params.tokenizer, "tokenizer")

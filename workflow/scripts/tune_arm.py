@@ -1,11 +1,11 @@
 """Snakemake job: equal-budget search of one arm's learning rate, temperature and weights on the validation split."""
 from pathlib import Path
 
-from kdbench.arms import ArmConfig
-from kdbench.capture import Online
-from kdbench.config import EvalConfig, TrainConfig, TuningConfig, build
+from kdbench.schema.arms import ArmConfig
+from kdbench.cache.capture import Online
+from kdbench.schema.config import EvalConfig, TrainConfig, TuningConfig, build
 from kdbench.snake import run_job
-from kdbench.tuning import tune_arm
+from kdbench.train.tuning import tune_arm
 
 w, p, i = snakemake.wildcards, snakemake.params, snakemake.input
 arm = build(ArmConfig, p.arm, f"arms.{w.arm}")

@@ -1,0 +1,351 @@
+"""Aggregation: evaluation JSONs of all models -> tables, paired comparison, headline, figures.
+
+Outputs in `out_dir` (all written atomically, identical on rerun):
+
+- ``summary.csv``: one row per (model, arm, seed, task, metric) as reported by lm-eval.
+- ``table.{md,csv,tex}``: arm means with 95% CIs per task and overall, in points.
+- ``comparison.{md,csv,tex}``: each arm minus the reference arm, paired over items and seeds, with
+  the role of each test (one primary, the rest one Holm-adjusted secondary family), CI
+  half-width and minimal detectable difference.
+- ``headline.txt``: the answer to the research question in one paragraph.
+- ``figures/{accuracy,paired,curves}.{png,pdf}`` (curves only when training curves are given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from kdbench import KdbenchError
+from kdbench.analysis import plots, stats
+from kdbench.schema.arms import REFERENCE_MODELS
+from kdbench.schema.config import StatsConfig
+from kdbench.evaluate import FORMAT, task_label
+from kdbench.io import atomic_path, read_json
+from kdbench.analysis.stats import OVERALL
+
+__all__ = ["ModelEval", "StatsConfig", "aggregate", "item_frame", "load_evals", "model_evals"]
+
+METRICS = ("acc", "acc_norm")
+SUMMARY_COLUMNS = ["model", "arm", "seed", "task", "metric", "value", "chance", "n"]
+
+
+@dataclass(frozen=True)
+class ModelEval:
+    model: str  # e.g. "teacher", "students/init/seed0", "students/logit/seed1"
+    arm: str  # "teacher", "init", or the arm name
+    seed: int | None  # None for the single teacher
+    eval_path: Path  # the evaluate_model JSON
+    curve_path: Path | None = None  # the student's curve.csv
+    train_path: Path | None = None  # the student's train.json: token budget and learning rate for the headline
+
+
+def model_evals(results_dir: Path, models: Sequence[str]) -> list[ModelEval]:
+    """ModelEvals for the pipeline's layout: `<results>/eval/<model>/results.json`, curves in `<results>/<model>/`.
+
+    Model names are "teacher", "students/init/seed<N>" (the untrained floor) and
+    "students/<arm>/seed<N>"; a student's curve.csv and train.json are used when they exist.
+    """
+    results_dir = Path(results_dir)
+    out = []
+    for model in models:
+        parts = model.split("/")
+        if parts == ["teacher"]:
+            arm, seed = "teacher", None
+        elif len(parts) == 3 and parts[0] == "students" and parts[2].startswith("seed") and parts[2][4:].isdigit():
+            arm, seed = parts[1], int(parts[2][4:])
+        else:
+            raise KdbenchError(f"report: cannot tell arm and seed from model name {model!r}")
+        curve, train = (results_dir / model / name for name in ("curve.csv", "train.json"))
+        trained = arm not in REFERENCE_MODELS
+        out.append(ModelEval(model, arm, seed, results_dir / "eval" / model / "results.json",
+                             curve if trained and curve.is_file() else None,
+                             train if trained and train.is_file() else None))
+    return out
+
+
+def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuning: Path | None = None,
+              budgets: Mapping[int, Sequence[ModelEval]] | None = None) -> None:
+    """Write every table, the headline and the figures for `models` into `out_dir`.
+
+    `tuning`: the run's tuning folder, for the headline pair's sensitivity to the tuned settings.
+    `budgets` (budget -> the models of the budget curves) adds the candidate-reference difference
+    at each budget to the headline.
+    """
+    if not models:
+        raise KdbenchError("report: no evaluated models")
+    if cfg.metric not in METRICS:
+        raise KdbenchError(f"report: metric {cfg.metric!r} is not one of {', '.join(METRICS)}")
+    out_dir = Path(out_dir)
+    evals, tasks = load_evals(models)
+    arms = _arm_order(models)
+    chance = {t: float(np.mean([1.0 / s["n_choices"] for s in evals[0]["samples"][t]])) for t in tasks}
+    chance[OVERALL] = float(np.mean(list(chance.values())))
+
+    items = item_frame(models, evals, tasks, cfg.metric)
+    means = stats.arm_means(items, arms, cfg)
+    comparisons = stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg)
+    headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg),
+                              budgets=budget_frame(budgets, cfg) if budgets else None)
+    sensitivity = tuning_sensitivity(tuning, cfg) if tuning is not None else None
+    if sensitivity is not None:
+        headline += " " + _sensitivity_sentence(sensitivity, cfg)
+        _write_csv(out_dir / "sensitivity.csv", sensitivity)
+        _write_text(out_dir / "sensitivity.md", _markdown(sensitivity.round(4)))
+
+    _write_csv(out_dir / "summary.csv", _summary(models, evals, tasks, chance))
+    _write_csv(out_dir / "table.csv", pd.concat([means, _chance_rows(chance)], ignore_index=True))
+    _write_csv(out_dir / "comparison.csv", comparisons)
+    _write_text(out_dir / "headline.txt", headline + "\n")
+    wide = _wide_table(means, chance, arms, tasks)
+    _write_text(out_dir / "table.md", f"{headline}\n\n{_markdown(wide)}")
+    _write_text(out_dir / "table.tex", _latex(wide, rule_before_last=True))
+    narrow, caption = _comparison_table(comparisons, cfg), _comparison_caption(comparisons, cfg)
+    _write_text(out_dir / "comparison.md", f"{caption}\n\n{_markdown(narrow)}" if len(narrow) else f"{headline}\n")
+    _write_text(out_dir / "comparison.tex", f"% {caption}\n{_latex(narrow)}" if len(narrow) else f"% {headline}\n")
+
+    figures = out_dir / "figures"
+    plots.accuracy_figure(means, chance, arms, cfg.metric, figures / "accuracy")
+    plots.paired_figure(comparisons, arms, cfg.reference_arm, 1.0 - cfg.ci, figures / "paired")
+    curves = _curves(models)
+    if curves is not None:
+        plots.curves_figure(curves, arms, figures / "curves")
+
+
+def tuning_sensitivity(tuning: Path, cfg: StatsConfig) -> pd.DataFrame | None:
+    """The headline pair at every tuning setting: trial i of both arms shares its drawn settings.
+
+    One row per trial: learning rate, each arm's validation loss (what chose the trial) and the
+    candidate minus the reference on the suite (items only: one seed per trial). None unless
+    both arms were tuned with `tuning.sensitivity`.
+    """
+    arms = (cfg.reference_arm, cfg.candidate_arm)
+    paths = [Path(tuning) / arm / "tuning.json" for arm in arms]
+    if not all(p.is_file() for p in paths):
+        return None
+    ref, cand = (read_json(p)["trials"] for p in paths)
+    if not all("scores" in t for t in ref + cand):
+        return None
+    rows = []
+    for i, trials in enumerate(zip(ref, cand)):
+        models = [ModelEval(f"tuning/{arm}/trial{i}", arm, 0, path.parent / t["scores"])
+                  for arm, path, t in zip(arms, paths, trials)]
+        evals, tasks = load_evals(models)
+        comparison = stats.paired_comparisons(item_frame(models, evals, tasks, cfg.metric), [arms[1]], cfg)
+        overall = comparison[comparison["task"] == OVERALL].iloc[0]
+        rows.append({"trial": i, "lr": trials[1]["lr"], "temperature": trials[1]["arm"]["temperature"],
+                     f"val_loss_{arms[0]}": trials[0]["val_loss"], f"val_loss_{arms[1]}": trials[1]["val_loss"],
+                     "diff": overall["diff"], "ci_lo": overall["ci_lo"], "ci_hi": overall["ci_hi"]})
+    return pd.DataFrame(rows)
+
+
+def _sensitivity_sentence(table: pd.DataFrame, cfg: StatsConfig) -> str:
+    """The range of the headline difference over the tuning settings, and in how many its interval excludes 0."""
+    above, below = int((table["ci_lo"] > 0).sum()), int((table["ci_hi"] < 0).sum())
+    excluded = (f"in {above + below} of {len(table)} ({above} above 0, {below} below)" if above + below
+                else f"in none of the {len(table)}")
+    return (f"Across the {len(table)} tuning settings (learning rate {table['lr'].min():.2g} to {table['lr'].max():.2g}, "
+            f"at the tuning budget, one seed each), {cfg.candidate_arm} minus {cfg.reference_arm} ranged from "
+            f"{table['diff'].min():+.1f} to {table['diff'].max():+.1f} points overall; its {cfg.ci:.0%} interval "
+            f"excluded 0 {excluded}.")
+
+
+def budget_frame(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -> pd.DataFrame:
+    """Candidate minus reference at each budget (`stats.budget_differences`)."""
+    frames = {}
+    for budget, models in budgets.items():
+        evals, tasks = load_evals(models)
+        frames[int(budget)] = item_frame(models, evals, tasks, cfg.metric)
+    return stats.budget_differences(frames, cfg)
+
+
+def budget_models(results_dir: Path, budgets: Mapping[int, Sequence[str]]) -> dict[int, list[ModelEval]]:
+    """ModelEvals of the budget curves: model folders "[budgets/b<N>/]students/<arm>/seed<S>"."""
+    results_dir = Path(results_dir)
+    out = {}
+    for budget, models in budgets.items():
+        out[int(budget)] = []
+        for model in models:
+            parts = model.split("/")[-3:]
+            if len(parts) != 3 or parts[0] != "students" or not parts[2].startswith("seed"):
+                raise KdbenchError(f"report: cannot tell arm and seed from budget model {model!r}")
+            train = results_dir / model / "train.json"
+            out[int(budget)].append(ModelEval(model, parts[1], int(parts[2][4:]),
+                                              results_dir / "eval" / model / "results.json",
+                                              train_path=train if train.is_file() else None))
+    return out
+
+
+def load_evals(models: Sequence[ModelEval]) -> tuple[list[dict], list[str]]:
+    """(the evaluation JSON of each model, their common task list); refuses models that scored different items."""
+    evals = [_load(m) for m in models]
+    return evals, _check_tasks(models, evals)
+
+
+def _load(m: ModelEval) -> dict:
+    path = Path(m.eval_path)
+    if not path.is_file():
+        raise KdbenchError(f"report: evaluation of {m.model} missing ({path})")
+    data = read_json(path)
+    if data.get("format") != FORMAT:
+        raise KdbenchError(f"report: {path} is not a kdbench evaluation (format {data.get('format')!r})")
+    return data
+
+
+def _check_tasks(models: Sequence[ModelEval], evals: list[dict]) -> list[str]:
+    """The common task list; every model must have scored the same items, or nothing pairs."""
+    tasks = list(evals[0]["tasks"])
+    first = {t: [s["doc_id"] for s in evals[0]["samples"][t]] for t in tasks}
+    seen = set()
+    for m, e in zip(models, evals):
+        if (m.arm, m.seed) in seen:
+            raise KdbenchError(f"report: arm {m.arm!r} seed {m.seed} listed twice")
+        seen.add((m.arm, m.seed))
+        if sorted(e["tasks"]) != sorted(tasks):
+            raise KdbenchError(f"report: {m.model} was evaluated on {sorted(e['tasks'])}, {models[0].model} on {sorted(tasks)}")
+        for t in tasks:
+            if [s["doc_id"] for s in e["samples"][t]] != first[t]:
+                raise KdbenchError(f"report: {m.model} scored other items of {t} than {models[0].model} (different limit?)")
+    return tasks
+
+
+def _arm_order(models: Sequence[ModelEval]) -> list[str]:
+    """teacher, init, then the KD arms in the order given."""
+    given = list(dict.fromkeys(m.arm for m in models))
+    return [a for a in REFERENCE_MODELS if a in given] + [a for a in given if a not in REFERENCE_MODELS]
+
+
+def item_frame(models: Sequence[ModelEval], evals: list[dict], tasks: list[str], metric: str) -> pd.DataFrame:
+    """The tidy item scores `kdbench.analysis.stats` reads: arm, seed, task, doc_id, value."""
+    frames = []
+    for m, e in zip(models, evals):
+        for t in tasks:
+            samples = e["samples"][t]
+            frames.append(pd.DataFrame({
+                "arm": m.arm,
+                "seed": -1 if m.seed is None else m.seed,  # a seedless model is its arm's only seed
+                "task": t,
+                "doc_id": [s["doc_id"] for s in samples],
+                "value": [s[metric] for s in samples],
+            }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _summary(models: Sequence[ModelEval], evals: list[dict], tasks: list[str], chance: dict) -> pd.DataFrame:
+    rows = [[m.model, m.arm, m.seed, t, metric, e["tasks"][t][metric], chance[t], e["tasks"][t]["n"]]
+            for m, e in zip(models, evals) for t in tasks for metric in METRICS]
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    frame["seed"] = frame["seed"].astype("Int64")
+    return frame
+
+
+def _chance_rows(chance: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame([{"arm": "chance", "task": t, "mean": 100 * c} for t, c in chance.items()])
+
+
+def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], tasks: list[str]) -> pd.DataFrame:
+    """Rows: arms then chance; columns: seeds, each task, overall; cells 'mean [lo, hi]'."""
+    columns = tasks + [OVERALL]
+    rows = []
+    for arm in arms:
+        cells = means[means["arm"] == arm].set_index("task")
+        rows.append([arm, str(int(cells["n_seeds"].iloc[0]))]
+                    + [f"{cells.at[t, 'mean']:.1f} [{cells.at[t, 'ci_lo']:.1f}, {cells.at[t, 'ci_hi']:.1f}]" for t in columns])
+    rows.append(["chance", ""] + [f"{100 * chance[t]:.1f}" for t in columns])
+    return pd.DataFrame(rows, columns=["arm", "seeds"] + [task_label(t) for t in columns])
+
+
+def _training_conditions(models: Sequence[ModelEval], cfg: StatsConfig) -> dict[str, dict[str, float] | None]:
+    """Token budget and learning rate per headline arm, from train.json; None where unknown or seeds disagree."""
+    arms = (cfg.reference_arm, cfg.candidate_arm)
+    configs = {arm: [read_json(m.train_path).get("config", {}) for m in models if m.arm == arm and m.train_path]
+               for arm in arms}
+    out = {}
+    for key in ("tokens", "lr"):
+        values = {arm: {c.get(key) for c in configs[arm]} for arm in arms}
+        known = all(len(v) == 1 and None not in v for v in values.values())
+        out[key] = {arm: v.pop() for arm, v in values.items()} if known else None
+    return out
+
+
+def _comparison_caption(comparisons: pd.DataFrame, cfg: StatsConfig) -> str:
+    n_secondary = int((comparisons["role"] == stats.SECONDARY).sum())
+    return (f"Each arm minus {cfg.reference_arm}, paired over seeds and items, in points of {cfg.metric} "
+            f"({cfg.ci:.0%} CI over seeds and items). Primary test: {cfg.candidate_arm} vs {cfg.reference_arm} "
+            f"overall, p unadjusted. Secondary: the other {n_secondary} rows, one family, Holm-adjusted p. "
+            f"MDE: the true difference each test finds with {cfg.power:.0%} power at alpha {1 - cfg.ci:.2g}.")
+
+
+def _comparison_table(comparisons: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
+    """The printed comparison: p is the decision p (unadjusted for the primary test, Holm for the secondary family)."""
+    return pd.DataFrame({
+        "arm": comparisons["arm"],
+        "vs": comparisons["reference"],
+        "task": comparisons["task"].map(task_label),
+        "test": comparisons["role"],
+        "diff [95% CI]": [f"{r.diff:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" for r in comparisons.itertuples()],
+        f"MDE ({cfg.power:.0%} power)": comparisons["mde"].map("{:.1f}".format),
+        "p (primary: raw; secondary: Holm)": comparisons["p_shown"],
+        "Cohen's h": comparisons["cohen_h"].map("{:+.2f}".format),
+        "seeds": comparisons["n_seeds"].astype(str),
+    })
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _latex(table: pd.DataFrame, rule_before_last: bool = False) -> str:
+    """booktabs tabular, ready to paste (needs \\usepackage{booktabs})."""
+    body = [" & ".join(_tex(c) for c in row) + r" \\" for row in table.itertuples(index=False)]
+    if rule_before_last:
+        body.insert(len(body) - 1, r"\midrule")
+    return "\n".join([
+        r"\begin{tabular}{l" + "r" * (len(table.columns) - 1) + "}",
+        r"\toprule",
+        " & ".join(_tex(c) for c in table.columns) + r" \\",
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]) + "\n"
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "<": r"$<$"}
+
+
+def _tex(value: object) -> str:
+    return "".join(_TEX_ESCAPES.get(char, char) for char in str(value))
+
+
+def _curves(models: Sequence[ModelEval]) -> pd.DataFrame | None:
+    frames = []
+    for m in models:
+        if m.curve_path is None:
+            continue
+        path = Path(m.curve_path)
+        if not path.is_file():
+            raise KdbenchError(f"report: training curve of {m.model} missing ({path})")
+        curve = pd.read_csv(path)
+        missing = {"step", "tokens", "loss"} - set(curve.columns)
+        if missing:
+            raise KdbenchError(f"report: {path} lacks column(s) {', '.join(sorted(missing))}")
+        frames.append(curve.assign(arm=m.arm, seed=m.seed))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
