@@ -3,11 +3,12 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from kdbench.schema.checks import check_config_files, check_models, check_paths, check_tasks, student_depth
-from kdbench.schema.experiment import budget_arms, cached_tokens, capture_spec, control_arms, load_experiment
+from kdbench.schema.experiment import budget_arms, cached_tokens, capture_spec, chosen_arms, control_arms, load_experiment
 from kdbench.schema.plan import teacher_mode
 
 
 check_config_files(workflow.configfiles)  # a key given twice in one file would silently keep the last
+config["arms"] = chosen_arms(config)  # the arms that run (run_arms, null arms dropped): what every rule reads
 validate(config, schema="../schemas/config.schema.yaml")
 EXP = load_experiment(config)  # strict: unknown keys, types, arms and layer maps fail here
 check_paths(EXP)  # local models and corpus files exist

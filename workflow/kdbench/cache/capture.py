@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -154,13 +154,16 @@ class OnlineTeacher:
 
 
 def attention_heads(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> Heads | None:
-    """The geometry of the teacher's recorded attention layers, None without any; refuses layers that disagree."""
-    taps = _taps(teacher, seqs[:1, :2], cfg, capture, device)
-    geometries = {r.heads for r in taps.attentions + taps.qkv}
-    if len(geometries) > 1:
+    """The geometry of the teacher's recorded attention layers (from one full-length sequence, so that a sliding
+    window shorter than it shows), None without any; refuses layers that disagree. The window is the attention
+    layers' (the maps' mask), not the q/k/v layers' (their relations have their own)."""
+    taps = _taps(teacher, seqs[:1], cfg, capture, device)
+    shapes = {replace(r.heads, window=None) for r in taps.attentions + taps.qkv}
+    windows = {r.window for r in taps.attentions}
+    if len(shapes) > 1 or len(windows) > 1:
         raise KdbenchError(f"{teacher.config.model_type}: the captured layers differ in attention geometry "
-                           f"({sorted(map(str, geometries))})")
-    return geometries.pop() if geometries else None
+                           f"({sorted(map(str, {r.heads for r in taps.attentions + taps.qkv}))})")
+    return replace(shapes.pop(), window=windows.pop() if windows else None) if shapes else None
 
 
 def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str) -> dict:

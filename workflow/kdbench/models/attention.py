@@ -2,12 +2,14 @@
 
 Models route attention through transformers' attention interface; `recording` switches a model to
 one more implementation, registered here, that hands each call's query, key and value (after
-rotary embeddings, before key/value heads are repeated) to the recorder and then runs PyTorch's
-scaled-dot-product attention. An attention map is then softmax(q k^T * scaling) under the causal
-mask (`maps`), the same formula on both sides of distillation: the cache stores q and k, O(width)
-bytes per token, instead of maps, O(heads x seq_len), and a student's maps are derived from its
-own q and k with gradients. Whether the formula is a model's attention (no ALiBi, soft-capping
-or sliding window within the sequence) is measured against its eager kernel (`derived_error`).
+rotary embeddings, before key/value heads are repeated) to the recorder and then attends. An
+attention map is softmax(cap(q k^T * scaling)) under the causal mask (`maps`), the same formula on
+both sides of distillation: the cache stores q and k, O(width) bytes per token, instead of maps,
+O(heads x seq_len), and a student's maps are derived from its own q and k with gradients. The
+formula covers what families declare in their configs: attention logit soft-capping
+(cap(s) = c tanh(s / c), Gemma-2) and a sliding window (a band mask, Mistral, Gemma); whether it is
+a model's attention is measured against its eager kernel (`causal_lm.check_attention_formula`).
+A position bias added to q k^T (ALiBi) is not a function of q and k: it is refused.
 """
 
 from __future__ import annotations
@@ -30,11 +32,25 @@ _RECORDER: contextvars.ContextVar[dict | None] = contextvars.ContextVar("kdbench
 
 
 def _record_and_attend(module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
+    if kwargs.get("position_bias") is not None:
+        raise KdbenchError(f"{type(module).__name__}: adds a position bias (ALiBi) to q k^T, which recorded queries and "
+                           "keys cannot reproduce")
+    scaling, softcap = kwargs.get("scaling") or query.shape[-1] ** -0.5, kwargs.get("softcap")  # None: sdpa's default
+    window = kwargs.get("sliding_window")
     slots = _RECORDER.get()
-    if slots is not None and id(module) in slots:
-        scaling = kwargs.get("scaling")  # None: sdpa's default, 1 / sqrt(head size)
-        slots[id(module)].append((query, key, value, query.shape[-1] ** -0.5 if scaling is None else scaling))
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if slots is not None and id(module) in slots:  # a window as long as the sequence cuts nothing: None
+        slots[id(module)].append((query, key, value, scaling, softcap,
+                                  window if window and window < key.shape[-2] else None))
+    if softcap is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    # PyTorch's fused kernels cannot soft-cap: attend by the formula, under sdpa_mask's mask (True: attend)
+    r = query.shape[1] // key.shape[1]
+    key, value = (x.repeat_interleave(r, dim=1) if r > 1 else x for x in (key, value))
+    keep = attention_mask if attention_mask is not None else ~_future(query.shape[-2], key.shape[-2], query.device)
+    scores = capped(query @ key.transpose(-1, -2) * scaling, softcap).masked_fill(~keep, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = torch.nn.functional.dropout(probs, p=kwargs.get("dropout", 0.0), training=module.training)
+    return (probs @ value).transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(IMPLEMENTATION, _record_and_attend)
@@ -49,19 +65,23 @@ class Heads:
     kv_heads: int
     head_dim: int
     scaling: float
+    softcap: float | None = None  # attention logit soft-capping c: scores become c tanh(s / c)
+    window: int | None = None     # a sliding window shorter than the sequence: keys within `window` tokens back
 
 
 @dataclass(frozen=True)
 class Recorded:
-    """One layer's q (B, H, T, hd), k and v (B, G, T, hd), as its attention received them."""
+    """One layer's q (B, H, T, hd), k and v (B, G, T, hd), as its attention received them, and its formula."""
     q: Tensor
     k: Tensor
     v: Tensor
     scaling: float
+    softcap: float | None = None
+    window: int | None = None
 
     @property
     def heads(self) -> Heads:
-        return Heads(self.q.shape[1], self.k.shape[1], self.q.shape[-1], float(self.scaling))
+        return Heads(self.q.shape[1], self.k.shape[1], self.q.shape[-1], float(self.scaling), self.softcap, self.window)
 
     def repeated(self) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v with each kv head repeated to the query heads it serves (as `unpack` gives them)."""
@@ -71,6 +91,11 @@ class Recorded:
     def packed(self, parts: str) -> Tensor:
         """(B, T, width) with the heads of `parts` ("qk" or "qkv") side by side: what the cache stores."""
         return torch.cat([getattr(self, p).transpose(1, 2).flatten(2) for p in parts], dim=-1)
+
+    def maps(self) -> Tensor:
+        """(B, H, T, T) attention probabilities of this layer."""
+        q, k, _ = self.repeated()
+        return maps(q, k, self.scaling, self.softcap, self.window)
 
 
 def unpack(x: Tensor, heads: Heads, parts: str) -> tuple[Tensor, ...]:
@@ -88,17 +113,28 @@ def unpack(x: Tensor, heads: Heads, parts: str) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-def maps(q: Tensor, k: Tensor, scaling: float) -> Tensor:
-    """Causal attention probabilities softmax(q k^T * scaling) in float32: (..., H, T, hd) x 2 -> (..., H, T, T)."""
-    scores = (q.float() @ k.float().transpose(-1, -2)) * scaling
+def capped(scores: Tensor, softcap: float | None) -> Tensor:
+    """Attention logit soft-capping: c tanh(s / c) (the identity without a cap)."""
+    return scores if softcap is None else softcap * torch.tanh(scores / softcap)
+
+
+def _future(steps: int, keys: int, device, window: int | None = None) -> Tensor:
+    """(steps, keys) True where a query may not look: later keys and, with a window, keys `window` or more back."""
+    offset = torch.arange(steps, device=device)[:, None] - torch.arange(keys, device=device)[None] + keys - steps
+    return (offset < 0) | (offset >= window) if window else offset < 0
+
+
+def maps(q: Tensor, k: Tensor, scaling: float, softcap: float | None = None, window: int | None = None) -> Tensor:
+    """Causal attention probabilities softmax(cap(q k^T * scaling)) in float32, within the sliding `window` if one:
+    (..., H, T, hd) x 2 -> (..., H, T, T)."""
+    scores = capped((q.float() @ k.float().transpose(-1, -2)) * scaling, softcap)
     steps = scores.shape[-1]
-    future = torch.ones(steps, steps, dtype=torch.bool, device=scores.device).triu(1)
-    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    return torch.softmax(scores.masked_fill(_future(steps, steps, scores.device, window), float("-inf")), dim=-1)
 
 
 def stored_maps(qk: Tensor, heads: Heads) -> Tensor:
     """Maps from q|k as the cache stores them (`Recorded.packed("qk")`): (..., T, width) -> (..., H, T, T)."""
-    return maps(*unpack(qk, heads, "qk"), heads.scaling)
+    return maps(*unpack(qk, heads, "qk"), heads.scaling, heads.softcap, heads.window)
 
 
 def vectors(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -129,7 +129,7 @@ class Taps:
         """(B, L, H, T, T) attention probabilities of the `attentions` layers."""
         if not self.attentions:
             return None
-        return torch.stack([attention.maps(*r.repeated()[:2], r.scaling) for r in self.attentions], dim=1)
+        return torch.stack([r.maps() for r in self.attentions], dim=1)
 
     def vectors(self) -> Tensor | None:
         """(B, L, 3, T, H * hd) queries, keys and values of the `qkv` layers, keys and values repeated per query head."""
@@ -163,9 +163,9 @@ def check_attention_formula(model: PreTrainedModel, input_ids: Tensor, layers: t
     error = float((derived.float() - eager).abs().max())
     if error > (5e-2 if torch.is_autocast_enabled(input_ids.device.type) else 1e-4):
         raise KdbenchError(
-            f"{who} ({model.config.model_type}): its attention maps are not softmax(q k^T * scale) under a causal mask "
-            f"(max abs difference {error:.2g} from its eager kernel; ALiBi, soft-capping or a sliding window shorter "
-            "than the sequence?), so arms reading attentions cannot distil with it")
+            f"{who} ({model.config.model_type}): its attention maps are not softmax(cap(q k^T * scale)) under its "
+            f"causal or sliding-window mask (max abs difference {error:.2g} from its eager kernel; a position bias?), "
+            "so arms reading attentions cannot distil with it")
     return eager
 
 
@@ -178,19 +178,41 @@ def heads_of(cfg) -> tuple[int, int, int] | None:
     return heads, kv, getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
 
 
+def alibi(cfg) -> bool:
+    """Whether a config declares ALiBi position biases (BLOOM always; Falcon and MPT by a flag)."""
+    flags = (getattr(cfg, "alibi", False), getattr(getattr(cfg, "attn_config", None), "alibi", False))
+    return cfg.model_type == "bloom" or any(flags)
+
+
+def windows(cfg, n_layer: int) -> list[int | None]:
+    """Each block's sliding window from a config (None: the whole causal past): `sliding_window` on the layers
+    `layer_types` names "sliding_attention", on every layer without `layer_types` (Mistral)."""
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if not window:
+        return [None] * n_layer
+    return [window if types is None or types[i] == "sliding_attention" else None for i in range(n_layer)]
+
+
 def describe(model: PreTrainedModel) -> dict:
-    """What distillation can read from `model`: its shape, and per layer component why it cannot be captured."""
+    """What distillation can read from `model`: its shape, its attention's formula (soft-capping, per-layer sliding
+    windows) and per layer component why it cannot be captured."""
     cfg, missing, geometry = model.config, {}, heads_of(model.config)
     if geometry is None:
         missing["attentions"] = missing["qkv"] = f"{cfg.model_type}: no attention heads in its config (not an attention model)"
+    elif alibi(cfg):
+        missing["attentions"] = missing["qkv"] = (f"{cfg.model_type}: ALiBi adds a position bias to q k^T, which "
+                                                  "recorded queries and keys cannot reproduce")
     elif not attention.supported(model):
         missing["attentions"] = missing["qkv"] = (f"{cfg.model_type}: its attention does not go through transformers' "
                                                   "attention interface, so its queries and keys cannot be recorded")
     heads, kv_heads, head_dim = geometry or (None, None, None)
     embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     compute = sum(p.numel() for p in model.parameters() if p is not embedding) + (head.numel() if head is embedding else 0)
-    return {"model_type": cfg.model_type, "n_layer": len(blocks(model)), "width": width(model), "heads": heads,
+    n_layer = len(blocks(model))
+    return {"model_type": cfg.model_type, "n_layer": n_layer, "width": width(model), "heads": heads,
             "kv_heads": kv_heads, "head_dim": head_dim, "vocab_size": cfg.vocab_size, "compute_params": compute,
+            "softcap": getattr(cfg, "attn_logit_softcapping", None), "windows": windows(cfg, n_layer),
             "missing": missing}
 
 

@@ -31,7 +31,7 @@ _LOCAL_CORPUS = (".txt", ".jsonl")  # data.source suffixes read as local files (
 SUITE_ALIAS = "synthetic"  # the rendered world suite (kdbench.evaluate), not an lm-eval name
 # config.json of hub models for planning offline (config/models/<owner>/<name>/), when the hub cache has none
 PLANNING_CONFIGS = Path(__file__).resolve().parents[3] / "config" / "models"
-DESCRIBE_VERSION = 3  # of `models.describe`'s answer, kept per config: 2 added head_dim and compute_params; 3 kv_heads
+DESCRIBE_VERSION = 4  # of `models.describe`'s answer, kept per config: 2 head_dim, compute_params; 3 kv_heads; 4 windows
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -196,9 +196,26 @@ def check_models(exp, cache_dir: Path = Path(".snakemake/kdbench")) -> dict[str,
                                        f"{info['missing'][component]}")
     n_teacher = exp.teacher.arch.n_layer if exp.trains_teacher else (found["teacher"] or {}).get("n_layer")
     check_arms(exp.arms, student_depth(exp, found["student"]), n_teacher)  # maps against the loaded depths
+    if found["teacher"]:
+        check_windows(exp, found["teacher"], student_depth(exp, found["student"]))
     if pretrained and not exp.trains_teacher:
         check_tokenizers(exp)
     return found
+
+
+def check_windows(exp, teacher: dict, n_student: int) -> None:
+    """Refuse attention layers whose sliding windows differ within `data.seq_len`, naming the arms, the model and the
+    windows: the cache derives the maps of all its attention layers under one mask."""
+    arms = {name: [t for _, t in arm.pairs(n_student, teacher["n_layer"])] for name, arm in exp.arms.items()
+            if "attentions" in arm.layer_components}
+    windows = teacher.get("windows") or [None] * teacher["n_layer"]
+    cut = {t: windows[t - 1] if (windows[t - 1] or exp.data.seq_len) < exp.data.seq_len else None
+           for layers in arms.values() for t in sorted(layers)}
+    if len(set(cut.values())) > 1:
+        raise KdbenchError(f"arms.{', arms.'.join(arms)}: the teacher {exp.teacher.source!r} ({teacher['model_type']}) "
+                           f"has sliding windows shorter than data.seq_len {exp.data.seq_len} in some mapped attention "
+                           f"layers and not in others (layer: window {cut}, None the whole sequence); the cache derives "
+                           "every layer's maps under one mask: map the attention terms to layers of one kind")
 
 
 def check_tokenizers(exp) -> None:

@@ -24,6 +24,9 @@ class Experiment:
     seeds: tuple[int, ...] = (0, 1, 2)  # at least 3 for seed-level statistics
     cache: CacheConfig = field(default_factory=CacheConfig)
     arms: dict[str, ArmConfig] = field(default_factory=lambda: {"ce": ArmConfig()})  # arm name -> its loss configuration
+    # The arms to train, by name; empty: all. A preset cannot delete an arm of the default (config files merge key by
+    # key), so it names the ones to run, or drops one with `arms: {NAME: null}`.
+    run_arms: tuple[str, ...] = ()
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     gpus: int = 0                 # GPUs per training/caching/evaluation job; 0 on CPU-only machines
@@ -40,9 +43,24 @@ class Experiment:
         return SUITE_ALIAS in self.evaluation.tasks
 
 
+def chosen_arms(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The `arms` section of the arms that run: those `run_arms` names (all when empty), less those set to null
+    (also the string "null": Snakemake's `--config` reads nested values as strings)."""
+    arms, run = config.get("arms") or {}, config.get("run_arms") or []
+    arms = {name: None if spec in (None, "null") else spec for name, spec in arms.items()}
+    if not isinstance(run, list):
+        raise KdbenchError(f"run_arms: expected a list of arm names, got {run!r}")
+    kept = [name for name, spec in arms.items() if spec is not None]
+    for i, name in enumerate(run):
+        if name not in kept:
+            why = f"arms.{name} is null" if name in arms else "not an arm"
+            raise KdbenchError(f"run_arms[{i}]: {name!r} cannot run ({why}); arms: {', '.join(kept)}")
+    return {name: spec for name, spec in arms.items() if spec is not None and (not run or name in run)}
+
+
 def load_experiment(config: Mapping[str, Any]) -> Experiment:
-    """Build and cross-check the experiment; every error names the config key."""
-    exp = build(Experiment, config)
+    """Build and cross-check the experiment (of the arms that run, `chosen_arms`); every error names the config key."""
+    exp = build(Experiment, {**config, "arms": chosen_arms(config)})
     if not exp.experiment or "/" in exp.experiment:
         raise KdbenchError(f"experiment: {exp.experiment!r} must be a non-empty name without '/'")
     if not exp.seeds or len(set(exp.seeds)) != len(exp.seeds):
@@ -54,7 +72,8 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
     for key in ("reference_arm", "candidate_arm"):
         arm = getattr(exp.stats, key)
         if arm not in exp.arms:
-            raise KdbenchError(f"stats.{key}: {arm!r} is not an arm; arms: {', '.join(exp.arms)}")
+            raise KdbenchError(f"stats.{key}: {arm!r} is not an arm that runs; arms that run (after run_arms and "
+                               f"null arms): {', '.join(exp.arms)}")
     pretrained = exp.student.init not in ("random", "teacher_layers")  # its depth is the loaded model's
     check_arms(exp.arms, None if pretrained else exp.student.arch.n_layer,
                exp.teacher.arch.n_layer if exp.trains_teacher else None)
