@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -23,6 +25,15 @@ def _named(files) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for i, f in enumerate(files):
         out.setdefault(owner.get(i, str(i)), []).append(Path(f))
+    return out
+
+
+def _models(inputs: dict[str, list[Path]]) -> list[str]:
+    """The model directories among a job's inputs, as "path (model_type)"."""
+    out = []
+    for path in (p for paths in inputs.values() for p in paths if (p / "config.json").is_file()):
+        model_type = json.loads((path / "config.json").read_text()).get("model_type", "unknown type")
+        out.append(f"model {path} ({model_type})")
     return out
 
 
@@ -77,6 +88,13 @@ def run_job(smk: Any, work: Callable[[], None], states: Mapping[str | Path, Mapp
         except KdbenchError as e:
             print(f"error: {e}", file=log)
             print(f"kdbench error in rule {smk.rule}: {e}", file=sys.stderr)
+            sys.exit(1)
+        except Exception as e:  # inside a library (transformers, torch): the traceback goes to the log, one line out
+            traceback.print_exc(file=log)
+            models = ", ".join(_models(_named(smk.input))) or "no model input"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"kdbench error in rule {smk.rule} ({models}): {type(e).__name__}: {first} (traceback in {log_path})",
+                  file=sys.stderr)
             sys.exit(1)
     write_record(_named(smk.output), rule=smk.rule, params=dict(smk.params.items()),
                  wildcards=dict(smk.wildcards.items()), inputs=_named(smk.input), started=started, states=states)
