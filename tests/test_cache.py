@@ -177,7 +177,8 @@ def test_manifest_records_identity_and_sizes(tmp_path, tokens):
     m = write(tmp_path, tokens)
     assert m["teacher_sha256"] == IDENTITY["teacher_sha256"] and m["top_k"] == 8
     assert Capture.from_settings(m["settings"]) == CAPTURE and len(m["shards"]) == math.ceil(N / 4)
-    assert m["attention_heads"] == {"heads": 2, "kv_heads": 2, "head_dim": 8, "scaling": 8 ** -0.5}
+    assert m["attention_heads"] == {"heads": 2, "kv_heads": 2, "head_dim": 8, "scaling": 8 ** -0.5, "softcap": None,
+                                    "window": None}
     logit_bytes = sum(m["bytes_per_token"][c] for c in ("topk_logprobs", "topk_ids", "tail_logprob"))
     assert logit_bytes <= 4 * 8 + 8
     assert m["bytes_per_token"]["attention_qk"] == 2 * 2 * 16 * 2  # L * (q + k) * width * fp16: no T in it
@@ -188,12 +189,12 @@ def test_manifest_records_identity_and_sizes(tmp_path, tokens):
 
 
 def test_attention_other_than_the_formula_is_refused(tmp_path, tokens, monkeypatch):
-    """A teacher whose eager maps are not softmax(q k^T * scale) under a causal mask (here: the derivation is
+    """A teacher whose eager maps are not softmax(cap(q k^T * scale)) under its mask (here: the derivation is
     made to differ) is refused before any shard is written."""
     from kdbench.models import attention
 
     real = attention.maps
-    monkeypatch.setattr(attention, "maps", lambda q, k, scaling: real(q, k, scaling).flip(-1))
+    monkeypatch.setattr(attention, "maps", lambda *args: real(*args).flip(-1))
     with pytest.raises(KdbenchError, match=r"cache: the teacher \(gpt2\): its attention maps are not softmax"):
         write(tmp_path, tokens)
     assert not (tmp_path / "cache").exists()

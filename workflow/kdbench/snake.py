@@ -33,7 +33,7 @@ def _models(inputs: dict[str, list[Path]]) -> list[str]:
     out = []
     for path in (p for paths in inputs.values() for p in paths if (p / "config.json").is_file()):
         model_type = json.loads((path / "config.json").read_text()).get("model_type", "unknown type")
-        out.append(f"model {path} ({model_type})")
+        out.append(f"{path} ({model_type})")
     return out
 
 
@@ -91,10 +91,10 @@ def run_job(smk: Any, work: Callable[[], None], states: Mapping[str | Path, Mapp
             sys.exit(1)
         except Exception as e:  # inside a library (transformers, torch): the traceback goes to the log, one line out
             traceback.print_exc(file=log)
-            models = ", ".join(_models(_named(smk.input))) or "no model input"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            print(f"kdbench error in rule {smk.rule} ({models}): {type(e).__name__}: {first} (traceback in {log_path})",
-                  file=sys.stderr)
+            models = ", ".join(_models(_named(smk.input))) or "none"
+            first = (str(e).strip().splitlines() or [""])[0]
+            print(f"kdbench error in rule {smk.rule} (model: {models}): {type(e).__name__}: {first} "
+                  f"(traceback in {log_path})", file=sys.stderr)
             sys.exit(1)
     write_record(_named(smk.output), rule=smk.rule, params=dict(smk.params.items()),
                  wildcards=dict(smk.wildcards.items()), inputs=_named(smk.input), started=started, states=states)

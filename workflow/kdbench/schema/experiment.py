@@ -72,8 +72,8 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
     for key in ("reference_arm", "candidate_arm"):
         arm = getattr(exp.stats, key)
         if arm not in exp.arms:
-            raise KdbenchError(f"stats.{key}: {arm!r} is not an arm that runs; arms that run (after run_arms and "
-                               f"null arms): {', '.join(exp.arms)}")
+            raise KdbenchError(f"stats.{key}: {arm!r} is not an arm; arms: {', '.join(exp.arms)} (those that run, "
+                               "after run_arms and null arms)")
     pretrained = exp.student.init not in ("random", "teacher_layers")  # its depth is the loaded model's
     check_arms(exp.arms, None if pretrained else exp.student.arch.n_layer,
                exp.teacher.arch.n_layer if exp.trains_teacher else None)
