@@ -4,7 +4,7 @@ attention receives them (grouped- and multi-query attention included), on tiny r
 Two checks need no family knowledge: the attention maps derived from the recorded q and k must equal the
 model's own eager maps (rotary embeddings, Gemma's soft-capping, sliding windows and head size included), and
 per query head those maps times the recorded values must equal what the block feeds its output projection.
-Families whose attention bypasses transformers' attention interface (Falcon) or adds ALiBi (BLOOM) are refused,
+Families whose attention bypasses transformers' attention interface (Falcon) or adds ALiBi (BLOOM, MPT) are refused,
 naming the family and the feature. The teachers users bring (Gemma-2, Gemma-3, BLOOM) run end to end: saved with
 a tokenizer, cached, and distilled into a student by the logit and hidden arms; the attention arms either run
 too or are refused in one line when the workflow parses.
@@ -52,7 +52,8 @@ FAMILIES = {
                          query_pre_attn_scalar=24), "self_attn.o_proj", 2),
 }
 BYPASS = {"falcon": (dict(new_decoder_architecture=True, num_kv_heads=2), "its attention does not go through"),
-          "bloom": (dict(n_layer=3, n_head=4), "ALiBi adds a position bias")}
+          "bloom": (dict(n_layer=3, n_head=4), "ALiBi adds a position bias"),
+          "mpt": (dict(d_model=32, n_heads=4, n_layers=3, expansion_ratio=2), "ALiBi adds a position bias")}
 
 
 def tiny(family: str, overrides: dict) -> torch.nn.Module:

@@ -9,7 +9,7 @@ O(heads x seq_len), and a student's maps are derived from its own q and k with g
 formula covers what families declare in their configs: attention logit soft-capping
 (cap(s) = c tanh(s / c), Gemma-2) and a sliding window (a band mask, Mistral, Gemma); whether it is
 a model's attention is measured against its eager kernel (`causal_lm.check_attention_formula`).
-A position bias added to q k^T (ALiBi) is not a function of q and k: it is refused.
+A position bias added to q k^T (ALiBi) is not a function of q and k: `causal_lm.describe` refuses it.
 """
 
 from __future__ import annotations
@@ -32,16 +32,13 @@ _RECORDER: contextvars.ContextVar[dict | None] = contextvars.ContextVar("kdbench
 
 
 def _record_and_attend(module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs):
-    if kwargs.get("position_bias") is not None:
-        raise KdbenchError(f"{type(module).__name__}: adds a position bias (ALiBi) to q k^T, which recorded queries and "
-                           "keys cannot reproduce")
     scaling, softcap = kwargs.get("scaling") or query.shape[-1] ** -0.5, kwargs.get("softcap")  # None: sdpa's default
     window = kwargs.get("sliding_window")
     slots = _RECORDER.get()
-    if slots is not None and id(module) in slots:  # a window as long as the sequence cuts nothing: None
-        slots[id(module)].append((query, key, value, scaling, softcap,
+    if slots is not None and id(module) in slots:
+        slots[id(module)].append((query, key, value, scaling, softcap,  # a window as long as the keys cuts nothing
                                   window if window and window < key.shape[-2] else None))
-    if softcap is None:
+    if softcap is None or kwargs.get("position_bias") is not None:  # sdpa adds a bias; it refuses a cap with one
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     # PyTorch's fused kernels cannot soft-cap: attend by the formula, under sdpa_mask's mask (True: attend)
     r = query.shape[1] // key.shape[1]

@@ -208,12 +208,12 @@ def check_windows(exp, teacher: dict, n_student: int) -> None:
     windows: the cache derives the maps of all its attention layers under one mask."""
     arms = {name: [t for _, t in arm.pairs(n_student, teacher["n_layer"])] for name, arm in exp.arms.items()
             if "attentions" in arm.layer_components}
-    windows = teacher.get("windows") or [None] * teacher["n_layer"]
-    cut = {t: windows[t - 1] if (windows[t - 1] or exp.data.seq_len) < exp.data.seq_len else None
+    windows, steps = teacher.get("windows") or [None] * teacher["n_layer"], exp.data.seq_len
+    cut = {t: windows[t - 1] if windows[t - 1] and windows[t - 1] < steps else None  # a longer window cuts nothing
            for layers in arms.values() for t in sorted(layers)}
     if len(set(cut.values())) > 1:
         raise KdbenchError(f"arms.{', arms.'.join(arms)}: the teacher {exp.teacher.source!r} ({teacher['model_type']}) "
-                           f"has sliding windows shorter than data.seq_len {exp.data.seq_len} in some mapped attention "
+                           f"has sliding windows shorter than data.seq_len {steps} in some mapped attention "
                            f"layers and not in others (layer: window {cut}, None the whole sequence); the cache derives "
                            "every layer's maps under one mask: map the attention terms to layers of one kind")
 
