@@ -294,6 +294,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return {_coerce(kt, k, key): _coerce(vt, v, _join(key, k)) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is bool and str(value).lower() in ("true", "false"):  # `--config overwrite=true` arrives as a string
+        return str(value).lower() == "true"
     if tp in (int, float, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
