@@ -171,6 +171,27 @@ def test_smoke_rerun_has_nothing_to_do(smoke):
 
 
 @pytest.mark.slow
+def test_a_deleted_output_of_a_finished_run_is_rebuilt(smoke, tmp_path):
+    """An evaluation deleted from a finished run (a copy of it) comes back with the next run, and so does what reads it."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(smoke.parents[1], root, symlinks=True)  # mtimes kept: the copy is as up to date as the run
+    lost = root / "results" / "smoke" / "eval" / "teacher" / "results.json"
+    before = read_json(lost)
+    lost.unlink()
+    out = snakemake("--cores", "2", "--configfile", str(SMOKE), cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "kdbench: rebuilding 1 deleted output(s) of results/smoke, e.g. results/smoke/eval/teacher/results.json" \
+        in out.stderr
+    assert read_json(lost)["results"] == before["results"]
+    counts = job_counts(out.stdout + out.stderr)
+    assert counts["evaluate_model"] == counts["aggregate"] == 1
+    again = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=root)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
 def test_paper_target_regenerates_without_training(smoke):
     root = smoke.parents[1]
     out = snakemake("paper", "--cores", "2", "--configfile", str(SMOKE), cwd=root)

@@ -10,6 +10,7 @@ out of date). Parse-time module: stdlib only.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -44,6 +45,8 @@ def claim(results: Path, config: Mapping[str, Any], overwrite: bool) -> None:
 def _lock(results: Path) -> int:
     try:
         results.mkdir(parents=True, exist_ok=True)
+        if not os.access(results, os.W_OK | os.X_OK):  # the lock file may be writable in a folder that is not
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(results))
         fd = os.open(results / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise KdbenchError(f"{e.filename}: {e.strerror}; make {results}/ writable or choose another experiment "
