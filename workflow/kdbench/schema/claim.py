@@ -28,6 +28,7 @@ STAMP = ".config.json"  # the config the folder's results were made with
 WORK = ".work"  # resumable state, never a result
 NOT_RESULTS = ("overwrite",)  # keys that say how to run, not what the results are
 _HELD: dict[Path, int] = {}  # folder -> the descriptor holding its lock, open until the process ends
+_ABSENT = object()  # a key one config has and the other lacks
 
 
 def claim(results: Path, config: Mapping[str, Any], overwrite: bool) -> None:
@@ -96,9 +97,6 @@ def lost_outputs(results: Path) -> list[str]:
         for files in outputs.values():
             lost += [p for p in files if p.startswith(f"{results}/") and not Path(p).exists()]
     return list(dict.fromkeys(lost))
-
-
-_ABSENT = object()
 
 
 def _has_results(results: Path) -> bool:
