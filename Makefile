@@ -35,7 +35,9 @@ browser:
 	  || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium) \
 	  || echo "chromium not installed: the report rendering test will be skipped"
 
+# kdbench plan first: Snakemake reports a malformed --configfile without its name or line; the plan names both
 run: setup
+	$(BIN)/kdbench plan $(PRESET) >/dev/null
 	$(BIN)/snakemake --cores all $(PRESET)
 
 smoke: setup
@@ -77,7 +79,8 @@ docs: setup
 # then its README.md and the README's results are regenerated
 reference:
 	rm -rf results/reference && mkdir -p results/reference
-	cd results/paper && find . -type f ! -path './.work/*' ! -name '*.safetensors' ! -name '*.npy' \
+	cd results/paper && find . -type f ! -path './.work/*' ! -name '.lock' ! -name '.config.json' \
+	  ! -name '*.safetensors' ! -name '*.npy' \
 	  ! -name 'tokenizer.json' ! -name 'corpus.jsonl' ! -name 'report.html' -exec cp --parents {} ../reference/ \;
 	$(BIN)/kdbench audit results/reference --partial | tail -n 1
 	$(BIN)/kdbench docs

@@ -94,14 +94,14 @@ def test_models_are_checked_from_their_configs(tmp_path, monkeypatch):
         check_models(experiment(teacher={"source": mamba}), cache)
     llama = save_config(tmp_path / "llama", "llama", hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
                         num_key_value_heads=2, vocab_size=96)
-    arms = {"relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 4]]}}
+    arms = {"ce": {}, "relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 4]]}}
     pretrained = dict(student={"init": llama, "arch": {"n_layer": 2}}, arms=arms,
-                      stats={"reference_arm": "relation", "candidate_arm": "relation"})
+                      stats={"reference_arm": "ce", "candidate_arm": "relation"})
     found = check_models(experiment(teacher={"source": llama}, **pretrained), cache)  # student 6 deep, as loaded
     assert (found["student"]["n_layer"], found["student"]["heads"], found["teacher"]["n_layer"]) == (6, 4, 6)
     with pytest.raises(KdbenchError, match=r"^arms.relation: .*teacher layer 9"):
         check_models(experiment(teacher={"source": llama}, **{**pretrained, "arms": {
-            "relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 9]]}}}), cache)
+            "ce": {}, "relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 9]]}}}), cache)
 
 
 def test_pretrained_student_with_another_tokenizer_is_refused_at_parse_time(tmp_path, monkeypatch, tiny_tokenizer_dir):
@@ -114,9 +114,9 @@ def test_pretrained_student_with_another_tokenizer_is_refused_at_parse_time(tmp_
     monkeypatch.chdir(tmp_path)
     kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=320)
     teacher, student = (save_config(tmp_path / side, "llama", **kw) for side in ("teacher", "student"))
-    arms = {"logit": {"terms": {"fkl": 1.0}}}
+    arms = {"ce": {}, "logit": {"terms": {"fkl": 1.0}}}
     exp = experiment(teacher={"source": teacher}, student={"init": student}, arms=arms,
-                     stats={"reference_arm": "logit", "candidate_arm": "logit"})
+                     stats={"reference_arm": "ce", "candidate_arm": "logit"})
     check_models(exp, tmp_path / "kept")  # the student has no tokenizer.json: compared by init_student
     train_tokenizer([f"zz{i} qq{i} ww" for i in range(100)], TokenizerConfig(vocab_size=300, min_frequency=1),
                     tmp_path / "other")

@@ -134,9 +134,10 @@ def test_nan_loss_stops_with_step_and_term(student_setup):
         train(model, objective, source, SMALL, 0, student_setup / "ck.pt", "x")
 
 
-@pytest.mark.parametrize("change", ["fingerprint", "format"])
+@pytest.mark.parametrize("change", ["fingerprint", "format", "truncated"])
 def test_checkpoint_of_another_job_or_format_is_ignored(student_setup, capsys, change):
-    """Such a checkpoint is reported and left unused: training starts at step 0 and ends as a fresh run."""
+    """Such a checkpoint is reported and left unused (a truncated one set aside): training starts at step 0 and
+    ends as a fresh run."""
     source = TokenSource(np.load(student_setup / "data" / "val.npy"))
 
     def run(ckpt: Path) -> dict:
@@ -150,10 +151,18 @@ def test_checkpoint_of_another_job_or_format_is_ignored(student_setup, capsys, c
     objective = Objective(ArmConfig(terms={"ce": 1.0}), (), Capture(), model, width(model), 0)
     state = {"model": model.state_dict(), "objective": objective.state_dict(), "optimizer": {}, "step": 5,
              "curve": [], "elapsed": 0.0, "fingerprint": "job", "format": CHECKPOINT_FORMAT, change: "other"}
-    torch.save(state, student_setup / "old.pt")
+    old = student_setup / f"old-{change}.pt"
+    torch.save(state, old)
+    if change == "truncated":
+        old.write_bytes(old.read_bytes()[: old.stat().st_size // 2])
     capsys.readouterr()
-    again = run(student_setup / "old.pt")
-    assert "ignoring old.pt, written for another job or format; starting at step 0" in capsys.readouterr().out
+    again = run(old)
+    said = capsys.readouterr().out
+    if change == "truncated":
+        assert f"checkpoint {old} is unreadable (" in said and f"set aside as {old.name}.corrupt, starting at step 0" in said
+        assert old.with_name(f"{old.name}.corrupt").exists()
+    else:
+        assert f"ignoring {old.name}, written for another job or format; starting at step 0" in said
     assert all(torch.equal(fresh[k], again[k]) for k in fresh)
 
 

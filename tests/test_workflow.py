@@ -138,8 +138,8 @@ def test_smoke_run_produces_every_analysis(smoke):
     fidelity = list(csv.DictReader(open(a / "fidelity.csv")))
     assert {r["arm"] for r in fidelity} >= {"init", "ce", "logit_hidden", "logit_hidden@random"}
     budgets = list(csv.DictReader(open(a / "budgets.csv")))
-    assert {(int(r["budget"]), r["arm"]) for r in budgets} == {(b, arm) for b in (10000, 20000)
-                                                              for arm in ("logit", "logit_hidden", "ce")}
+    assert {(int(r["budget"]), r["arm"]) for r in budgets} == {(b, arm) for b in (9216, 19456)  # tokens trained:
+                                                              for arm in ("logit", "logit_hidden", "ce")}  # 1,024 a step
     assert all(float(r["flops"]) > 0 for r in budgets)
     assert "Across student token budgets" in (smoke / "headline.txt").read_text()
     control = read_json(smoke / "controls" / "cache" / "manifest.json")
@@ -168,6 +168,27 @@ def test_smoke_run_passes_the_audit(smoke):
 def test_smoke_rerun_has_nothing_to_do(smoke):
     out = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke.parents[1])
     assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_deleted_output_of_a_finished_run_is_rebuilt(smoke, tmp_path):
+    """An evaluation deleted from a finished run (a copy of it) comes back with the next run, and so does what reads it."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(smoke.parents[1], root, symlinks=True)  # mtimes kept: the copy is as up to date as the run
+    lost = root / "results" / "smoke" / "eval" / "teacher" / "results.json"
+    before = lost.read_bytes()
+    lost.unlink()
+    out = snakemake("--cores", "2", "--configfile", str(SMOKE), cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "kdbench: rebuilding 1 deleted output(s) of results/smoke, e.g. results/smoke/eval/teacher/results.json" \
+        in out.stderr
+    assert lost.read_bytes() == before
+    counts = job_counts(out.stdout + out.stderr)
+    assert counts["evaluate_model"] == counts["aggregate"] == 1
+    again = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=root)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 @pytest.mark.slow

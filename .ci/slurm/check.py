@@ -23,8 +23,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 # Differ between two identical runs: timings (train.json, curve.csv, provenance records), absolute
-# paths (the rendered task YAMLs), PDF creation dates.
-VARYING = ("*.prov.json", "train.json", "curve.csv", "*.pdf", ".snakemake_timestamp", "eval/tasks/*")
+# paths (the rendered task YAMLs), PDF creation dates, the run's lock (PID, command line) and its config
+# stamp (the SLURM run's gpus).
+VARYING = ("*.prov.json", "train.json", "curve.csv", "*.pdf", ".snakemake_timestamp", "eval/tasks/*", ".lock",
+           ".config.json")
 FIELDS = ("JobID", "State", "tres-per-job", "NumCPUs", "MinMemory", "TimeLimit", "Comment")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import sys
@@ -67,6 +68,13 @@ def _library_logs(log) -> Iterator[None]:
             h.removeFilter(quiet)
 
 
+def os_error(e: OSError) -> str:
+    """An I/O error in one line: the path, the reason and its errno name ("results/x: Permission denied (EACCES)")."""
+    code = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
+    where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None) or "I/O error"
+    return f"{where}: {e.strerror or e}{code}; check the path's permissions and free space, then rerun"
+
+
 def run_job(smk: Any, work: Callable[[], None], states: Mapping[str | Path, Mapping[str, Any]] | None = None) -> None:
     """Run `work` with stdout/stderr in the job's log; one-line errors; provenance on success.
 
@@ -85,9 +93,10 @@ def run_job(smk: Any, work: Callable[[], None], states: Mapping[str | Path, Mapp
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), _library_logs(log):
                 work()
-        except KdbenchError as e:
-            print(f"error: {e}", file=log)
-            print(f"kdbench error in rule {smk.rule}: {e}", file=sys.stderr)
+        except (KdbenchError, OSError) as e:
+            message = os_error(e) if isinstance(e, OSError) else str(e)
+            print(f"error: {message}", file=log)
+            print(f"kdbench error in rule {smk.rule}: {message}", file=sys.stderr)
             sys.exit(1)
         except Exception as e:  # inside a library (transformers, torch): the traceback goes to the log, one line out
             traceback.print_exc(file=log)

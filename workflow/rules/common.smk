@@ -2,6 +2,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from kdbench.schema.claim import claim, lost_outputs, stamp_config
 from kdbench.schema.checks import check_config_files, check_models, check_paths, check_tasks, student_depth
 from kdbench.schema.experiment import budget_arms, cached_tokens, capture_spec, chosen_arms, control_arms, load_experiment
 from kdbench.schema.plan import teacher_mode
@@ -9,14 +10,27 @@ from kdbench.schema.plan import teacher_mode
 
 check_config_files(workflow.configfiles)  # a key given twice in one file would silently keep the last
 config["arms"] = chosen_arms(config)  # the arms that run (run_arms, null arms dropped): what every rule reads
+EXP = load_experiment(config)  # strict: unknown keys, types, arms and layer maps fail here, in one line
 validate(config, schema="../schemas/config.schema.yaml")
-EXP = load_experiment(config)  # strict: unknown keys, types, arms and layer maps fail here
 check_paths(EXP)  # local models and corpus files exist
 check_tasks(EXP.evaluation.tasks)  # lm-eval names (indexed once per lm-eval version; none for the default)
 PRETRAINED = check_models(EXP)  # pretrained models' shapes from their configs: arms and layer maps fit them
 TEACHER_MODE = teacher_mode(EXP, PRETRAINED)  # the planned cache fits cache.max_gb; "auto" resolved by the plan
 
 R = f"results/{EXP.experiment}"  # every output of this experiment
+# One run per results folder, of one config. Only the main process: jobs that parse the workflow again
+# (SLURM job steps) run inside the run that holds the lock.
+LOST = []  # outputs records name that are gone: asked for again by rule all, so they are rebuilt
+if workflow.is_main_process:
+    claim(Path(R), config, EXP.overwrite)
+    LOST = lost_outputs(Path(R))
+
+
+onstart:
+    if workflow.is_main_process:
+        stamp_config(Path(R), config)  # the config this folder's results are made with, once jobs run
+
+
 WORK = f"{R}/.work"  # resumable state (checkpoints, partial caches), never a declared output
 LOGS = f"logs/{EXP.experiment}"
 BENCH = f"benchmarks/{EXP.experiment}"

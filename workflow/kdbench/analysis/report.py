@@ -164,19 +164,21 @@ def budget_frame(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -
 
 
 def budget_models(results_dir: Path, budgets: Mapping[int, Sequence[str]]) -> dict[int, list[ModelEval]]:
-    """ModelEvals of the budget curves: model folders "[budgets/b<N>/]students/<arm>/seed<S>"."""
+    """ModelEvals of the budget curves: model folders "[budgets/b<N>/]students/<arm>/seed<S>", keyed by the
+    tokens the students trained (whole batches, from their train.json), else by the configured budget."""
     results_dir = Path(results_dir)
     out = {}
     for budget, models in budgets.items():
-        out[int(budget)] = []
+        evals = []
         for model in models:
             parts = model.split("/")[-3:]
             if len(parts) != 3 or parts[0] != "students" or not parts[2].startswith("seed"):
                 raise KdbenchError(f"report: cannot tell arm and seed from budget model {model!r}")
             train = results_dir / model / "train.json"
-            out[int(budget)].append(ModelEval(model, parts[1], int(parts[2][4:]),
-                                              results_dir / "eval" / model / "results.json",
-                                              train_path=train if train.is_file() else None))
+            evals.append(ModelEval(model, parts[1], int(parts[2][4:]), results_dir / "eval" / model / "results.json",
+                                   train_path=train if train.is_file() else None))
+        trained = {read_json(m.train_path).get("tokens") if m.train_path else None for m in evals}
+        out[trained.pop() if len(trained) == 1 and None not in trained else int(budget)] = evals
     return out
 
 
@@ -260,10 +262,10 @@ def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], tasks: list[
 
 
 def _training_conditions(models: Sequence[ModelEval], cfg: StatsConfig) -> dict[str, dict[str, float] | None]:
-    """Token budget and learning rate per headline arm, from train.json; None where unknown or seeds disagree."""
+    """Tokens trained and learning rate per headline arm, from train.json; None where unknown or seeds disagree."""
     arms = (cfg.reference_arm, cfg.candidate_arm)
-    configs = {arm: [read_json(m.train_path).get("config", {}) for m in models if m.arm == arm and m.train_path]
-               for arm in arms}
+    configs = {arm: [{**(j := read_json(m.train_path)).get("config", {}), "tokens": j.get("tokens")}
+                     for m in models if m.arm == arm and m.train_path] for arm in arms}
     out = {}
     for key in ("tokens", "lr"):
         values = {arm: {c.get(key) for c in configs[arm]} for arm in arms}

@@ -25,6 +25,7 @@ from transformers import (
 from kdbench import KdbenchError
 from kdbench.models import attention
 from kdbench.models.attention import Recorded
+from kdbench.schema.checks import missing_model
 from kdbench.schema.config import ArchConfig
 
 
@@ -57,6 +58,8 @@ def load_model(source: str | Path, dtype: torch.dtype = torch.float32, revision:
 
     `device_map="auto"` spreads a model too big for one GPU over the visible GPUs (accelerate).
     """
+    if why := missing_model(str(source), revision):
+        raise KdbenchError(f"cannot load model: {why}")
     try:
         return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, revision=revision, device_map=device_map)
     except (OSError, ValueError) as e:
@@ -64,6 +67,8 @@ def load_model(source: str | Path, dtype: torch.dtype = torch.float32, revision:
 
 
 def load_tokenizer(source: str | Path, revision: str | None = None):
+    if why := missing_model(str(source), revision, marker=None):
+        raise KdbenchError(f"cannot load tokenizer: {why}")
     try:
         return AutoTokenizer.from_pretrained(str(source), revision=revision)
     except (OSError, ValueError) as e:

@@ -81,6 +81,9 @@ def check_arms(arms: Mapping[str, ArmConfig], n_student: int | None, n_teacher: 
                 raise KdbenchError(f"arms.{name}.terms: unknown loss {term!r}; known losses: {', '.join(sorted(specs()))}")
             if weight < 0:
                 raise KdbenchError(f"arms.{name}.terms.{term}: weight {weight} is negative")
+        if not any(arm.terms.values()):
+            raise KdbenchError(f"arms.{name}.terms: every weight is 0, so the arm would not train; "
+                               "give at least one term a positive weight")
         if arm.temperature <= 0:
             raise KdbenchError(f"arms.{name}.temperature: must be > 0, got {arm.temperature}")
         if n_teacher is None or n_student is None:

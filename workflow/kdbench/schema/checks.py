@@ -52,16 +52,33 @@ def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
 
 
-def check_config_files(paths: Iterable[str | Path]) -> None:
-    """Refuse a config file in which a key appears twice within one mapping."""
-    for path in paths:
+def read_config_file(path: str | Path) -> dict:
+    """One config file's mapping; malformed YAML, a key given twice in one mapping or a file that is not a mapping
+    is refused in one line naming the file (and the line)."""
+    try:
         with open(path) as f:
             loader = _StrictLoader(f)
             loader.name = str(path)
             try:
-                loader.get_single_data()
+                data = loader.get_single_data()
             finally:
                 loader.dispose()
+    except OSError as e:
+        raise KdbenchError(f"{path}: cannot read the config file ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise KdbenchError(f"{path}:{where} malformed YAML ({what}); fix the file") from e
+    if data is not None and not isinstance(data, dict):
+        raise KdbenchError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
+    return data or {}
+
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    """Refuse a config file that is malformed or in which a key appears twice within one mapping."""
+    for path in paths:
+        read_config_file(path)
 
 
 def load_config(paths: Iterable[str | Path]) -> dict:
@@ -73,7 +90,7 @@ def load_config(paths: Iterable[str | Path]) -> dict:
         return base
     merged: dict = {}
     for path in paths:
-        update(merged, yaml.safe_load(Path(path).read_text()) or {})
+        update(merged, read_config_file(path))
     return merged
 
 
@@ -84,19 +101,37 @@ def source_kind(source: str) -> str:
 
 def check_paths(exp) -> None:
     """Local model directories and corpus files the config names must exist (else one line naming the key)."""
-    named = [("data.source", exp.data.source, exp.data.source.endswith(_LOCAL_CORPUS))]
-    if not exp.trains_teacher:
-        named.append(("teacher.source", exp.teacher.source, False))
+    source = exp.data.source
+    if source.endswith(_LOCAL_CORPUS) and not Path(source).expanduser().exists():
+        raise KdbenchError(f"data.source: local path {source!r} does not exist (relative to {os.getcwd()})")
+    models = [("teacher.source", exp.teacher.source, exp.teacher.revision)] if not exp.trains_teacher else []
     if exp.student.init not in ("random", "teacher_layers"):
-        named.append(("student.init", exp.student.init, False))
-    for key, source, is_file in named:
-        if key == "data.source" and source == "world":
-            continue
-        path = Path(source).expanduser()
-        if (is_file or source_kind(source) == "local") and not path.exists():
-            raise KdbenchError(f"{key}: local path {source!r} does not exist (relative to {os.getcwd()})")
-        if path.exists() and not is_file and not (path / "config.json").is_file():
-            raise KdbenchError(f"{key}: {source!r} is a local path without config.json, not a saved model")
+        models.append(("student.init", exp.student.init, exp.student.revision))
+    for key, source, revision in models:
+        why = missing_model(source, revision)
+        if why and not (PLANNING_CONFIGS / source / "config.json").is_file():  # a planning copy: plan offline
+            raise KdbenchError(f"{key}: {why}")
+
+
+def hub_offline() -> bool:
+    """Whether Hugging Face's hub is switched off (HF_HUB_OFFLINE, as huggingface_hub reads it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def missing_model(source: str, revision: str | None = None, marker: str | None = "config.json") -> str | None:
+    """Why a model (a tokenizer: `marker` None) cannot be loaded from `source` as things stand (None when it can,
+    or the hub may give it): a missing local folder, one without `marker`, or, with the hub offline, a name that
+    is neither a folder nor cached."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return None if marker is None or (path / marker).is_file() else \
+            f"{source!r} is a local path without {marker}, not a saved model"
+    if source_kind(source) == "local":
+        return f"local path {source!r} does not exist (relative to {os.getcwd()})"
+    if hub_offline() and _hub_config_dir(source, revision) is None:
+        return (f"{source!r} is no local folder (relative to {os.getcwd()}) and not in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE is set: fix the path, or fetch the model where the hub is reachable")
+    return None
 
 
 def lm_eval_tasks(cache_dir: Path = Path(".snakemake/kdbench")) -> frozenset[str]:

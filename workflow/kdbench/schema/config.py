@@ -142,6 +142,9 @@ class CacheConfig:
     # replaced by an online teacher (auto). 200 GB: a node-local NVMe share, far above every CPU preset.
     max_gb: float = 200.0
 
+    def __post_init__(self) -> None:
+        _check(self.max_gb > 0, f"cache.max_gb: {self.max_gb} must be a positive number of GB")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -172,6 +175,13 @@ class StatsConfig:
     ci: float = 0.95
     # Power at which the minimal detectable difference (MDE) is reported: 0.8 is the usual planning target.
     power: float = 0.8
+
+    def __post_init__(self) -> None:
+        for key in ("ci", "power"):
+            value = getattr(self, key)
+            _check(0 < value < 1, f"stats.{key}: {value} must be a probability strictly between 0 and 1 (e.g. 0.95)")
+        _check(self.reference_arm != self.candidate_arm,
+               f"stats.candidate_arm: {self.candidate_arm!r} is also the reference_arm; the headline compares two arms")
 
 
 @dataclass(frozen=True)
@@ -284,6 +294,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return {_coerce(kt, k, key): _coerce(vt, v, _join(key, k)) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is bool and str(value).lower() in ("true", "false"):  # `--config overwrite=true` arrives as a string
+        return str(value).lower() == "true"
     if tp in (int, float, str, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value

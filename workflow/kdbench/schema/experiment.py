@@ -12,6 +12,8 @@ from kdbench.schema.config import (AnalysisConfig, CacheConfig, ControlsConfig, 
                             TokenizerConfig, TuningConfig, WorldConfig, build)
 from kdbench.schema.registry import LAYERED, reads
 
+RESERVED = "reference"  # results/reference/: the committed run, copied from results/paper, never run into
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -33,6 +35,9 @@ class Experiment:
     tuning: TuningConfig = field(default_factory=TuningConfig)  # optional per-arm search on the validation split
     controls: ControlsConfig = field(default_factory=ControlsConfig)  # random-teacher twins of named arms
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # why: fidelity, CKA, budget curves
+    # Run into results/<experiment>/ although its records come from another config (`schema.claim`); off,
+    # such a run is refused, naming the keys that differ, so no finished result is replaced by surprise.
+    overwrite: bool = False
 
     @property
     def trains_teacher(self) -> bool:
@@ -61,8 +66,11 @@ def chosen_arms(config: Mapping[str, Any]) -> dict[str, Any]:
 def load_experiment(config: Mapping[str, Any]) -> Experiment:
     """Build and cross-check the experiment (of the arms that run, `chosen_arms`); every error names the config key."""
     exp = build(Experiment, {**config, "arms": chosen_arms(config)})
-    if not exp.experiment or "/" in exp.experiment:
-        raise KdbenchError(f"experiment: {exp.experiment!r} must be a non-empty name without '/'")
+    if not exp.experiment or "/" in exp.experiment or exp.experiment.startswith("."):
+        raise KdbenchError(f"experiment: {exp.experiment!r} must be a non-empty name without '/' or a leading '.'")
+    if exp.experiment == RESERVED:
+        raise KdbenchError(f"experiment: {RESERVED!r} is reserved for the committed results (made by `make reference` "
+                           "from results/paper); choose another name")
     if not exp.seeds or len(set(exp.seeds)) != len(exp.seeds):
         raise KdbenchError(f"seeds: need distinct seeds, got {list(exp.seeds)}")
     if exp.synthetic_suite and exp.data.source != "world":
@@ -75,6 +83,11 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
             raise KdbenchError(f"stats.{key}: {arm!r} is not an arm; arms: {', '.join(exp.arms)} (those that run, "
                                "after run_arms and null arms)")
     pretrained = exp.student.init not in ("random", "teacher_layers")  # its depth is the loaded model's
+    for key, arch, built in (("teacher.arch", exp.teacher.arch, exp.trains_teacher),
+                             ("student.arch", exp.student.arch, not pretrained)):
+        if built and arch.d_model % arch.n_head:
+            raise KdbenchError(f"{key}.n_head: {arch.n_head} heads do not divide {key}.d_model {arch.d_model}; "
+                               "pick a head count that divides the width")
     check_arms(exp.arms, None if pretrained else exp.student.arch.n_layer,
                exp.teacher.arch.n_layer if exp.trains_teacher else None)
     for arm in exp.controls.random_teacher:
@@ -87,6 +100,16 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
     for arm in (exp.stats.reference_arm, exp.stats.candidate_arm, "ce") if exp.analysis.budgets else ():
         if arm not in exp.arms:
             raise KdbenchError(f"analysis.budgets: the budget curves train arm {arm!r}, which is not in arms")
+    batch = exp.student.train.batch_size * exp.data.seq_len
+    for key, tokens in (("student.train.tokens", exp.student.train.tokens),
+                        *((f"analysis.budgets[{i}]", b) for i, b in enumerate(exp.analysis.budgets))):
+        if tokens < batch:
+            raise KdbenchError(f"{key}: {tokens:,} tokens is less than one batch ({batch:,} = student.train.batch_size "
+                               f"{exp.student.train.batch_size} x data.seq_len {exp.data.seq_len}); give at least {batch:,}")
+    trained = [b // batch * batch for b in exp.analysis.budgets]  # whole batches: what the curves are labelled with
+    if len(set(trained)) < len(trained):
+        raise KdbenchError(f"analysis.budgets: {list(exp.analysis.budgets)} train {trained} tokens in whole batches of "
+                           f"{batch:,}; give budgets at least one batch apart")
     return exp
 
 

@@ -159,8 +159,8 @@ def teacher_mode(exp, described: dict[str, dict | None]) -> str:
         return exp.teacher.mode
     p = plan(exp, described)
     if p.mode == "cache" and p.cache_bytes > p.max_gb * 1e9:
-        raise KdbenchError(f"cache.max_gb: the planned teacher cache is {p.cache_bytes / 1e9:,.1f} GB, above the limit "
-                           f"of {p.max_gb:g} GB; set teacher.mode online or auto, shrink the budget, or raise the "
+        raise KdbenchError(f"cache.max_gb: the planned teacher cache is {_si(p.cache_bytes, 'B')}, above the limit "
+                           f"of {_si(p.max_gb * 1e9, 'B')}; set teacher.mode online or auto, shrink the budget, or raise the "
                            "limit (kdbench plan shows the breakdown)")
     return p.mode
 

@@ -7,6 +7,7 @@ interrupted job resumes at its last checkpoint and reaches the same weights.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
@@ -200,9 +201,9 @@ def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: Trai
     opt = stepper.opt
     total_steps = cfg.steps(source.seq_len)
     step, curve, elapsed = 0, [], 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if (state.get("format"), state["fingerprint"]) == (CHECKPOINT_FORMAT, fingerprint):
+    state = _read_checkpoint(ckpt_path, device, label)
+    if state is not None:
+        if (state.get("format"), state.get("fingerprint")) == (CHECKPOINT_FORMAT, fingerprint):
             model.load_state_dict(state["model"])
             objective.load_state_dict(state["objective"])
             opt.load_state_dict(state["optimizer"])
@@ -257,6 +258,26 @@ def _mean_over_processes(terms: dict[str, Tensor], size: int) -> dict[str, Tenso
     stacked = torch.stack(list(terms.values()))
     dist.all_reduce(stacked)
     return dict(zip(terms, stacked / size))
+
+
+def _read_checkpoint(path: Path, device: str, label: str) -> dict | None:
+    """The checkpoint's state; an unreadable one (truncated, corrupt) is set aside as `<name>.corrupt`, so the
+    job starts over instead of failing on every rerun."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if isinstance(state, dict):
+            return state
+        why = f"holds a {type(state).__name__}, not a checkpoint"
+    except Exception as e:  # torch reports a damaged zip or pickle stream in several exception types
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    aside = path.with_name(path.name + ".corrupt")
+    with contextlib.suppress(FileNotFoundError):  # another process of the job set it aside first
+        path.replace(aside)
+    print(f"{label}: checkpoint {path} is unreadable ({why}); set aside as {aside.name}, starting at step 0",
+          flush=True)
+    return None
 
 
 def _checkpoint(path: Path, model, objective, opt, step, curve, elapsed, fingerprint) -> None:
