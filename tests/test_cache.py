@@ -17,7 +17,8 @@ from kdbench.cache import store as cache_mod
 from kdbench.cache import capture as capture_mod
 from kdbench.schema.arms import ArmConfig, Capture
 from kdbench.schema.config import CacheConfig, ArchConfig
-from kdbench.cache.store import TeacherCache, pack_uint24, quantise, stored_ids, unpack_uint24
+from kdbench.cache.compact import quantise
+from kdbench.cache.store import TeacherCache, pack_uint24, stored_ids, unpack_uint24
 from kdbench.cache.capture import OnlineTeacher, fidelity, reconstruction_kl, topk, topk_targets, write_teacher_cache
 from kdbench.io import read_json
 from kdbench.models.causal_lm import build_model, forward_taps
