@@ -131,6 +131,11 @@ def fit_bases(taps: Taps, cfg: CacheConfig) -> dict[str, torch.Tensor]:
     return {name: fit(x, cfg.layer_rank) for name, x in _vectors(taps, torch.float32).items()}
 
 
+def sample_bases(teacher, tokens: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> dict[str, torch.Tensor]:
+    """The compact bases of the cache job and of the online teacher alike: fitted on the first batch of `tokens`."""
+    return fit_bases(_taps(teacher, tokens[: cfg.batch_size], cfg, capture, device), cfg) if cfg.layer_rank else {}
+
+
 def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
                     bases: dict[str, torch.Tensor] | None = None) -> dict[str, tuple[torch.Tensor, str]]:
     """One teacher forward pass over `seqs` (B, T) -> {component: (tensor in its stored dtype, dtype name)}, on
@@ -167,7 +172,7 @@ class OnlineTeacher:
         self.n_seqs, self.seq_len = tokens.shape
         teacher.eval().requires_grad_(False)
         self.heads = attention_heads(teacher, tokens, cfg, capture, device)
-        self.bases = fit_bases(_taps(teacher, tokens[: cfg.batch_size], cfg, capture, device), cfg) if cfg.layer_rank else {}
+        self.bases = sample_bases(teacher, tokens, cfg, capture, device)
 
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
         seqs = self.tokens[idx]
@@ -186,42 +191,47 @@ def attention_heads(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Captur
     return geometries.pop() if geometries else None
 
 
+def layer_fidelity(taps: Taps, seqs: np.ndarray, cfg: CacheConfig, bases: dict[str, torch.Tensor]) -> dict:
+    """What storing `taps`' layered components as `cfg` (and `bases`) says loses: per component, the stored vectors'
+    error against float32 and the error of its loss and gradient (`compact.fidelity`); with `bases`, the variance
+    they explain per layer; the hidden states' largest absolute error. {} without layered components."""
+    exact = _vectors(taps, torch.float32)
+    if not exact:
+        return {}
+    read = converted({n: t for n, (t, _) in _layered(taps, cfg, bases).items()}, str(taps.logits.device), bases)
+    heads = (taps.attentions + taps.qkv)[0].heads if taps.attentions or taps.qkv else None
+    out = {"layers": compact.fidelity(exact, read, heads, torch.from_numpy(seqs.astype(np.int64)).to(taps.logits.device))}
+    if bases:
+        out |= {"layer_rank": cfg.layer_rank,
+                "explained_variance": {name: compact.explained(x, bases[name]) for name, x in exact.items()}}
+    if "hidden" in exact:
+        out |= {"hidden_dtype": "int8 coefficients" if bases else cfg.hidden_dtype,
+                "hidden_rel_rmse": out["layers"]["hidden"]["rel_rmse"],
+                "hidden_max_abs_err": float((read["hidden"] - exact["hidden"]).abs().max())}
+    return out
+
+
 def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
-             taps: Taps | None = None, bases: dict[str, torch.Tensor] | None = None) -> dict:
-    """How much the cache loses, on the sample batch `seqs` (`taps`: its forward, `bases`: fitted on it; both
-    made here when not given): KL(full || top-k + uniform
-    tail), the tail mass; per layered component, the stored vectors' error against float32 and the error of
-    its loss and gradient (`compact.fidelity`), with `bases` the variance they explain per layer; the hidden
-    states' largest absolute error; with attention layers, how far maps derived from the stored q/k are from
-    the teacher's own (eager kernel).
+             bases: dict[str, torch.Tensor] | None = None) -> dict:
+    """How much the cache loses, on the sample batch `seqs`: KL(full || top-k + uniform tail), the tail mass,
+    the layered components' `layer_fidelity` in `bases` (fitted on `seqs` when not given) and, with attention
+    layers, how far maps derived from the stored q/k are from the teacher's own (eager kernel).
 
     Refuses a teacher whose maps are not the derivation's formula (`kdbench.models.attention`).
     """
-    taps = taps or _taps(teacher, seqs, cfg, capture, device)
+    taps = _taps(teacher, seqs, cfg, capture, device)
     bases = fit_bases(taps, cfg) if bases is None else bases
     values, top_ids, tail = topk_targets(taps.logits, k)
     kl = reconstruction_kl(taps.logits, values, top_ids, tail)
     out = {"top_k": k, "kl_topk_mean": float(kl.mean()), "tail_mass_mean": float(tail.exp().mean()),
-           "n_positions": kl.numel()}
-    exact = _vectors(taps, torch.float32)
-    if not exact:
-        return out
-    read = converted({n: t for n, (t, _) in _layered(taps, cfg, bases).items()}, str(taps.logits.device), bases)
-    heads = (taps.attentions + taps.qkv)[0].heads if taps.attentions or taps.qkv else None
-    ids = torch.from_numpy(seqs.astype(np.int64)).to(device)
-    out["layers"] = compact.fidelity(exact, read, heads, ids)
-    if bases:
-        out |= {"layer_rank": cfg.layer_rank,
-                "explained_variance": {name: compact.explained(x, bases[name]) for name, x in exact.items()}}
-    if taps.hidden:
-        out |= {"hidden_dtype": "int8 coefficients" if bases else cfg.hidden_dtype,
-                "hidden_rel_rmse": out["layers"]["hidden"]["rel_rmse"],
-                "hidden_max_abs_err": float((read["hidden"] - exact["hidden"]).abs().max())}
+           "n_positions": kl.numel(), **layer_fidelity(taps, seqs, cfg, bases)}
     if taps.attentions:
-        maps = taps.maps()
+        ids, maps = torch.from_numpy(seqs.astype(np.int64)).to(device), taps.maps()
         with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
             eager = check_attention_formula(teacher, ids, capture.attentions, maps, "cache: the teacher")
-        from_cache = attention.stored_maps(read["attention_qk"], heads)
+        stored = {n: t for n, (t, _) in _layered(taps, cfg, bases).items() if n.startswith("attention_qk")}
+        from_cache = attention.stored_maps(converted(stored, str(maps.device), bases)["attention_qk"],
+                                           taps.attentions[0].heads)
         out.update(attention_max_abs_err=float((from_cache - eager).abs().max()),
                    attention_formula_max_abs_err=float((maps - eager).abs().max()))
     return out
@@ -232,8 +242,8 @@ def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheC
     """Run `teacher` once over `tokens` (N, T) and write the cache; returns its manifest.
 
     `identity` names the teacher, tokenizer and tokens; the capture settings, vocabulary and k
-    are added here, so a cache of other settings is never resumed or read as this one. The first
-    batch is the sample: the compact bases are fitted on it and fidelity.json measured on it.
+    are added here, so a cache of other settings is never resumed or read as this one. fidelity.json is
+    measured on the first batch; compact bases are fitted on it, and then measured on the second.
     """
     teacher.eval()
     if not getattr(teacher, "hf_device_map", None):  # a teacher spread over GPUs stays where it was put
@@ -244,11 +254,9 @@ def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheC
     settings.pop("batch_size")  # does not change the contents
     identity = {**identity, "vocab_size": vocab, "top_k": k, "settings": settings,
                 "attention_heads": _as_dict(attention_heads(teacher, tokens, cfg, capture, device))}
-    seqs = tokens[: cfg.batch_size]
-    taps = _taps(teacher, seqs, cfg, capture, device)
-    bases = fit_bases(taps, cfg)
-    sample = fidelity(teacher, seqs, k, cfg, capture, device, taps, bases)
-    del taps
+    bases = sample_bases(teacher, tokens, cfg, capture, device)
+    held_out = tokens[cfg.batch_size : 2 * cfg.batch_size] if bases else ()  # the bases' error where they were not fit
+    sample = fidelity(teacher, held_out if len(held_out) else tokens[: cfg.batch_size], k, cfg, capture, device, bases)
     return write_cache(lambda start, stop: teacher_arrays(teacher, tokens[start:stop], k, cfg, capture, device, bases),
                        len(tokens), tokens.shape[1], cfg.shard_seqs, cfg.batch_size, identity, sample, out_dir,
                        work_dir, {name: b.cpu().numpy() for name, b in bases.items()})

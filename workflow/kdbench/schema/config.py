@@ -148,6 +148,9 @@ class CacheConfig:
     # replaced by an online teacher (auto). 200 GB: a node-local NVMe share, far above every CPU preset.
     max_gb: float = 200.0
 
+    def __post_init__(self) -> None:
+        _check(self.layer_rank >= 0, f"cache.layer_rank: {self.layer_rank} must be >= 0 (0: layer targets not compacted)")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
