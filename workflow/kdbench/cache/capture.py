@@ -87,7 +87,7 @@ def reconstruction_kl(logits: torch.Tensor, values: torch.Tensor, ids: torch.Ten
 
 
 @torch.no_grad()
-def _taps(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> Taps:
+def teacher_taps(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> Taps:
     ids = torch.from_numpy(seqs.astype(np.int64)).to(device)
     with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
         return forward_taps(teacher, ids, **asdict(capture))
@@ -133,7 +133,7 @@ def fit_bases(taps: Taps, cfg: CacheConfig) -> dict[str, torch.Tensor]:
 
 def sample_bases(teacher, tokens: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> dict[str, torch.Tensor]:
     """The compact bases of the cache job and of the online teacher alike: fitted on the first batch of `tokens`."""
-    return fit_bases(_taps(teacher, tokens[: cfg.batch_size], cfg, capture, device), cfg) if cfg.layer_rank else {}
+    return fit_bases(teacher_taps(teacher, tokens[: cfg.batch_size], cfg, capture, device), cfg) if cfg.layer_rank else {}
 
 
 def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
@@ -141,7 +141,7 @@ def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture
     """One teacher forward pass over `seqs` (B, T) -> {component: (tensor in its stored dtype, dtype name)}, on
     the teacher's device; top-k ids as int64 (the cache narrows them), layered components as `_layered`
     stores them (in `bases` when compact)."""
-    taps = _taps(teacher, seqs, cfg, capture, device)
+    taps = teacher_taps(teacher, seqs, cfg, capture, device)
     values, top_ids, tail = topk_targets(taps.logits, k)
     out = {"topk_logprobs": (values.half(), "float16"), "topk_ids": (top_ids, "int64"),
            "tail_logprob": (tail.float(), "float32")}
@@ -183,7 +183,7 @@ class OnlineTeacher:
 
 def attention_heads(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> Heads | None:
     """The geometry of the teacher's recorded attention layers, None without any; refuses layers that disagree."""
-    taps = _taps(teacher, seqs[:1, :2], cfg, capture, device)
+    taps = teacher_taps(teacher, seqs[:1, :2], cfg, capture, device)
     geometries = {r.heads for r in taps.attentions + taps.qkv}
     if len(geometries) > 1:
         raise KdbenchError(f"{teacher.config.model_type}: the captured layers differ in attention geometry "
@@ -198,9 +198,11 @@ def layer_fidelity(taps: Taps, seqs: np.ndarray, cfg: CacheConfig, bases: dict[s
     exact = _vectors(taps, torch.float32)
     if not exact:
         return {}
-    read = converted({n: t for n, (t, _) in _layered(taps, cfg, bases).items()}, str(taps.logits.device), bases)
+    stored = {n: t for n, (t, _) in _layered(taps, cfg, bases).items()}
+    read = converted(stored, str(taps.logits.device), bases)
     heads = (taps.attentions + taps.qkv)[0].heads if taps.attentions or taps.qkv else None
-    out = {"layers": compact.fidelity(exact, read, heads, torch.from_numpy(seqs.astype(np.int64)).to(taps.logits.device))}
+    out = {"layer_bytes_per_token": sum(t.numel() * t.element_size() for t in stored.values()) / seqs.size,
+           "layers": compact.fidelity(exact, read, heads, torch.from_numpy(seqs.astype(np.int64)).to(taps.logits.device))}
     if bases:
         out |= {"layer_rank": cfg.layer_rank,
                 "explained_variance": {name: compact.explained(x, bases[name]) for name, x in exact.items()}}
@@ -219,7 +221,7 @@ def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Captu
 
     Refuses a teacher whose maps are not the derivation's formula (`kdbench.models.attention`).
     """
-    taps = _taps(teacher, seqs, cfg, capture, device)
+    taps = teacher_taps(teacher, seqs, cfg, capture, device)
     bases = fit_bases(taps, cfg) if bases is None else bases
     values, top_ids, tail = topk_targets(taps.logits, k)
     kl = reconstruction_kl(taps.logits, values, top_ids, tail)
