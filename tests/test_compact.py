@@ -95,22 +95,12 @@ def test_fidelity_json_measures_loss_and_gradient_per_component(tmp_path, tokens
     assert full["hidden_dtype"] == "int8 coefficients" and full["layer_rank"] == 48
 
 
-@pytest.mark.parametrize("idx", [[0, 1, 2], [7, 2, 9, 0]], ids=["writer's batch", "a training batch"])
-def test_online_teacher_gives_the_compact_cache_targets(tmp_path, tokens, idx):
-    """The online teacher fits the same bases on the same first batch: targets bit-equal on the writer's batch, and
-    on other rows within one int8 step of a coefficient."""
+def test_the_online_teacher_fits_the_cache_jobs_bases(tmp_path, tokens):
+    """The same first batch, so the same bases (targets and losses: tests/test_cache.py's online test)."""
     write(tmp_path, tokens)
-    idx = np.array(idx)
-    cached = TeacherCache(tmp_path / "cache").batch(idx)
     source = OnlineTeacher(teacher(), tokens, 8, CFG, CAPTURE, "cpu")
-    assert all(torch.equal(source.bases[n], b) for n, b in TeacherCache(tmp_path / "cache").bases.items())
-    online = source.batch(idx)
-    for name in ("hidden", "attentions", "qkv", "topk_logprobs"):
-        a, b = getattr(cached, name), getattr(online, name)
-        if len(idx) == 3:
-            assert torch.equal(a, b), name
-        else:
-            torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+    cached = TeacherCache(tmp_path / "cache").bases
+    assert set(source.bases) == set(cached) and all(torch.equal(source.bases[n], b) for n, b in cached.items())
 
 
 def test_a_corrupt_or_missing_basis_is_refused(tmp_path, tokens):
