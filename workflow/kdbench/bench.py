@@ -227,7 +227,7 @@ def _preset(preset: Path):
     exp = load_experiment({**load_config([REPO / "config" / "config.yaml", preset]), "gpus": 1})
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(str(REPO / "config" / "models" / exp.teacher.source))
-    return exp, AutoModelForCausalLM.from_config(config).eval()
+    return exp, AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()  # as load_model loads
 
 
 RANKS = (16, 32, 64, 128, 256)  # `fidelity`'s compact options
@@ -280,7 +280,7 @@ def _outcome_student(results: Path, variant: str, name: str, seed: int) -> Model
     return ModelEval(f"{variant}/{name}/seed{seed}", f"{name}.{variant}", seed, path)
 
 
-def bench_outcome(results: Path, layer_rank: int, seeds: int, processes: int = 2) -> dict:
+def bench_outcome(results: Path, layer_rank: int, seeds: int, processes: int = 3) -> dict:
     """The default experiment's layer arms trained from the exact cache and from a compact one (`layer_rank`) with
     the same initialisations and batches, evaluated on the suite; per arm, compact minus exact paired over seeds
     and items (`stats.paired_comparisons`: interval and MDE). `results` holds a run's teacher, data, initial
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, help="outcome: a run's results/<experiment> (teacher, data, "
                         "students/init, eval/tasks)")
     parser.add_argument("--layer-rank", type=int, default=0, help="cache, train: cache.layer_rank of the cache "
-                        "(default 0: exact); outcome: the compact cache's (default 32)")
+                        "(default 0: exact); outcome: the compact cache's (default 64)")
     parser.add_argument("--seqs", type=int, help="sequences of seq_len tokens to process (default: cache 2048, "
                         "8 shards, so the once-per-job costs weigh as in a job; train 512; fidelity: the preset "
                         "teacher's batch, 8)")
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.name == "fidelity":
         result = bench_fidelity(args.teacher, args.data, args.preset, args.seqs or 8)
     elif args.name == "outcome":
-        result = bench_outcome(args.results, args.layer_rank or 32, args.seeds)
+        result = bench_outcome(args.results, args.layer_rank or 64, args.seeds)
     else:
         result = bench_train(args.teacher, args.seqs or 512, args.steps, args.rounds, args.layer_rank)
     for key, value in _flat(result):
