@@ -227,7 +227,7 @@ def _preset(preset: Path):
     exp = load_experiment({**load_config([REPO / "config" / "config.yaml", preset]), "gpus": 1})
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(str(REPO / "config" / "models" / exp.teacher.source))
-    return exp, AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()  # as load_model loads
+    return exp, AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()  # as load_model loads
 
 
 RANKS = (16, 32, 64, 128, 256)  # `fidelity`'s compact options

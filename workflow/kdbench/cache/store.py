@@ -184,6 +184,7 @@ def write_cache(batches: Callable[[int, int], dict[str, tuple[np.ndarray, str]]]
     (work_dir / "identity.json").unlink()
     if Path(out_dir).exists():
         shutil.rmtree(out_dir)
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     work_dir.rename(out_dir)
     return manifest
 
