@@ -73,7 +73,8 @@ def test_fidelity_sweep_prices_and_measures_every_option():
 
     teacher = build_model(ArchConfig(n_layer=2, d_model=32, n_head=2), 100, 16, 0, seed=0).eval()
     tokens = np.random.default_rng(0).integers(0, 100, size=(16, 16))
-    result = bench._sweep(teacher, tokens, CacheConfig(batch_size=8), Capture(hidden=(1, 2), attentions=(2,), qkv=(2,)), 8)
+    cfg = CacheConfig(batch_size=8, layer_rank=128)  # a compact preset still gets its uncompacted options measured
+    result = bench._sweep(teacher, tokens, cfg, Capture(hidden=(1, 2), attentions=(2,), qkv=(2,)), 8)
     assert list(result) == ["bfloat16", "int8", *(f"rank{r}" for r in bench.RANKS)]
     size = {name: r["layer_bytes_per_token"] for name, r in result.items()}
     assert size["rank16"] == 2 * 20 + 20 + 20 and size["rank256"] == 2 * 36 + 68 + 100  # L (min(r, width) + 4)

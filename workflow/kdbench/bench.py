@@ -241,7 +241,8 @@ def _sweep(teacher, tokens: np.ndarray, cfg: CacheConfig, capture: Capture, batc
     seqs = tokens[batch : 2 * batch]
     taps = teacher_taps(teacher, seqs, cfg, capture, "cpu")
     full = fit_bases(teacher_taps(teacher, tokens[:batch], cfg, capture, "cpu"), replace(cfg, layer_rank=max(RANKS)))
-    options = {"bfloat16": replace(cfg, hidden_dtype="bfloat16"), "int8": replace(cfg, hidden_dtype="int8"),
+    options = {"bfloat16": replace(cfg, hidden_dtype="bfloat16", layer_rank=0),
+               "int8": replace(cfg, hidden_dtype="int8", layer_rank=0),
                **{f"rank{r}": replace(cfg, layer_rank=r) for r in RANKS}}
     return {name: layer_fidelity(taps, seqs, option, {n: b[:, : 1 + option.layer_rank] for n, b in full.items()}
                                  if option.layer_rank else {}) for name, option in options.items()}
