@@ -119,8 +119,8 @@ def _vectors(taps: Taps, dtype: torch.dtype, hidden_dtype: torch.dtype | None = 
 def _layered(taps: Taps, cfg: CacheConfig, bases: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, str]]:
     """The layered components as stored: with `bases`, int8 coefficients (`compact.encode`) and their
     `<name>_scale`; else q/k/v in float16 and hidden states in `cache.hidden_dtype` (int8 with `hidden_scale`)."""
-    out: dict[str, tuple[torch.Tensor, str]] = {}
     if bases:
+        out = {}
         for name, x in _vectors(taps, torch.float32).items():
             values, scale = encode(x, bases[name])
             out |= {name: (values, "int8"), f"{name}_scale": (scale, "float32")}
