@@ -60,3 +60,25 @@ evaluation: {{tasks: [arc_easy]}}
     result = bench.bench_gpu(preset, steps=2, rounds=1, device="cpu")
     assert result["cached_tokens_per_s"] > 0 and result["online_tokens_per_s"] > 0
     assert 0 < result["cached_student_mfu"] < 1 and result["online_over_cached"] > 0
+
+
+def test_fidelity_sweep_prices_and_measures_every_option():
+    """Each option's layer bytes per token and its loss/gradient errors: compact bytes grow with the rank (up to the
+    width), and a rank at the full width loses less than rank 16."""
+    import numpy as np
+
+    from kdbench.models.causal_lm import build_model
+    from kdbench.schema.arms import Capture
+    from kdbench.schema.config import ArchConfig, CacheConfig
+
+    teacher = build_model(ArchConfig(n_layer=2, d_model=32, n_head=2), 100, 16, 0, seed=0).eval()
+    tokens = np.random.default_rng(0).integers(0, 100, size=(16, 16))
+    cfg = CacheConfig(batch_size=8, layer_rank=128)  # a compact preset still gets its uncompacted options measured
+    result = bench._sweep(teacher, tokens, cfg, Capture(hidden=(1, 2), attentions=(2,), qkv=(2,)), 8)
+    assert list(result) == ["bfloat16", "int8", *(f"rank{r}" for r in bench.RANKS)]
+    size = {name: r["layer_bytes_per_token"] for name, r in result.items()}
+    assert size["rank16"] == 2 * 20 + 20 + 20 and size["rank256"] == 2 * 36 + 68 + 100  # L (min(r, width) + 4)
+    assert size["bfloat16"] == 2 * 64 + 128 + 192 and size["int8"] == 2 * 36 + 128 + 192
+    for component in ("hidden", "attention_qk", "qkv"):
+        low, full = result["rank16"]["layers"][component], result["rank256"]["layers"][component]
+        assert all(0 < full[key] < low[key] for key in ("rel_rmse", "loss_rel_err", "grad_rel_err")), component

@@ -17,7 +17,8 @@ from kdbench.cache import store as cache_mod
 from kdbench.cache import capture as capture_mod
 from kdbench.schema.arms import ArmConfig, Capture
 from kdbench.schema.config import CacheConfig, ArchConfig
-from kdbench.cache.store import TeacherCache, pack_uint24, quantise, stored_ids, unpack_uint24
+from kdbench.cache.compact import quantise
+from kdbench.cache.store import TeacherCache, pack_uint24, stored_ids, unpack_uint24
 from kdbench.cache.capture import OnlineTeacher, fidelity, reconstruction_kl, topk, topk_targets, write_teacher_cache
 from kdbench.io import read_json
 from kdbench.models.causal_lm import build_model, forward_taps
@@ -348,7 +349,7 @@ def test_hidden_scale_is_read_only_with_the_hidden_states(tmp_path, tokens):
         cache.batch(np.array([first]))
 
 
-@pytest.mark.parametrize("cfg", [CFG, INT8], ids=["bfloat16", "int8"])
+@pytest.mark.parametrize("cfg", [CFG, INT8, dataclasses.replace(CFG, layer_rank=6)], ids=["bfloat16", "int8", "compact"])
 @pytest.mark.parametrize("idx", [[3, 4, 5], [7, 2, 9, 0]], ids=["writer's batch", "a training batch"])
 def test_online_teacher_gives_the_cached_targets_and_losses(tmp_path, tokens, idx, cfg):
     """Online targets are the cache's: bit-equal on the batch the writer ran, and on any other batch within

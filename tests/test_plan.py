@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,9 +14,10 @@ from kdbench.schema.arms import capture_for
 from kdbench.cache.capture import write_teacher_cache
 from kdbench.cli import main
 from kdbench.schema.experiment import load_experiment
-from kdbench.models.causal_lm import build_model, describe
+from kdbench.models.causal_lm import build_model, describe, describe_config
 from kdbench.schema.plan import arch_shape, described_shape, id_bytes, plan, teacher_mode
 
+REPO = Path(__file__).resolve().parents[1]
 V, T = 300, 12  # ids above 255: two bytes each
 CONFIG = {"tokenizer": {"vocab_size": V}, "data": {"seq_len": T}, "seeds": [0],
           "teacher": {"arch": {"family": "gpt2", "n_layer": 3, "d_model": 16, "n_head": 2}},
@@ -28,13 +31,18 @@ IDENTITY = {"teacher_sha256": "t" * 64, "vocabulary_sha256": "k" * 64, "tokens_s
             "teacher_layers": 3, "teacher_width": 16}
 
 
-@pytest.mark.parametrize("vocab, hidden_dtype", [(V, "bfloat16"), (V, "int8"), (70_000, "int8")])
-def test_planned_bytes_match_a_written_cache(tmp_path, vocab, hidden_dtype):
+@pytest.mark.parametrize("vocab, hidden_dtype, rank", [(V, "bfloat16", 0), (V, "int8", 0), (70_000, "int8", 0),
+                                                       (V, "bfloat16", 5), (V, "bfloat16", 40)])
+def test_planned_bytes_match_a_written_cache(tmp_path, vocab, hidden_dtype, rank):
     exp = load_experiment({**CONFIG, "tokenizer": {"vocab_size": vocab},
-                           "cache": {**CONFIG["cache"], "hidden_dtype": hidden_dtype}})
+                           "cache": {**CONFIG["cache"], "hidden_dtype": hidden_dtype, "layer_rank": rank}})
     p = plan(exp, {})
     assert p.n_seqs == 10 and p.layers == {"hidden": 2, "attention_qk": 2, "qkv": 1}
-    assert ("hidden_scale" in p.bytes_per_token) == (hidden_dtype == "int8")
+    assert ("hidden_scale" in p.bytes_per_token) == (hidden_dtype == "int8" or rank > 0)
+    assert ("qkv_scale" in p.bytes_per_token) == (rank > 0) and (p.basis_bytes > 0) == (rank > 0)
+    if rank:  # L (min(rank, width) + 4): widths 16 (hidden), 32 (q|k), 48 (q|k|v)
+        assert p.bytes_per_token["hidden"] + p.bytes_per_token["hidden_scale"] == 2 * (min(rank, 16) + 4)
+        assert p.bytes_per_token["qkv"] == min(rank, 48)
     teacher = build_model(exp.teacher.arch, vocab, T, 0, seed=0)
     tokens = np.random.default_rng(0).integers(0, vocab, size=(p.n_seqs, T)).astype(np.uint32)
     manifest = write_teacher_cache(teacher, tokens, IDENTITY, exp.cache, capture_for(exp.arms, 2, 3),
@@ -70,4 +78,25 @@ def test_auto_goes_online_above_max_gb_and_cache_mode_is_refused():
 def test_plan_command_prints_the_default(capsys):
     assert main(["plan"]) == 0
     out = capsys.readouterr().out
-    assert "bytes/token" in out and "total in mode cache" in out and "GPU-hours" in out
+    assert "bytes/token" in out and "total in mode cache" in out and "GPU-hours" in out and "reads B/token" in out
+
+
+def test_each_arm_is_priced_by_what_it_reads():
+    p = plan(load_experiment(CONFIG), {})
+    logits = sum(p.bytes_per_token[c] for c in ("input_ids", "topk_logprobs", "topk_ids", "tail_logprob"))
+    assert p.arm_bytes_per_token["attn"] == logits + p.bytes_per_token["hidden"] + p.bytes_per_token["attention_qk"]
+    assert p.arm_bytes_per_token["rel"] == logits + p.bytes_per_token["qkv"]
+
+
+def test_compaction_brings_the_pythia_preset_under_its_limit():
+    """The preset's layer targets in full need 3.7 TB at 200M tokens, above cache.max_gb (auto goes online); at
+    layer_rank 128 every component costs L (128 + 4) bytes a token and the cache fits."""
+    from kdbench.schema.checks import load_config
+
+    cfg = load_config([REPO / "config" / "config.yaml", REPO / "config" / "presets" / "pythia.yaml"])
+    shapes = {"teacher": describe_config(REPO / "config" / "models" / "EleutherAI" / "pythia-410m")}
+    full = plan(load_experiment({**cfg, "cache": {**cfg["cache"], "layer_rank": 0}}), shapes)
+    small = plan(load_experiment({**cfg, "cache": {**cfg["cache"], "layer_rank": 128}}), shapes)
+    assert sum(full.bytes_per_token.values()) == 18_566 and full.mode == "online"
+    assert sum(small.bytes_per_token.values()) == 134 + 5 * (128 + 4) and small.mode == "cache"
+    assert small.cache_bytes < small.max_gb * 1e9

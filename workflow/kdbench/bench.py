@@ -3,6 +3,8 @@
     python -m kdbench.bench cache   # cache writing vs bare teacher forward; batch read vs training step; k sweep
     python -m kdbench.bench train   # tokens/s: plain CE vs cache-fed KD vs online KD (teacher in the loop)
     python -m kdbench.bench gpu     # on CUDA, at the real preset's shapes: tokens/s, MFU, peak memory, online/cached
+    python -m kdbench.bench fidelity [--teacher T --data D]  # layer-target options: loss/gradient error of each
+    python -m kdbench.bench outcome --results R            # students from the exact vs the compact cache, paired
 
 Sizes follow config/config.yaml (teacher, student, seq_len). Contenders are timed in interleaved
 rounds, so a noisy shared machine slows all alike: rates are each contender's fastest round, and
@@ -17,6 +19,7 @@ import itertools
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -24,13 +27,19 @@ import numpy as np
 import torch
 import yaml
 
+from kdbench.analysis.report import ModelEval, item_frame, load_evals
+from kdbench.analysis.stats import OVERALL, arm_means, paired_comparisons
 from kdbench.schema.arms import ArmConfig, Capture, capture_for
 from kdbench.cache.store import TeacherCache
-from kdbench.cache.capture import OnlineTeacher, reconstruction_kl, topk_targets, write_teacher_cache
-from kdbench.schema.config import TrainConfig
-from kdbench.data.tokens import batch_indices
-from kdbench.schema.experiment import Experiment, load_experiment
-from kdbench.io import write_json
+from kdbench.cache.capture import (OnlineTeacher, cache_teacher, fit_bases, layer_fidelity, reconstruction_kl,
+                                   teacher_taps, topk_targets, write_teacher_cache)
+from kdbench.schema.config import CacheConfig, TrainConfig
+from kdbench.data.tokens import batch_indices, load_tokens
+from kdbench.evaluate import evaluate_model
+from kdbench.schema.experiment import Experiment, cached_tokens, load_experiment
+from kdbench.io import read_json, write_json
+from kdbench.provenance import weights_sha256
+from kdbench.train.student import train_student
 from kdbench.memory import keep_freed_memory
 from kdbench.models.causal_lm import build_model, forward_taps, load_model, width
 from kdbench.train.loop import Objective, Stepper, TokenSource, batches
@@ -40,8 +49,10 @@ VOCAB = 1024
 PARTS = ("logit", "hidden")  # arms timed beside logit_hidden: what each of its two parts costs
 
 
-def _experiment() -> Experiment:
-    return load_experiment(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+def _experiment(layer_rank: int = 0) -> Experiment:
+    """The default experiment, with `cache.layer_rank` set (`--layer-rank`)."""
+    exp = load_experiment(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    return replace(exp, cache=replace(exp.cache, layer_rank=layer_rank))
 
 
 def _teacher(exp: Experiment, path: Path | None):
@@ -99,8 +110,8 @@ def _trainer(exp: Experiment, arm: ArmConfig, source, n_teacher: int, d_teacher:
     return run
 
 
-def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
-    exp = _experiment()
+def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int, layer_rank: int = 0) -> dict:
+    exp = _experiment(layer_rank)
     teacher = _teacher(exp, teacher_path)
     vocab = teacher.config.vocab_size
     tokens = _tokens(n_seqs, exp.data.seq_len, vocab)
@@ -168,8 +179,8 @@ def bench_cache(teacher_path: Path | None, n_seqs: int, rounds: int) -> dict:
     }
 
 
-def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int) -> dict:
-    exp = _experiment()
+def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int, layer_rank: int = 0) -> dict:
+    exp = _experiment(layer_rank)
     teacher = _teacher(exp, teacher_path)
     vocab = teacher.config.vocab_size
     tokens = _tokens(n_seqs, exp.data.seq_len, vocab)
@@ -206,6 +217,102 @@ def bench_train(teacher_path: Path | None, n_seqs: int, steps: int, rounds: int)
             "threads": torch.get_num_threads()}
 
 
+def _preset(preset: Path):
+    """A preset's experiment (merged over the default, as snakemake merges) and a random teacher of its shapes, from
+    its config under config/models/ (seeded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kdbench.schema.checks import load_config
+
+    exp = load_experiment({**load_config([REPO / "config" / "config.yaml", preset]), "gpus": 1})
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(str(REPO / "config" / "models" / exp.teacher.source))
+    return exp, AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()  # as load_model loads
+
+
+RANKS = (16, 32, 64, 128, 256)  # `fidelity`'s compact options
+
+
+def _sweep(teacher, tokens: np.ndarray, cfg: CacheConfig, capture: Capture, batch: int) -> dict:
+    """`layer_fidelity` of every layer-target option (the stored dtypes, int8 hidden states, compact at each of
+    `RANKS`) on tokens[batch : 2 batch], with bases fitted on tokens[:batch] as a cache job fits them (once, at the
+    largest rank: a smaller rank's basis is its leading rows)."""
+    cfg = replace(cfg, forward_dtype="float32")
+    seqs = tokens[batch : 2 * batch]
+    taps = teacher_taps(teacher, seqs, cfg, capture, "cpu")
+    full = fit_bases(teacher_taps(teacher, tokens[:batch], cfg, capture, "cpu"), replace(cfg, layer_rank=max(RANKS)))
+    options = {"bfloat16": replace(cfg, hidden_dtype="bfloat16", layer_rank=0),
+               "int8": replace(cfg, hidden_dtype="int8", layer_rank=0),
+               **{f"rank{r}": replace(cfg, layer_rank=r) for r in RANKS}}
+    return {name: layer_fidelity(taps, seqs, option, {n: b[:, : 1 + option.layer_rank] for n, b in full.items()}
+                                 if option.layer_rank else {}) for name, option in options.items()}
+
+
+def bench_fidelity(teacher_path: Path | None, data_dir: Path | None, preset: Path, seqs: int) -> dict:
+    """Loss and gradient error of each layer-target option against exact targets (`compact.fidelity`), on the default
+    teacher when given (trained, over its training sequences in `data_dir`, `cache.batch_size` a batch) and on a
+    random teacher of `preset`'s shapes (`seqs` random sequences a batch), each reading its experiment's capture."""
+    out = {}
+    if teacher_path:
+        exp = _experiment()
+        teacher, tokens = load_model(teacher_path).eval(), load_tokens(Path(data_dir) / "train.npy")
+        capture = capture_for(exp.arms, exp.student.arch.n_layer, exp.teacher.arch.n_layer)
+        out["default_teacher"] = _sweep(teacher, tokens, exp.cache, capture, exp.cache.batch_size)
+    pexp, big = _preset(preset)
+    pcapture = capture_for(pexp.arms, pexp.student.arch.n_layer, big.config.num_hidden_layers)
+    out["random_" + pexp.experiment] = _sweep(big, _tokens(2 * seqs, pexp.data.seq_len, big.config.vocab_size),
+                                              pexp.cache, pcapture, seqs)
+    return out
+
+
+OUTCOME_ARMS = ("logit_hidden", "logit_hidden_attn")
+
+
+def _outcome_student(results: Path, variant: str, name: str, seed: int) -> ModelEval:
+    """Train (unless done) and evaluate one student of `bench_outcome` from its variant's cache."""
+    exp, out = _experiment(), results / "compact-outcome"
+    model, path = out / variant / name / f"seed{seed}", out / "eval" / variant / name / f"seed{seed}.json"
+    if not model.exists():
+        train_student(name, exp.arms[name], exp.student.train, seed, results / "students" / "init" / f"seed{seed}",
+                      out / variant / "cache", results / "data", model, out / ".work" / variant / name / f"seed{seed}",
+                      teacher_sha256=weights_sha256(results / "teacher"))
+    if not path.exists():
+        evaluate_model(model, exp.evaluation, path, results / "eval" / "tasks")
+    return ModelEval(f"{variant}/{name}/seed{seed}", f"{name}.{variant}", seed, path)
+
+
+def bench_outcome(results: Path, layer_rank: int, seeds: int, processes: int = 3) -> dict:
+    """The default experiment's layer arms trained from the exact cache and from a compact one (`layer_rank`) with
+    the same initialisations and batches, evaluated on the suite; per arm, compact minus exact paired over seeds
+    and items (`stats.paired_comparisons`: interval and MDE). `results` holds a run's teacher, data, initial
+    students and rendered tasks; what this trains goes to `results`/compact-outcome (kept, so a rerun resumes),
+    `processes` students at a time, each on one thread (on a shared machine a thread each beats two: OpenMP's
+    spinning threads measured 16x slower under load)."""
+    torch.set_num_threads(1)
+    exp = _experiment()
+    arms, out = {name: exp.arms[name] for name in OUTCOME_ARMS}, results / "compact-outcome"
+    for variant, cfg in (("exact", exp.cache), ("compact", replace(exp.cache, layer_rank=layer_rank))):
+        if not (out / variant / "cache" / "manifest.json").exists():
+            cache_teacher(results / "teacher", results / "data", cfg, arms, exp.student.arch.n_layer,
+                          cached_tokens(exp), out / variant / "cache", out / ".work" / variant / "cache")
+    jobs = list(itertools.product(("exact", "compact"), OUTCOME_ARMS, range(seeds)))
+    with ProcessPoolExecutor(processes, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        models = list(pool.map(_outcome_student, [results] * len(jobs), *zip(*jobs)))  # one thread each: no spinning
+    items = item_frame(models, *load_evals(models), exp.stats.metric)
+    table = {}
+    for name in arms:
+        cfg = replace(exp.stats, reference_arm=f"{name}.exact", candidate_arm=f"{name}.compact")
+        row = paired_comparisons(items, [cfg.candidate_arm], cfg).set_index("task").loc[OVERALL]
+        means = arm_means(items, [cfg.reference_arm, cfg.candidate_arm], cfg).set_index(["arm", "task"])["mean"]
+        table[name] = {"exact": means[cfg.reference_arm, OVERALL], "compact": means[cfg.candidate_arm, OVERALL],
+                       **{key: float(row[key]) for key in ("diff", "ci_lo", "ci_hi", "mde", "p")},
+                       "within_mde": bool(abs(row["diff"]) < row["mde"]), "seeds": int(row["n_seeds"])}
+    manifest = lambda variant: read_json(out / variant / "cache" / "manifest.json")["bytes_per_token"]
+    return {"layer_rank": layer_rank, "metric": exp.stats.metric, "arms": table,
+            "bytes_per_token": {variant: sum(manifest(variant).values()) for variant in ("exact", "compact")},
+            "fidelity": read_json(out / "compact" / "cache" / "fidelity.json")}
+
+
 def bench_gpu(preset: Path, steps: int, rounds: int, device: str = "cuda") -> dict:
     """The real preset's teacher and student shapes with random weights on one GPU: `logit_hidden` from a
     cache and online, tokens/s, model FLOPs utilisation against the GPU's bf16 peak, peak memory.
@@ -214,15 +321,11 @@ def bench_gpu(preset: Path, steps: int, rounds: int, device: str = "cuda") -> di
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise SystemExit("bench gpu: no CUDA device here; run `make gpu-check` on a machine with a GPU")
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from kdbench.schema.checks import load_config
     from kdbench.models.causal_lm import describe
     from kdbench.schema.plan import PEAK_TFLOPS, arch_shape, described_shape
 
-    exp = load_experiment({**load_config([REPO / "config" / "config.yaml", preset]), "gpus": 1})  # as snakemake merges
-    teacher_config = AutoConfig.from_pretrained(str(REPO / "config" / "models" / exp.teacher.source))
-    teacher = AutoModelForCausalLM.from_config(teacher_config).to(device).eval()
+    exp, teacher = _preset(preset)
+    teacher, teacher_config = teacher.to(device), teacher.config
     vocab, seq_len, batch = teacher_config.vocab_size, exp.data.seq_len, exp.student.train.batch_size
     tokens = _tokens(batch * steps, seq_len, vocab)
     arm, n_teacher = exp.arms["logit_hidden"], teacher_config.num_hidden_layers
@@ -255,28 +358,50 @@ def bench_gpu(preset: Path, steps: int, rounds: int, device: str = "cuda") -> di
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None, "peak_tflops_assumed": PEAK_TFLOPS}
 
 
+def _flat(d: dict, prefix: str = ""):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        elif not isinstance(value, list):
+            yield f"{prefix}{key}", value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kdbench.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=("cache", "train", "gpu"))
+    parser.add_argument("name", choices=("cache", "train", "gpu", "fidelity", "outcome"))
     parser.add_argument("--preset", type=Path, default=REPO / "config" / "presets" / "pythia.yaml",
-                        help="gpu: the real preset whose shapes are timed (its teacher config under config/models/)")
+                        help="gpu, fidelity: the real preset whose shapes are used (its teacher config under "
+                             "config/models/)")
     parser.add_argument("--teacher", type=Path, help="a trained teacher directory (default: random init)")
+    parser.add_argument("--data", type=Path, help="fidelity: the teacher's data directory (train.npy)")
+    parser.add_argument("--results", type=Path, help="outcome: a run's results/<experiment> (teacher, data, "
+                        "students/init, eval/tasks)")
+    parser.add_argument("--layer-rank", type=int, default=0, help="cache, train: cache.layer_rank of the cache "
+                        "(default 0: exact); outcome: the compact cache's (default 64)")
     parser.add_argument("--seqs", type=int, help="sequences of seq_len tokens to process (default: cache 2048, "
-                        "8 shards, so the once-per-job costs weigh as in a job; train 512)")
+                        "8 shards, so the once-per-job costs weigh as in a job; train 512; fidelity: the preset "
+                        "teacher's batch, 8)")
+    parser.add_argument("--seeds", type=int, default=3, help="outcome: seeds per arm and cache")
     parser.add_argument("--steps", type=int, default=4, help="training steps per timed call (train)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as in every pipeline job
+    if (args.name == "fidelity" and bool(args.teacher) != bool(args.data)) or (args.name == "outcome" and not args.results):
+        parser.error("fidelity takes --teacher with --data (or neither: the preset's random teacher only); "
+                     "outcome needs --results")
     if args.name == "cache":
-        result = bench_cache(args.teacher, args.seqs or 2048, args.rounds)
+        result = bench_cache(args.teacher, args.seqs or 2048, args.rounds, args.layer_rank)
     elif args.name == "gpu":
         result = bench_gpu(args.preset, args.steps, args.rounds)
+    elif args.name == "fidelity":
+        result = bench_fidelity(args.teacher, args.data, args.preset, args.seqs or 8)
+    elif args.name == "outcome":
+        result = bench_outcome(args.results, args.layer_rank or 64, args.seeds)
     else:
-        result = bench_train(args.teacher, args.seqs or 512, args.steps, args.rounds)
-    for key, value in result.items():
-        if not isinstance(value, (dict, list)):
-            print(f"{key:>28}  {value:,.4g}" if isinstance(value, float) else f"{key:>28}  {value}")
+        result = bench_train(args.teacher, args.seqs or 512, args.steps, args.rounds, args.layer_rank)
+    for key, value in _flat(result):
+        print(f"{key:>28}  {value:,.4g}" if isinstance(value, float) else f"{key:>28}  {value}")
     write_json(args.out / f"{args.name}.json", result)
     print(f"wrote {args.out / f'{args.name}.json'}")
 

@@ -196,7 +196,8 @@ def _verify_cache(args: argparse.Namespace) -> int:
         print(f"BROKEN: {e}")
         return 1
     shards = cache.manifest["shards"]
-    print(f"OK: {args.cache_dir}: {sum(len(s['files']) for s in shards)} files in {len(shards)} shards match "
+    bases = f" and {len(cache.bases)} bases" if cache.bases else ""
+    print(f"OK: {args.cache_dir}: {sum(len(s['files']) for s in shards)} files in {len(shards)} shards{bases} match "
           f"manifest.json; {cache.n_seqs} sequences x {cache.seq_len} tokens of {', '.join(cache.components)}; "
           f"teacher {cache.manifest.get('teacher_sha256', '')[:12]}")
     return 0

@@ -20,7 +20,9 @@ from kdbench import KdbenchError
 from kdbench.models import attention
 from kdbench.schema.arms import ArmConfig, Capture, capture_for
 from kdbench.models.attention import Heads
-from kdbench.cache.store import TORCH_DTYPES, converted, quantise, stored, stored_ids, to_targets, write_cache
+from kdbench.cache import compact
+from kdbench.cache.compact import encode, fit, quantise
+from kdbench.cache.store import TORCH_DTYPES, converted, stored, stored_ids, to_targets, write_cache
 from kdbench.schema.config import CacheConfig
 from kdbench.data.tokens import load_tokens
 from kdbench.devices import bf16_autocast, device_for_rank, world
@@ -85,47 +87,84 @@ def reconstruction_kl(logits: torch.Tensor, values: torch.Tensor, ids: torch.Ten
 
 
 @torch.no_grad()
-def _taps(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> Taps:
+def teacher_taps(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> Taps:
     ids = torch.from_numpy(seqs.astype(np.int64)).to(device)
     with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
         return forward_taps(teacher, ids, **asdict(capture))
 
 
-def _packed(recorded, parts: str) -> torch.Tensor:
-    """(B, L, T, width) float16: the layers' q/k(/v) side by side, as the cache stores them."""
-    return torch.stack([r.packed(parts).half() for r in recorded], dim=1)
-
-
-def _hidden(taps: Taps, dtype: str) -> dict[str, tuple[torch.Tensor, str]]:
-    """Hidden states (B, L, T, D) in `cache.hidden_dtype`: int8 with its scales as `hidden_scale`."""
-    if dtype == "int8":
-        values, scale = quantise(taps.stacked(torch.float32))
-        return {"hidden": (values, "int8"), "hidden_scale": (scale, "float32")}
-    return {"hidden": (taps.stacked(TORCH_DTYPES[dtype]), dtype)}
-
-
-def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture,
-                    device: str) -> dict[str, tuple[torch.Tensor, str]]:
-    """One teacher forward pass over `seqs` (B, T) -> {component: (tensor in its stored dtype, dtype name)}, on
-    the teacher's device; top-k ids as int64 (the cache narrows them), int8 hidden states with their
-    `hidden_scale`."""
-    taps = _taps(teacher, seqs, cfg, capture, device)
-    values, top_ids, tail = topk_targets(taps.logits, k)
-    out = {"topk_logprobs": (values.half(), "float16"), "topk_ids": (top_ids, "int64"),
-           "tail_logprob": (tail.float(), "float32")}
-    if taps.hidden:
-        out.update(_hidden(taps, cfg.hidden_dtype))
-    if taps.attentions:
-        out["attention_qk"] = (_packed(taps.attentions, "qk"), "float16")
-    if taps.qkv:
-        out["qkv"] = (_packed(taps.qkv, "qkv"), "float16")
+def _gathered(layers: list[tuple[torch.Tensor, ...]], dtype: torch.dtype) -> torch.Tensor:
+    """Per layer, its parts ((B, T, D), or heads (B, T, n, hd)) side by side -> (B, L, T, width) in `dtype`, each
+    value copied and cast once: the casts, `cat`s and `stack`s that copied q/k/v three times took 13% of a
+    profiled cache write."""
+    b, t = layers[0][0].shape[:2]
+    sizes = [math.prod(p.shape[2:]) for p in layers[0]]
+    out = torch.empty(b, len(layers), t, sum(sizes), dtype=dtype, device=layers[0][0].device)
+    for layer, parts in enumerate(layers):
+        for part, dest in zip(parts, out[:, layer].split(sizes, -1)):
+            dest.unflatten(-1, part.shape[2:]).copy_(part)
     return out
 
 
-def teacher_arrays(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture,
-                   device: str) -> dict[str, tuple[np.ndarray, str]]:
+def _vectors(taps: Taps, dtype: torch.dtype, hidden_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The layered components (B, L, T, width) in `dtype` (hidden states in `hidden_dtype`, default `dtype`): hidden
+    states, and q|k and q|k|v side by side (the layout of `Recorded.packed`), as the cache stores them."""
+    out = {"hidden": _gathered([(x,) for x in taps.hidden], hidden_dtype or dtype)} if taps.hidden else {}
+    for name, recorded, parts in (("attention_qk", taps.attentions, "qk"), ("qkv", taps.qkv, "qkv")):
+        if recorded:
+            out[name] = _gathered([tuple(getattr(r, p).transpose(1, 2) for p in parts) for r in recorded], dtype)
+    return out
+
+
+def _layered(taps: Taps, cfg: CacheConfig, bases: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, str]]:
+    """The layered components as stored: with `bases`, int8 coefficients (`compact.encode`) and their
+    `<name>_scale`; else q/k/v in float16 and hidden states in `cache.hidden_dtype` (int8 with `hidden_scale`)."""
+    if bases:
+        out = {}
+        for name, x in _vectors(taps, torch.float32).items():
+            values, scale = encode(x, bases[name])
+            out |= {name: (values, "int8"), f"{name}_scale": (scale, "float32")}
+        return out
+    int8 = cfg.hidden_dtype == "int8"
+    vectors = _vectors(taps, torch.float16, torch.float32 if int8 else TORCH_DTYPES[cfg.hidden_dtype])
+    out = {name: (x, "float16") for name, x in vectors.items()}
+    if "hidden" in vectors and int8:
+        values, scale = quantise(vectors["hidden"])
+        out |= {"hidden": (values, "int8"), "hidden_scale": (scale, "float32")}
+    elif "hidden" in vectors:
+        out["hidden"] = (vectors["hidden"], cfg.hidden_dtype)
+    return out
+
+
+def fit_bases(taps: Taps, cfg: CacheConfig) -> dict[str, torch.Tensor]:
+    """With `cache.layer_rank` r > 0, each layered component's per-layer basis (`compact.fit`) on the sample batch
+    `taps`; {} without compaction."""
+    if not cfg.layer_rank:
+        return {}
+    return {name: fit(x, cfg.layer_rank) for name, x in _vectors(taps, torch.float32).items()}
+
+
+def sample_bases(teacher, tokens: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> dict[str, torch.Tensor]:
+    """The compact bases of the cache job and of the online teacher alike: fitted on the first batch of `tokens`."""
+    return fit_bases(teacher_taps(teacher, tokens[: cfg.batch_size], cfg, capture, device), cfg) if cfg.layer_rank else {}
+
+
+def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
+                    bases: dict[str, torch.Tensor] | None = None) -> dict[str, tuple[torch.Tensor, str]]:
+    """One teacher forward pass over `seqs` (B, T) -> {component: (tensor in its stored dtype, dtype name)}, on
+    the teacher's device; top-k ids as int64 (the cache narrows them), layered components as `_layered`
+    stores them (in `bases` when compact)."""
+    taps = teacher_taps(teacher, seqs, cfg, capture, device)
+    values, top_ids, tail = topk_targets(taps.logits, k)
+    out = {"topk_logprobs": (values.half(), "float16"), "topk_ids": (top_ids, "int64"),
+           "tail_logprob": (tail.float(), "float32")}
+    return out | _layered(taps, cfg, bases or {})
+
+
+def teacher_arrays(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
+                   bases: dict[str, torch.Tensor] | None = None) -> dict[str, tuple[np.ndarray, str]]:
     """One teacher forward pass over `seqs` (B, T) -> {component: (array, stored dtype)}, as the cache writes them."""
-    tensors = teacher_tensors(teacher, seqs, k, cfg, capture, device)
+    tensors = teacher_tensors(teacher, seqs, k, cfg, capture, device, bases)
     vocab = teacher.config.vocab_size
     top_ids, _ = tensors.pop("topk_ids")
     arrays = {"input_ids": stored_ids(seqs, vocab), "topk_ids": stored_ids(top_ids.cpu().numpy(), vocab)}
@@ -137,7 +176,8 @@ class OnlineTeacher:
     """A batch source that runs the teacher inside the student's job (online distillation, no cache).
 
     The targets are the cache's: the same forward (eval mode, no grad, `cfg.forward_dtype`), top-k,
-    tail and layers, rounded to the cache's storage dtypes and converted as the reader converts them.
+    tail and layers, rounded to the cache's storage dtypes and converted as the reader converts them;
+    compact layer targets in the bases the cache job would fit (on the same first batch).
     """
 
     def __init__(self, teacher, tokens: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str):
@@ -145,19 +185,20 @@ class OnlineTeacher:
         self.n_seqs, self.seq_len = tokens.shape
         teacher.eval().requires_grad_(False)
         self.heads = attention_heads(teacher, tokens, cfg, capture, device)
+        self.bases = sample_bases(teacher, tokens, cfg, capture, device)
 
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
         seqs = self.tokens[idx]
-        tensors = teacher_tensors(self.teacher, seqs, self.k, self.cfg, self.capture, self.device)
+        tensors = teacher_tensors(self.teacher, seqs, self.k, self.cfg, self.capture, self.device, self.bases)
         parts = {"input_ids": torch.from_numpy(seqs.astype(np.int64)), **{n: t for n, (t, _) in tensors.items()}}
-        return to_targets(parts, self.heads, device)
+        return to_targets(parts, self.heads, device, self.bases)
 
 
 def attention_heads(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> Heads | None:
     """The geometry of the teacher's recorded attention layers (from one full-length sequence, so that a sliding
     window shorter than it shows), None without any; refuses layers that disagree. The window is the attention
     layers' (the maps' mask), not the q/k/v layers' (their relations have their own)."""
-    taps = _taps(teacher, seqs[:1], cfg, capture, device)
+    taps = teacher_taps(teacher, seqs[:1], cfg, capture, device)
     shapes = {replace(r.heads, window=None) for r in taps.attentions + taps.qkv}
     windows = {r.window for r in taps.attentions}
     if len(shapes) > 1 or len(windows) > 1:
@@ -166,30 +207,51 @@ def attention_heads(teacher, seqs: np.ndarray, cfg: CacheConfig, capture: Captur
     return replace(shapes.pop(), window=windows.pop() if windows else None) if shapes else None
 
 
-def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str) -> dict:
-    """How much the cache loses, on a sample batch: KL(full || top-k + uniform tail), the tail mass, the
-    hidden states' error in `cfg.hidden_dtype` against float32 (relative RMS and largest absolute) and, with
-    attention layers, how far maps derived from the stored q/k are from the teacher's own (eager kernel).
+def layer_fidelity(taps: Taps, seqs: np.ndarray, cfg: CacheConfig, bases: dict[str, torch.Tensor]) -> dict:
+    """What storing `taps`' layered components as `cfg` (and `bases`) says loses: per component, the stored vectors'
+    error against float32 and the error of its loss and gradient (`compact.fidelity`); with `bases`, the variance
+    they explain per layer; the hidden states' largest absolute error. {} without layered components."""
+    exact = _vectors(taps, torch.float32)
+    if not exact:
+        return {}
+    stored = {n: t for n, (t, _) in _layered(taps, cfg, bases).items()}
+    read = converted(stored, str(taps.logits.device), bases)
+    heads = (taps.attentions + taps.qkv)[0].heads if taps.attentions or taps.qkv else None
+    out = {"layer_bytes_per_token": sum(t.numel() * t.element_size() for t in stored.values()) / seqs.size,
+           "layers": compact.fidelity(exact, read, heads, torch.from_numpy(seqs.astype(np.int64)).to(taps.logits.device))}
+    if bases:
+        out |= {"layer_rank": cfg.layer_rank,
+                "explained_variance": {name: compact.explained(x, bases[name]) for name, x in exact.items()}}
+    if "hidden" in exact:
+        out |= {"hidden_dtype": "int8 coefficients" if bases else cfg.hidden_dtype,
+                "hidden_rel_rmse": out["layers"]["hidden"]["rel_rmse"],
+                "hidden_max_abs_err": float((read["hidden"] - exact["hidden"]).abs().max())}
+    return out
+
+
+def fidelity(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
+             bases: dict[str, torch.Tensor] | None = None) -> dict:
+    """How much the cache loses, on the sample batch `seqs`: KL(full || top-k + uniform tail), the tail mass,
+    the layered components' `layer_fidelity` in `bases` (fitted on `seqs` when not given) and, with attention
+    layers, how far maps derived from the stored q/k are from the teacher's own (eager kernel).
 
     Refuses a teacher whose maps are not the derivation's formula (`kdbench.models.attention`).
     """
-    taps = _taps(teacher, seqs, cfg, capture, device)
+    taps = teacher_taps(teacher, seqs, cfg, capture, device)
+    bases = fit_bases(taps, cfg) if bases is None else bases
     values, top_ids, tail = topk_targets(taps.logits, k)
     kl = reconstruction_kl(taps.logits, values, top_ids, tail)
     out = {"top_k": k, "kl_topk_mean": float(kl.mean()), "tail_mass_mean": float(tail.exp().mean()),
-           "n_positions": kl.numel()}
-    if taps.hidden:
-        x = taps.stacked(torch.float32)
-        err = converted({n: t for n, (t, _) in _hidden(taps, cfg.hidden_dtype).items()}, str(x.device))["hidden"] - x
-        out |= {"hidden_dtype": cfg.hidden_dtype, "hidden_rel_rmse": float(err.norm() / x.norm()),
-                "hidden_max_abs_err": float(err.abs().max())}
+           "n_positions": kl.numel(), **layer_fidelity(taps, seqs, cfg, bases)}
     if taps.attentions:
-        ids, exact = torch.from_numpy(seqs.astype(np.int64)).to(device), taps.maps()
+        ids, maps = torch.from_numpy(seqs.astype(np.int64)).to(device), taps.maps()
         with bf16_autocast(device, cfg.forward_dtype == "bfloat16"):
-            eager = check_attention_formula(teacher, ids, capture.attentions, exact, "cache: the teacher")
-        from_cache = attention.stored_maps(_packed(taps.attentions, "qk").float(), taps.attentions[0].heads)
+            eager = check_attention_formula(teacher, ids, capture.attentions, maps, "cache: the teacher")
+        stored = {n: t for n, (t, _) in _layered(taps, cfg, bases).items() if n.startswith("attention_qk")}
+        from_cache = attention.stored_maps(converted(stored, str(maps.device), bases)["attention_qk"],
+                                           taps.attentions[0].heads)
         out.update(attention_max_abs_err=float((from_cache - eager).abs().max()),
-                   attention_formula_max_abs_err=float((exact - eager).abs().max()))
+                   attention_formula_max_abs_err=float((maps - eager).abs().max()))
     return out
 
 
@@ -198,7 +260,8 @@ def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheC
     """Run `teacher` once over `tokens` (N, T) and write the cache; returns its manifest.
 
     `identity` names the teacher, tokenizer and tokens; the capture settings, vocabulary and k
-    are added here, so a cache of other settings is never resumed or read as this one.
+    are added here, so a cache of other settings is never resumed or read as this one. fidelity.json is
+    measured on the first batch; compact bases are fitted on it, and then measured on the second.
     """
     teacher.eval()
     if not getattr(teacher, "hf_device_map", None):  # a teacher spread over GPUs stays where it was put
@@ -209,10 +272,12 @@ def write_teacher_cache(teacher, tokens: np.ndarray, identity: dict, cfg: CacheC
     settings.pop("batch_size")  # does not change the contents
     identity = {**identity, "vocab_size": vocab, "top_k": k, "settings": settings,
                 "attention_heads": _as_dict(attention_heads(teacher, tokens, cfg, capture, device))}
-    sample = fidelity(teacher, tokens[: cfg.batch_size], k, cfg, capture, device)
-    return write_cache(lambda start, stop: teacher_arrays(teacher, tokens[start:stop], k, cfg, capture, device),
+    bases = sample_bases(teacher, tokens, cfg, capture, device)
+    held_out = tokens[cfg.batch_size : 2 * cfg.batch_size] if bases else ()  # the bases' error where they were not fit
+    sample = fidelity(teacher, held_out if len(held_out) else tokens[: cfg.batch_size], k, cfg, capture, device, bases)
+    return write_cache(lambda start, stop: teacher_arrays(teacher, tokens[start:stop], k, cfg, capture, device, bases),
                        len(tokens), tokens.shape[1], cfg.shard_seqs, cfg.batch_size, identity, sample, out_dir,
-                       work_dir)
+                       work_dir, {name: b.cpu().numpy() for name, b in bases.items()})
 
 
 def student_sequences(data_dir: Path, student_tokens: int) -> np.ndarray:

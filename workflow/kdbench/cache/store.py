@@ -14,6 +14,9 @@ Layout of a cache directory::
     00000.tail_logprob.npy     (S, T)        log of the mass outside the top-k, float32
     00000.hidden.npy           (S, L, T, D)  mapped layers' outputs, bfloat16 stored as uint16 (or float16, or int8)
     00000.hidden_scale.npy     (S, L, T)     with int8 hidden states: the scale per token and layer, float32
+    hidden.basis.npy           (L, 1 + r, D) with `cache.layer_rank` r: each layer's mean and r principal directions,
+                               float32; every layered component is then r int8 coefficients per token and layer
+                               plus its `<component>_scale` (`kdbench.cache.compact`)
     00000.attention_qk.npy     (S, L, T, (H + G) hd) optional, float16: queries and keys, maps derived on read
     00000.qkv.npy              (S, L, T, (H + 2G) hd) optional, float16: queries, keys and values
 
@@ -44,16 +47,18 @@ import numpy as np
 import torch
 
 from kdbench import KdbenchError
+from kdbench.cache.compact import decode
 from kdbench.models import attention
 from kdbench.models.attention import Heads
 from kdbench.io import DirectWriter, atomic_path, read_json, sha256_file, write_json
 from kdbench.losses import Targets
 from kdbench.schema.plan import id_bytes
 
-FORMAT = "kdbench-cache/6"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity;
+FORMAT = "kdbench-cache/7"  # 3: packed causal attentions; 4: vocabulary_sha256, vocab_size and top_k in the identity;
 # 5: a crc32 per file beside its sha256, checked by every reader on first read; 6: q/k instead of attention maps,
 # q/k/v as the attention received them (after rotary embeddings, kv heads not repeated), float16; ids of
-# vocabularies above 65,536 in 24 bits (uint24); int8 hidden states with hidden_scale
+# vocabularies above 65,536 in 24 bits (uint24); int8 hidden states with hidden_scale; 7: compact layer targets
+# (int8 coefficients in per-layer bases, `<component>.basis.npy`, identity key `bases`)
 _STAGING_BYTES = 4 << 20  # per component: direct writes of 4 MiB
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.int8}
 
@@ -80,36 +85,30 @@ def stored_ids(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, str]:
     return (pack_uint24(ids), "uint24") if n == 3 else (ids.astype(f"uint{8 * n}", copy=False), f"uint{8 * n}")
 
 
-def quantise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., D) -> int8 values and float32 scales (...): per row, scale = absmax / 127 (1 for a zero row, which
-    stays zero), values = round(x / scale). One scale per token and layer keeps an outlier token's range off
-    the others'; x ~ values * scale."""
-    x = x.float()
-    scale = x.abs().amax(-1) / 127
-    scale = torch.where(scale > 0, scale, 1.0)
-    return (x / scale[..., None]).round().clamp(-127, 127).to(torch.int8), scale
-
-
 def stored(t: torch.Tensor, dtype: str) -> tuple[np.ndarray, str]:
     """A tensor as the cache stores it in `dtype`: (array, dtype name)."""
     t = t.detach().to(TORCH_DTYPES[dtype]).cpu()
     return (t.view(torch.uint16) if dtype == "bfloat16" else t).numpy(), dtype
 
 
-def converted(parts: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
-    """Components in their stored dtypes (bfloat16 as such) -> on `device`, ids as int64 and the rest float32,
-    int8 hidden states times their `hidden_scale`."""
+def converted(parts: dict[str, torch.Tensor], device: str, bases: dict[str, torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
+    """Components in their stored dtypes (bfloat16 as such) -> on `device`, ids as int64 and the rest float32;
+    int8 components come with their `<name>_scale`: times it, or decoded in their basis (`compact.decode`)."""
     out = {name: (t.long() if name in ("input_ids", "topk_ids") else t.float()).to(device, non_blocking=True)
            for name, t in parts.items()}
-    if "hidden_scale" in out:
-        out["hidden"] = out["hidden"] * out.pop("hidden_scale")[..., None]
+    for name in [n for n in out if f"{n}_scale" in out]:
+        scale = out.pop(f"{name}_scale")
+        basis = (bases or {}).get(name)
+        out[name] = out[name] * scale[..., None] if basis is None else decode(out[name], scale, basis.to(device))
     return out
 
 
-def to_targets(parts: dict[str, torch.Tensor], heads: Heads | None, device: str) -> Targets:
+def to_targets(parts: dict[str, torch.Tensor], heads: Heads | None, device: str,
+               bases: dict[str, torch.Tensor] | None = None) -> Targets:
     """Stored components -> a training batch (`converted`), attention maps and q/k/v vectors derived from the
     stored q/k(/v). The reader and the online teacher share it, so both give the same targets."""
-    out = converted(parts, device)
+    out = converted(parts, device, bases)
     if "attention_qk" in out:
         out["attentions"] = attention.stored_maps(out.pop("attention_qk"), heads)
     if "qkv" in out:
@@ -122,20 +121,35 @@ def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
 
 
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, arr, allow_pickle=False)
+    return buffer.getvalue()
+
+
 def write_cache(batches: Callable[[int, int], dict[str, tuple[np.ndarray, str]]], n_seqs: int, seq_len: int,
-                shard_seqs: int, batch_size: int, identity: dict, fidelity: dict, out_dir: Path, work_dir: Path) -> dict:
+                shard_seqs: int, batch_size: int, identity: dict, fidelity: dict, out_dir: Path, work_dir: Path,
+                bases: dict[str, np.ndarray] | None = None) -> dict:
     """Write the cache of `n_seqs` sequences into `out_dir`; returns its manifest.
 
     `batches(start, stop)` gives the arrays of sequences start..stop-1 as {component: (array, stored
     dtype)}. `identity` holds what makes a cache valid for a consumer (teacher, tokenizer, tokens,
-    capture settings); `fidelity` is stored as fidelity.json with the bytes per token. Shards
-    accumulate in `work_dir`, which a rerun with the same identity resumes; on success it is
-    renamed to `out_dir`.
+    capture settings); `fidelity` is stored as fidelity.json with the bytes per token; `bases` (compact
+    layer targets) go to `<component>.basis.npy`, their sizes and checksums into the identity's `bases`,
+    so shards encoded in other bases are never resumed. Shards accumulate in `work_dir`, which a rerun
+    with the same identity resumes; on success it is renamed to `out_dir`.
     """
+    blobs = {name: _npy_bytes(np.ascontiguousarray(arr, np.float32)) for name, arr in (bases or {}).items()}
+    identity = {**identity, "bases": {
+        name: {"file": f"{name}.basis.npy", "shape": list(bases[name].shape), "dtype": "float32", "bytes": len(blob),
+               "sha256": hashlib.sha256(blob).hexdigest(), "crc32": zlib.crc32(blob)} for name, blob in blobs.items()}}
     identity = json.loads(json.dumps(identity))  # as it reads back from disk
     work_dir = Path(work_dir)
     if work_dir.exists() and (not (work_dir / "identity.json").exists() or read_json(work_dir / "identity.json") != identity):
         shutil.rmtree(work_dir)
+    for name, blob in blobs.items():
+        with atomic_path(work_dir / f"{name}.basis.npy") as tmp:
+            tmp.write_bytes(blob)
     write_json(work_dir / "identity.json", identity)
     shards, staging = [], {}
     started, done_tokens = time.perf_counter(), 0
@@ -170,6 +184,7 @@ def write_cache(batches: Callable[[int, int], dict[str, tuple[np.ndarray, str]]]
     (work_dir / "identity.json").unlink()
     if Path(out_dir).exists():
         shutil.rmtree(out_dir)
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     work_dir.rename(out_dir)
     return manifest
 
@@ -267,6 +282,20 @@ class TeacherCache:
         self.components = tuple(self._arrays[0]) if self._arrays else ()
         self._dtypes = {name: f["dtype"] for name, f in m["shards"][0]["files"].items()} if m["shards"] else {}
         self._heads = Heads(**m["attention_heads"]) if m.get("attention_heads") else None
+        self.bases = {name: torch.from_numpy(self._basis(f, verify)) for name, f in m.get("bases", {}).items()}
+
+    def _basis(self, f: dict, verify: bool) -> np.ndarray:
+        """A compact component's basis, refused unless its size, crc32 (and with `verify` its sha256) match."""
+        path, where = self.path / f["file"], f"cache {self.path} ({f['file']})"
+        if not path.exists() or path.stat().st_size != f["bytes"]:
+            raise KdbenchError(f"{where}: basis file missing or not {f['bytes']} bytes; rerun cache_teacher")
+        blob = path.read_bytes()
+        if zlib.crc32(blob) != f["crc32"] or (verify and hashlib.sha256(blob).hexdigest() != f["sha256"]):
+            raise KdbenchError(f"{where}: checksum mismatch, the basis file is corrupt; rerun cache_teacher")
+        arr = np.load(io.BytesIO(blob), allow_pickle=False)
+        if list(arr.shape) != f["shape"] or arr.dtype != np.float32:
+            raise KdbenchError(f"{where}: shape/dtype {arr.shape}/{arr.dtype} differ from the manifest")
+        return arr
 
     def _open(self, shard: dict, name: str, f: dict, verify: bool) -> np.ndarray:
         path = self.path / f["file"]
@@ -321,11 +350,10 @@ class TeacherCache:
         self._checked.add((index, name))
 
     def batch(self, idx: np.ndarray, device: str = "cpu") -> Targets:
-        """The `Targets` for sequences `idx` (`to_targets`); int8 hidden states are read with their scales."""
-        names = self.components + (("hidden_scale",) if "hidden" in self.components and "hidden_scale" in self._dtypes
-                                   else ())
+        """The `Targets` for sequences `idx` (`to_targets`); int8 components are read with their scales."""
+        names = self.components + tuple(f"{c}_scale" for c in self.components if f"{c}_scale" in self._dtypes)
         return to_targets({name: _to_torch(self.gather(name, idx), self._dtypes[name]) for name in names},
-                          self._heads, device)
+                          self._heads, device, self.bases)
 
 
 def _short(v) -> str:

@@ -74,6 +74,8 @@ class Plan:
     n_seqs: int                          # cached sequences: those the students' token budget covers
     n_shards: int
     bytes_per_token: dict[str, float]    # per cache component
+    basis_bytes: float                   # compact layer targets' bases (`cache.layer_rank`), once per cache
+    arm_bytes_per_token: dict[str, float]  # per arm: the components it reads (what a cache for it alone would hold)
     layers: dict[str, int]               # cached teacher layers per layered component
     student_flops: dict[str, float]      # per arm, all seeds and tuning trials together
     teacher_flops: dict[str, float]      # per arm, the same tokens, when the teacher runs online
@@ -86,7 +88,7 @@ class Plan:
     def cache_bytes(self) -> float:
         """The whole cache on disk: every component's data plus a .npy header per shard file."""
         data = sum(self.bytes_per_token.values()) * self.n_seqs * self.seq_len
-        return data + NPY_HEADER * self.n_shards * len(self.bytes_per_token)
+        return data + NPY_HEADER * self.n_shards * len(self.bytes_per_token) + self.basis_bytes
 
     def flops(self) -> float:
         """Everything the DAG computes on GPUs but evaluation, in the resolved mode."""
@@ -111,18 +113,25 @@ def plan(exp, described: dict[str, dict | None]) -> Plan:
     n_seqs = math.ceil(train.tokens / seq_len)
     capture = capture_for(exp.arms, student.n_layer, teacher.n_layer)
     k = min(exp.cache.top_k, teacher.vocab_size)
-    int8 = exp.cache.hidden_dtype == "int8"  # a byte per value and a float32 scale per token and layer
     qk = teacher.heads + teacher.kv_heads  # query heads, then key heads, of head_dim each
-    layer_bytes = {"hidden": teacher.width * (1 if int8 else _FP16), "attentions": qk * teacher.head_dim * _FP16,
-                   "qkv": (qk + teacher.kv_heads) * teacher.head_dim * _FP16}
+    widths = {"hidden": teacher.width, "attentions": qk * teacher.head_dim, "qkv": (qk + teacher.kv_heads) * teacher.head_dim}
+    rank = exp.cache.layer_rank  # compact: int8 coefficients and a float32 scale per token and layer
+    int8 = {name: bool(rank) or (name == "hidden" and exp.cache.hidden_dtype == "int8") for name in widths}
     per_token = {"input_ids": id_bytes(teacher.vocab_size), "topk_logprobs": k * _FP16,
                  "topk_ids": k * id_bytes(teacher.vocab_size), "tail_logprob": _FP32}
-    stored = {STORED_AS.get(name, name): (len(getattr(capture, name)), size) for name, size in layer_bytes.items()
-              if getattr(capture, name)}
-    layers = {name: n for name, (n, _) in stored.items()}
-    per_token.update({name: n * size for name, (n, size) in stored.items()})
-    if int8 and "hidden" in layers:
-        per_token["hidden_scale"] = layers["hidden"] * _FP32
+    layers, basis_bytes = {}, 0.0
+    for name, w in widths.items():
+        n, stored = len(getattr(capture, name)), STORED_AS.get(name, name)
+        if not n:
+            continue
+        layers[stored] = n
+        per_token[stored] = n * (min(rank, w) if rank else w * (1 if int8[name] else _FP16))
+        if int8[name]:
+            per_token[f"{stored}_scale"] = n * _FP32
+        if rank:  # each layer's mean and directions, float32
+            basis_bytes += NPY_HEADER + n * (1 + min(rank, w)) * w * _FP32
+    arm_bytes = {name: sum(b for c, b in per_token.items() if c.removesuffix("_scale") in arm.components)
+                 for name, arm in exp.arms.items() if arm.uses_teacher}
 
     tuning = exp.tuning.trials * exp.tuning.tokens if exp.tuning.enabled else 0
     tokens = len(exp.seeds) * train.steps(seq_len) * train.batch_size * seq_len + tuning  # what each arm trains on
@@ -137,8 +146,8 @@ def plan(exp, described: dict[str, dict | None]) -> Plan:
         student_flops[name] = tokens * (3 * student.forward_flops(seq_len) + extra)
         teacher_flops[name] = tokens * teacher.forward_flops(seq_len) if arm.uses_teacher else 0.0
     teacher_train = (6 * teacher.compute_params * exp.teacher.train.tokens) if exp.trains_teacher else 0.0
-    out = Plan(teacher, student, seq_len, n_seqs, math.ceil(n_seqs / exp.cache.shard_seqs), per_token, layers,
-               student_flops, teacher_flops, n_seqs * seq_len * teacher.forward_flops(seq_len), teacher_train,
+    out = Plan(teacher, student, seq_len, n_seqs, math.ceil(n_seqs / exp.cache.shard_seqs), per_token, basis_bytes,
+               arm_bytes, layers, student_flops, teacher_flops, n_seqs * seq_len * teacher.forward_flops(seq_len), teacher_train,
                "cache", exp.cache.max_gb)
     mode = exp.teacher.mode
     if mode == "auto":
@@ -184,18 +193,22 @@ def render(p: Plan, experiment: str, tflops: float = DEFAULT_TFLOPS) -> str:
              f"teacher: {_shape(p.teacher)}", f"student: {_shape(p.student)}",
              f"teacher cache: {p.n_seqs:,} sequences x {p.seq_len} tokens = {p.n_seqs * p.seq_len:,} tokens, "
              f"{p.n_shards:,} shards",
-             f"  {'component':<15}{'layers':>7}{'bytes/token':>14}{'disk':>14}"]
+             f"  {'component':<19}{'layers':>7}{'bytes/token':>14}{'disk':>14}"]
     for name, b in p.bytes_per_token.items():
         layers = str(p.layers.get(name, "")) if name not in LOGIT_COMPONENTS + ("input_ids",) else ""
-        lines.append(f"  {name:<15}{layers:>7}{b:>14,.1f}{_si(b * p.n_seqs * p.seq_len, 'B'):>14}")
-    lines.append(f"  {'total':<15}{'':>7}{sum(p.bytes_per_token.values()):>14,.1f}{_si(p.cache_bytes, 'B'):>14}"
+        lines.append(f"  {name:<19}{layers:>7}{b:>14,.1f}{_si(b * p.n_seqs * p.seq_len, 'B'):>14}")
+    if p.basis_bytes:
+        lines.append(f"  {'bases':<19}{'':>7}{'':>14}{_si(p.basis_bytes, 'B'):>14}   (cache.layer_rank: per-layer PCA, once)")
+    lines.append(f"  {'total':<19}{'':>7}{sum(p.bytes_per_token.values()):>14,.1f}{_si(p.cache_bytes, 'B'):>14}"
                  f"   (cache.max_gb {p.max_gb:g}: teacher.mode -> {p.mode})")
     lines.append(f"compute at {tflops:g} TFLOPS effective per GPU (default {DEFAULT_TFLOPS:g}: bf16 on an H100 SXM at "
                  f"40% MFU); per arm, every seed and tuning trial, evaluation not counted:")
-    lines.append(f"  {'arm':<20}{'student FLOPs':>16}{'teacher online':>16}{'GPU-h cached':>14}{'GPU-h online':>14}")
+    lines.append(f"  {'arm':<20}{'reads B/token':>14}{'student FLOPs':>16}{'teacher online':>16}{'GPU-h cached':>14}"
+                 f"{'GPU-h online':>14}")
     for name, s in p.student_flops.items():
-        t = p.teacher_flops[name]
-        lines.append(f"  {name:<20}{_si(s, 'FLOP'):>16}{_si(t, 'FLOP'):>16}{s * hours:>14,.2f}{(s + t) * hours:>14,.2f}")
+        t, b = p.teacher_flops[name], p.arm_bytes_per_token.get(name)
+        lines.append(f"  {name:<20}{'-' if b is None else f'{b:,.0f}':>14}{_si(s, 'FLOP'):>16}{_si(t, 'FLOP'):>16}"
+                     f"{s * hours:>14,.2f}{(s + t) * hours:>14,.2f}")
     if p.teacher_train_flops:
         lines.append(f"  teacher training: {_si(p.teacher_train_flops, 'FLOP')}, {p.teacher_train_flops * hours:,.2f} GPU-h")
     lines.append(f"  teacher cache pass (once): {_si(p.cache_flops, 'FLOP')}, {p.cache_flops * hours:,.2f} GPU-h")
