@@ -162,7 +162,7 @@ def efficiency(curves: pd.DataFrame, base: pd.DataFrame, shares: Sequence[float]
 def token_ratio(eff: pd.DataFrame, ref: str, cand: str, share: float, ci: float) -> dict | None:
     """Reference / candidate tokens to `share` of the teacher's gain over paired seeds; None without common seeds.
 
-    Keys: ratio, lo, hi (None where every seed of both arms is censored: no arm reached the target), n_seeds,
+    Keys: arm (the candidate), share, ratio, lo, hi (None where every seed of both arms is censored: no arm reached the target), n_seeds,
     censored (per arm), flagged (a censored seed in either arm).
     """
     p = round(100 * share)
@@ -171,7 +171,7 @@ def token_ratio(eff: pd.DataFrame, ref: str, cand: str, share: float, ci: float)
     if len(seeds) < 2:
         return None
     ca, cr = a.loc[seeds, f"censored_{p}"].to_numpy(bool), r.loc[seeds, f"censored_{p}"].to_numpy(bool)
-    out = {"share": share, "n_seeds": len(seeds), "censored": {cand: int(ca.sum()), ref: int(cr.sum())},
+    out = {"arm": cand, "share": share, "n_seeds": len(seeds), "censored": {cand: int(ca.sum()), ref: int(cr.sum())},
            "flagged": bool(flagged(ca, cr)), "ratio": None, "lo": None, "hi": None}
     if ca.all() and cr.all():
         return out
@@ -192,3 +192,83 @@ def auc_items(items_by_budget: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
     if total.isna().any():
         raise KdbenchError("budget curves: some arm, seed or item lacks a score at some budget")
     return total.rename("value").reset_index()
+
+
+def _tokens(v: float) -> str:
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
+
+
+def arm_tokens(eff: pd.DataFrame, arm: str, share: float) -> str:
+    """"180k (per seed 150k, 190k, >=1.60M)": the geometric mean over seeds (">=" with a censored seed, "<="
+    reached at the first budget), then each seed's tokens."""
+    p = round(100 * share)
+    rows = eff[eff["arm"] == arm].sort_values("seed")
+    if rows.empty:
+        return "n/a"
+    seeds = [(">=" if c else "<=" if f else "") + _tokens(t)
+             for t, c, f in zip(rows[f"tokens_{p}"], rows[f"censored_{p}"], rows[f"at_first_{p}"])]
+    mean = float(np.exp(np.log(rows[f"tokens_{p}"]).mean()))
+    bound = ">=" if rows[f"censored_{p}"].any() else "<=" if rows[f"at_first_{p}"].all() else ""
+    return f"{bound}{_tokens(mean)} (per seed {', '.join(seeds)})"
+
+
+def ratio_text(r: dict | None, ci: float) -> str:
+    """"3.90x (95% CI [2.10, 7.20], 3 paired seeds)", or why there is no ratio."""
+    if r is None:
+        return "no ratio (fewer than two paired seeds)"
+    if r["ratio"] is None:
+        return "no ratio (no seed of either arm reached the target within the budgets)"
+    return f"{r['ratio']:.2f}x ({ci:.0%} CI [{r['lo']:.2f}, {r['hi']:.2f}], {r['n_seeds']} paired seeds)"
+
+
+def ratio_flag(r: dict | None) -> str:
+    """The flag of a token ratio with censored seeds ("" when none)."""
+    if r is None or not r["flagged"]:
+        return ""
+    censored = ", ".join(f"{arm} {k} of {r['n_seeds']}" for arm, k in r["censored"].items())
+    return (f"flagged: seeds censored at the largest budget ({censored}); the ratio is then a bound on the censored "
+            f"side and its interval may not hold")
+
+
+def answer(eff: pd.DataFrame, ratio: dict | None, last: pd.Series | None, ref: str, cand: str, ci: float,
+           share: float = TARGETS[-1], flag_last: str = "") -> str:
+    """The headline's first sentence: tokens to `share` of the teacher's gain per headline arm (and ce), the
+    ratio with its interval, and where the arms end at the largest budget (`last`: stats.budget_differences' row)."""
+    arms = list(dict.fromkeys(a for a in (cand, ref, "ce") if a in set(eff["arm"])))
+    reach = "; ".join(f"{a} {arm_tokens(eff, a, share)}" for a in arms)
+    has_ratio = ratio is not None and ratio["ratio"] is not None
+    text = (f"Student tokens to reach {share:.0%} of the teacher's gain over the untrained floor (overall, "
+            f"interpolated in log tokens, censored at the largest budget): {reach}. "
+            + (f"{ref} needs {ratio_text(ratio, ci)} the tokens of {cand}" if has_ratio
+               else f"{ref} / {cand}: {ratio_text(ratio, ci)}"))
+    if ratio_flag(ratio):
+        text += f" ({ratio_flag(ratio)})"
+    if last is not None:
+        text += (f"; at the largest budget ({int(last['budget']):,} tokens) {cand} - {ref} = {last['diff']:+.1f} "
+                 f"points ({ci:.0%} CI [{last['ci_lo']:+.1f}, {last['ci_hi']:+.1f}])")
+        if flag_last:
+            text += f" (flagged, {flag_last})"
+    return text + "."
+
+
+def summary_table(eff: pd.DataFrame, auc_means: pd.DataFrame, auc_diffs: pd.DataFrame,
+                  ratios: Mapping[float, dict | None], ref: str, ci: float) -> pd.DataFrame:
+    """Per arm: tokens to each target and the area under the curve (points, CI over seeds and items), with the
+    AUC difference from the reference and, for the candidate, the token ratios."""
+    rows = []
+    for arm in dict.fromkeys(eff["arm"]):
+        row = {"arm": arm, **{f"tokens to {s:.0%}": arm_tokens(eff, arm, s) for s in ratios}}
+        m = auc_means[(auc_means["arm"] == arm) & (auc_means["task"] == "overall")]
+        row["AUC (points)"] = (f"{m['mean'].iloc[0]:.1f} [{m['ci_lo'].iloc[0]:.1f}, {m['ci_hi'].iloc[0]:.1f}]"
+                               if len(m) else "-")
+        d = auc_diffs[(auc_diffs["arm"] == arm) & (auc_diffs["task"] == "overall")]
+        row[f"AUC - {ref}"] = f"{d['diff'].iloc[0]:+.1f} [{d['ci_lo'].iloc[0]:+.1f}, {d['ci_hi'].iloc[0]:+.1f}]" \
+            if len(d) else "-"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for share, r in ratios.items():
+        table[f"{ref} / arm tokens to {share:.0%}"] = ["-"] * len(table)
+        if r is not None:
+            table.loc[table["arm"] == r["arm"], f"{ref} / arm tokens to {share:.0%}"] = \
+                "; ".join(t for t in (ratio_text(r, ci), ratio_flag(r)) if t)
+    return table
