@@ -62,7 +62,7 @@ if BUDGET_ONLY and BRANCHES:
             train=ONLINE_INPUTS,
             tuned=tuned,
         output:
-            [directory(f"{R}/budgets/b{b}/students/{{arm}}/seed{{seed}}") for b in BUDGETS],
+            BRANCH_OUTPUTS,
         conda:
             ENV
         log:

@@ -9,7 +9,7 @@ files) and writes into `results/<exp>/analysis/`:
 - ``controls.{csv,md,tex}`` each controlled arm's gain over its random-teacher twin;
 - ``budgets.{csv,md,tex}`` accuracy and FLOPs per budget and arm, the candidate-reference
   difference per budget; ``figures/budgets.{png,pdf}``;
-- ``why.md`` the generated paragraph (`kdbench.analysis.why`).
+- ``why.md`` the generated sections (`kdbench.analysis.why`).
 
 Each part only when configured; the rule declares exactly the files its settings produce.
 """
@@ -37,7 +37,7 @@ from kdbench.analysis.stats import OVERALL
 def analyze(results_dir: Path, cfg: StatsConfig, analysis: AnalysisConfig, arms: Mapping[str, ArmConfig],
             models: Sequence[str], controls: Mapping[str, str], budgets: Mapping[int, Sequence[str]],
             kl_path: Path | None, cka_path: Path | None, out_dir: Path) -> str:
-    """Write every configured analysis into `out_dir`; returns the why paragraph."""
+    """Write every configured analysis into `out_dir`; returns why.md's sections."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     control_models = [f"students/{c}/seed{m.split('seed')[-1]}" for c, arm in controls.items()
                       for m in models if m.startswith(f"students/{arm}/")]
@@ -89,9 +89,9 @@ def analyze(results_dir: Path, cfg: StatsConfig, analysis: AnalysisConfig, arms:
         _tables(out_dir / "budgets", table, _budget_view(table, diffs), _budget_caption(cfg))
         plots.budget_figure(table, list(dict.fromkeys(table["arm"])), out_dir / "figures" / "budgets")
 
-    text = why.paragraph(parts, cfg, controls)
+    text = why.sections(parts, cfg, controls)
     with atomic_path(out_dir / "why.md") as tmp:
-        tmp.write_text(f"# Why\n\n{text}\n")
+        tmp.write_text(f"# Why\n\n{text}")
     return text
 
 

@@ -113,8 +113,11 @@ def results_section(root: Path, results: str) -> str:
         raise KdbenchError(f"results section: missing {', '.join(missing)}")
     headline, table, comparison = (f.read_text().strip() for f in files)
     table = table.removeprefix(headline).strip()  # older tables open with the headline
-    parts = [f"> {headline}", table, f"![Paired differences]({results}/figures/paired.png)",
-             f"`{results}/comparison.md`:", comparison]
+    parts = [f"> {headline}"]
+    if (results_dir / "efficiency.md").is_file():  # budget curves: the learning curves and sample efficiency first
+        parts += [f"![Learning curves]({results}/figures/learning.png)", f"`{results}/efficiency.md`:",
+                  (results_dir / "efficiency.md").read_text().strip()]
+    parts += [table, f"![Paired differences]({results}/figures/paired.png)", f"`{results}/comparison.md`:", comparison]
     analysis = results_dir / "analysis"
     if (analysis / "why.md").is_file():
         parts += ["### Why", (analysis / "why.md").read_text().strip()]
