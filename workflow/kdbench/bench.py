@@ -3,6 +3,8 @@
     python -m kdbench.bench cache   # cache writing vs bare teacher forward; batch read vs training step; k sweep
     python -m kdbench.bench train   # tokens/s: plain CE vs cache-fed KD vs online KD (teacher in the loop)
     python -m kdbench.bench gpu     # on CUDA, at the real preset's shapes: tokens/s, MFU, peak memory, online/cached
+    python -m kdbench.bench branches --results results/default --budgets 100000 400000
+                                    # budget-curve branches vs separate cosine runs of the same length
 
 Sizes follow config/config.yaml (teacher, student, seq_len). Contenders are timed in interleaved
 rounds, so a noisy shared machine slows all alike: rates are each contender's fastest round, and
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from kdbench import KdbenchError
 from kdbench.schema.arms import ArmConfig, Capture, capture_for
 from kdbench.cache.store import TeacherCache
 from kdbench.cache.capture import OnlineTeacher, reconstruction_kl, topk_targets, write_teacher_cache
@@ -255,9 +258,67 @@ def bench_gpu(preset: Path, steps: int, rounds: int, device: str = "cuda") -> di
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None, "peak_tflops_assumed": PEAK_TFLOPS}
 
 
+def bench_branches(results: Path, budgets: list[int]) -> dict:
+    """Per budget and curve arm: the branch's overall accuracy minus a separate cosine run's of the same length, over
+    paired seeds (mean, t interval), beside the separate runs' own seed interval (half-width of their mean).
+
+    The separate runs of the main budget are the run's main students; other budgets are trained here from the
+    run's initialisations and cache, evaluated on its suite (results/benchmarks/branches/).
+    """
+    from scipy import stats as sps
+
+    from kdbench.analysis.curves import overall
+    from kdbench.analysis.report import ModelEval, item_frame, load_evals
+    from kdbench.evaluate import evaluate_model
+    from kdbench.io import read_json
+    from kdbench.schema.experiment import budget_arms
+    from kdbench.train.student import train_student
+
+    params = read_json(Path(f"{results}/summary.csv.prov.json"))["params"]
+    exp = load_experiment(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    if exp.experiment != Path(results).name or exp.tuning.enabled:
+        raise KdbenchError(f"bench branches: needs a finished run of config/config.yaml without tuning "
+                           f"(experiment {exp.experiment!r}), got {results}")
+    work = REPO / "results" / "benchmarks" / "branches"
+    out = {"budgets": {}, "decay": exp.analysis.decay}
+    for budget in budgets:
+        rows = {}
+        for arm in budget_arms(exp):
+            pairs = []
+            for seed in exp.seeds[: exp.analysis.budget_seeds]:
+                branch = results / "eval" / "budgets" / f"b{budget}" / "students" / arm / f"seed{seed}" / "results.json"
+                if budget == exp.student.train.tokens:
+                    separate = results / "eval" / "students" / arm / f"seed{seed}" / "results.json"
+                else:
+                    model, separate = work / f"b{budget}" / arm / f"seed{seed}", work / f"b{budget}" / f"{arm}{seed}.json"
+                    if not model.is_dir():
+                        train_student(arm, exp.arms[arm], replace(exp.student.train, tokens=budget), seed,
+                                      results / "students" / "init" / f"seed{seed}", results / "cache",
+                                      results / "data", model, work / "work" / f"b{budget}{arm}{seed}")
+                    if not separate.is_file():
+                        evaluate_model(model, exp.evaluation, separate, results / "eval" / "tasks")
+                models = [ModelEval(f"{kind}/{arm}/seed{seed}", kind, seed, path)
+                          for kind, path in (("branch", branch), ("separate", separate))]
+                evals, tasks = load_evals(models)
+                acc = overall(item_frame(models, evals, tasks, params["stats"].get("metric", "acc")))
+                pairs.append(100 * acc.set_index("arm")["acc"].reindex(["branch", "separate"]).to_numpy())
+            pairs = np.array(pairs)
+            d, n = pairs[:, 0] - pairs[:, 1], len(pairs)
+            t = sps.t.ppf(0.975, n - 1)
+            rows[arm] = {"branch": pairs[:, 0].round(2).tolist(), "separate": pairs[:, 1].round(2).tolist(),
+                         "diff": float(d.mean()), "diff_half_width": float(t * d.std(ddof=1) / np.sqrt(n)),
+                         "seed_half_width": float(t * pairs[:, 1].std(ddof=1) / np.sqrt(n)),
+                         "within_seed_interval": bool(abs(d.mean()) <= t * pairs[:, 1].std(ddof=1) / np.sqrt(n))}
+            print(f"b{budget} {arm}: branch {pairs[:, 0].mean():.1f} separate {pairs[:, 1].mean():.1f} "
+                  f"diff {d.mean():+.1f} +- {rows[arm]['diff_half_width']:.1f} (seed half-width "
+                  f"{rows[arm]['seed_half_width']:.1f})", flush=True)
+        out["budgets"][str(budget)] = rows
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kdbench.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=("cache", "train", "gpu"))
+    parser.add_argument("name", choices=("cache", "train", "gpu", "branches"))
     parser.add_argument("--preset", type=Path, default=REPO / "config" / "presets" / "pythia.yaml",
                         help="gpu: the real preset whose shapes are timed (its teacher config under config/models/)")
     parser.add_argument("--teacher", type=Path, help="a trained teacher directory (default: random init)")
@@ -266,12 +327,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="training steps per timed call (train)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
+    parser.add_argument("--results", type=Path, default=REPO / "results" / "default",
+                        help="branches: a finished run with budget curves")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[100000, 400000], help="branches: budgets compared")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as in every pipeline job
     if args.name == "cache":
         result = bench_cache(args.teacher, args.seqs or 2048, args.rounds)
     elif args.name == "gpu":
         result = bench_gpu(args.preset, args.steps, args.rounds)
+    elif args.name == "branches":
+        result = bench_branches(args.results, args.budgets)
     else:
         result = bench_train(args.teacher, args.seqs or 512, args.steps, args.rounds)
     for key, value in result.items():
