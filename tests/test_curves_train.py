@@ -93,3 +93,27 @@ def test_separate_entry_point_dispatches_branches(student_setup):
                               root / "unused", root / "work-d", branches=outs, decay=0.5)
     assert (root / "d" / "b" / "model.safetensors").exists() and not (root / "unused").exists()
     assert np.isfinite(read_json(root / "d" / "b" / "train.json")["val_loss"])
+
+
+def test_branches_stand_in_for_separate_cosine_runs(student_setup):
+    """Per seed, the 8-step branch of one 16-step run against a separate 8-step cosine run: their validation losses
+    differ by less than the seeds' own spread (the half-width of the separate runs' 95% interval)."""
+    from scipy import stats as sps
+
+    from kdbench.train.student import train_student
+
+    root, budget = student_setup, 8 * TOKENS_PER_STEP
+    branch, separate = [], []
+    for seed in range(3):
+        outs = {budget: root / f"c{seed}" / "b8", 2 * budget: root / f"c{seed}" / "b16"}
+        fit_curve("logit_hidden", ARM, SMALL, seed, root / "init", root / "cache", root / "data", outs, 0.25,
+                  root / f"work-c{seed}")
+        train_student("logit_hidden", ARM, SMALL, seed, root / "init", root / "cache", root / "data", root / f"s{seed}",
+                      root / f"work-s{seed}")
+        branch.append(read_json(outs[budget] / "train.json")["val_loss"])
+        separate.append(read_json(root / f"s{seed}" / "train.json")["val_loss"])
+    diff = np.array(branch) - np.array(separate)
+    seed_half_width = sps.t.ppf(0.975, 2) * np.std(separate, ddof=1) / np.sqrt(3)
+    print(f"branch {np.round(branch, 4)} separate {np.round(separate, 4)} diff {diff.mean():+.4f} seed half-width "
+          f"{seed_half_width:.4f}")
+    assert abs(diff.mean()) <= seed_half_width, (branch, separate)
