@@ -114,6 +114,4 @@ def test_branches_stand_in_for_separate_cosine_runs(student_setup):
         separate.append(read_json(root / f"s{seed}" / "train.json")["val_loss"])
     diff = np.array(branch) - np.array(separate)
     seed_half_width = sps.t.ppf(0.975, 2) * np.std(separate, ddof=1) / np.sqrt(3)
-    print(f"branch {np.round(branch, 4)} separate {np.round(separate, 4)} diff {diff.mean():+.4f} seed half-width "
-          f"{seed_half_width:.4f}")
-    assert abs(diff.mean()) <= seed_half_width, (branch, separate)
+    assert abs(diff.mean()) <= seed_half_width, (branch, separate, seed_half_width)
