@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -211,3 +212,22 @@ def test_html_report_builds(smoke):
     assert out.returncode == 0, out.stderr[-2000:]
     html = (root / "report.html").read_text(errors="ignore")
     assert "Figures" in html and "Tables" in html
+
+
+@pytest.mark.slow
+def test_branch_benchmark_compares_branches_with_separate_runs(smoke, tmp_path):
+    """`kdbench.bench branches` on the smoke run: separate cosine runs at a curve budget (trained here, with the
+    run's tuned settings) and at the main budget (the main students), against the branches of the same length."""
+    from kdbench.bench import bench_branches
+
+    result = bench_branches(smoke, [10000, 20000], SMOKE, tmp_path)
+    for budget in ("10000", "20000"):
+        rows = result["budgets"][budget]
+        assert set(rows) == {"logit", "logit_hidden", "ce"}
+        for row in rows.values():
+            assert len(row["branch"]) == len(row["separate"]) == 2 and row["seed_half_width"] >= 0
+            assert abs(row["diff"] - (np.mean(row["branch"]) - np.mean(row["separate"]))) < 0.02
+    trained = read_json(tmp_path / "b10000" / "logit" / "seed0" / "train.json")
+    assert trained["config"]["tokens"] == 10000 and trained["config"]["lr"] == read_json(
+        smoke / "tuning" / "logit" / "tuning.json")["lr"]
+    assert not (tmp_path / "b20000").exists()  # the main budget's separate runs are the main students

@@ -3,7 +3,7 @@
     python -m kdbench.bench cache   # cache writing vs bare teacher forward; batch read vs training step; k sweep
     python -m kdbench.bench train   # tokens/s: plain CE vs cache-fed KD vs online KD (teacher in the loop)
     python -m kdbench.bench gpu     # on CUDA, at the real preset's shapes: tokens/s, MFU, peak memory, online/cached
-    python -m kdbench.bench branches --results results/default --budgets 100000 400000
+    python -m kdbench.bench branches --results results/default --budgets 100000 400000  (--configfile PRESET)
                                     # budget-curve branches vs separate cosine runs of the same length
 
 Sizes follow config/config.yaml (teacher, student, seq_len). Contenders are timed in interleaved
@@ -258,12 +258,13 @@ def bench_gpu(preset: Path, steps: int, rounds: int, device: str = "cuda") -> di
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None, "peak_tflops_assumed": PEAK_TFLOPS}
 
 
-def bench_branches(results: Path, budgets: list[int]) -> dict:
+def bench_branches(results: Path, budgets: list[int], preset: Path | None, work: Path) -> dict:
     """Per budget and curve arm: the branch's overall accuracy minus a separate cosine run's of the same length, over
     paired seeds (mean, t interval), beside the separate runs' own seed interval (half-width of their mean).
 
-    The separate runs of the main budget are the run's main students; other budgets are trained here from the
-    run's initialisations and cache, evaluated on its suite (results/benchmarks/branches/).
+    `results` is a finished run of config/config.yaml (with `preset` merged over it, as --configfile does). The
+    separate runs of the main budget are the run's main students; other budgets are trained here from the run's
+    initialisations and cache and evaluated on its suite, into `work`.
     """
     from scipy import stats as sps
 
@@ -273,13 +274,15 @@ def bench_branches(results: Path, budgets: list[int]) -> dict:
     from kdbench.io import read_json
     from kdbench.schema.experiment import budget_arms
     from kdbench.train.student import train_student
+    from kdbench.train.tuning import tuned
 
     params = read_json(Path(f"{results}/summary.csv.prov.json"))["params"]
-    exp = load_experiment(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
-    if exp.experiment != Path(results).name or exp.tuning.enabled:
-        raise KdbenchError(f"bench branches: needs a finished run of config/config.yaml without tuning "
-                           f"(experiment {exp.experiment!r}), got {results}")
-    work = REPO / "results" / "benchmarks" / "branches"
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in (yaml.safe_load(Path(preset).read_text()) if preset else {}).items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+    exp = load_experiment(config)
+    if exp.experiment != Path(results).name:
+        raise KdbenchError(f"bench branches: {results} is not a run of the config's experiment {exp.experiment!r}")
     out = {"budgets": {}, "decay": exp.analysis.decay}
     for budget in budgets:
         rows = {}
@@ -291,8 +294,10 @@ def bench_branches(results: Path, budgets: list[int]) -> dict:
                     separate = results / "eval" / "students" / arm / f"seed{seed}" / "results.json"
                 else:
                     model, separate = work / f"b{budget}" / arm / f"seed{seed}", work / f"b{budget}" / f"{arm}{seed}.json"
-                    if not model.is_dir():
-                        train_student(arm, exp.arms[arm], replace(exp.student.train, tokens=budget), seed,
+                    if not model.is_dir():  # with the arm's tuned settings where the run tuned it
+                        spec, train = (tuned(results / "tuning" / arm, arm, exp.student.train) if exp.tuning.enabled
+                                       else (exp.arms[arm], exp.student.train))
+                        train_student(arm, spec, replace(train, tokens=budget), seed,
                                       results / "students" / "init" / f"seed{seed}", results / "cache",
                                       results / "data", model, work / "work" / f"b{budget}{arm}{seed}")
                     if not separate.is_file():
@@ -330,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=REPO / "results" / "default",
                         help="branches: a finished run with budget curves")
     parser.add_argument("--budgets", type=int, nargs="+", default=[100000, 400000], help="branches: budgets compared")
+    parser.add_argument("--configfile", type=Path, help="branches: the preset the run was made with, if any")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as in every pipeline job
     if args.name == "cache":
@@ -337,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.name == "gpu":
         result = bench_gpu(args.preset, args.steps, args.rounds)
     elif args.name == "branches":
-        result = bench_branches(args.results, args.budgets)
+        result = bench_branches(args.results, args.budgets, args.configfile, args.out / "branches")
     else:
         result = bench_train(args.teacher, args.seqs or 512, args.steps, args.rounds)
     for key, value in result.items():

@@ -9,17 +9,16 @@ from pathlib import Path
 from kdbench.schema.arms import ArmConfig
 from kdbench.cache.capture import Online
 from kdbench.schema.config import TrainConfig, as_dict, build
-from kdbench.io import read_json
 from kdbench.provenance import weights_sha256
 from kdbench.snake import run_job
 from kdbench.train.student import train_student_distributed
+from kdbench.train.tuning import tuned
 
 w, p = snakemake.wildcards, snakemake.params
 arm = build(ArmConfig, p.arm, f"arms.{w.arm}")
 cfg = build(TrainConfig, p.train, "student.train")
 if snakemake.input.tuned:  # the trial that won on validation loss
-    tuned = read_json(Path(snakemake.input.tuned[0]) / "tuning.json")
-    arm, cfg = build(ArmConfig, tuned["chosen"], f"arms.{w.arm}"), replace(cfg, lr=tuned["lr"])
+    arm, cfg = tuned(Path(snakemake.input.tuned[0]), w.arm, cfg)
 out = Path(snakemake.output[0])
 budgets = getattr(p, "budgets", None) or [cfg.tokens]  # train_curve: one output per budget, in the order given
 branches = dict(zip(budgets, map(Path, snakemake.output))) if hasattr(p, "budgets") else None
