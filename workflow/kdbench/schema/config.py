@@ -211,9 +211,9 @@ class AnalysisConfig:
     # Seeds of the budget curves: the first N of `seeds` (null: all). Fewer seeds keep the largest budgets affordable.
     budget_seeds: int | None = None
     # How a curve's models are trained. "branch": one warmup-stable-decay run per arm and seed to the largest
-    # budget, a decay branched off at every budget (the cost of about one run, not one per budget; branches
-    # match separate runs of their length, docs/benchmarks.md). "separate": a full cosine run per budget (the
-    # main budget reads the main students).
+    # budget, a decay branched off at every budget (the cost of about one run, not one per budget; how branches
+    # compare with separate runs of their length: docs/benchmarks.md). "separate": a full cosine run per budget
+    # (the main budget reads the main students).
     curves: Literal["branch", "separate"] = "branch"
     # Share of a branch's steps spent decaying the learning rate (1 - sqrt, to lr x min_lr_ratio); the
     # cooldown literature finds 10-20% matches a cosine run of the same length.
