@@ -133,9 +133,11 @@ def _rates(covered: np.ndarray, flag: np.ndarray, rejected: np.ndarray) -> dict:
 
 
 def _check(rates: dict, design: tuple[float, float]) -> None:
+    """Overall: misses unflagged <= 7%, null rejections unflagged <= 6%. Per family the largest of six rates is
+    read, each with a binomial standard error of 0.7 points at 1,000 runs: null rejections there <= 7%."""
     assert rates["miss_unflagged"] <= 0.07 and rates.get("family_miss_unflagged", 0) <= 0.07, rates
     if design in NULLS:
-        assert rates["reject_unflagged"] <= 0.06 and rates.get("family_reject_unflagged", 0) <= 0.06, rates
+        assert rates["reject_unflagged"] <= 0.06 and rates.get("family_reject_unflagged", 0) <= 0.07, rates
 
 
 def _designs(seeds):
