@@ -73,12 +73,14 @@ docs: setup
 
 # results/paper (make run EXP=paper, then make report-png EXP=paper) -> results/reference: every record,
 # evaluation, table, figure and analysis, and of each model only its train.json, curve.csv and config;
-# weights, caches, token arrays, the corpus and the HTML report stay behind (audit --partial checks the rest)
+# weights, caches, token arrays, the corpus and the HTML report stay behind (audit --partial checks the rest);
+# then its README.md and the README's results are regenerated
 reference:
 	rm -rf results/reference && mkdir -p results/reference
 	cd results/paper && find . -type f ! -path './.work/*' ! -name '*.safetensors' ! -name '*.npy' \
 	  ! -name 'tokenizer.json' ! -name 'corpus.jsonl' ! -name 'report.html' -exec cp --parents {} ../reference/ \;
 	$(BIN)/kdbench audit results/reference --partial | tail -n 1
+	$(BIN)/kdbench docs
 
 clean:
 	rm -rf results/default results/smoke logs benchmarks .snakemake

@@ -58,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("results_dir", type=Path, metavar="RESULTS_DIR", help="e.g. results/reference")
     paper.set_defaults(run=_paper)
     docs = commands.add_parser(
-        "docs", help="regenerate docs/config.md and the README's results section",
-        description="Write docs/config.md from the config schema and the README's results section from "
-                    "results/reference/; with --check, only report which of them are out of date.")
+        "docs", help="regenerate docs/config.md, docs/plan.md, the README's results and results/reference/README.md",
+        description="Write docs/config.md from the config schema, docs/plan.md from the planner, and the README's "
+                    "results and results/reference/README.md from results/reference/; with --check, only report "
+                    "which of them are out of date.")
     docs.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is out of date")
     docs.set_defaults(run=_docs)
     power = commands.add_parser(
@@ -87,14 +88,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from kdbench.schema.checks import check_config_files, check_models, load_config
-    from kdbench.schema.experiment import load_experiment
-    from kdbench.schema.plan import DEFAULT_TFLOPS, plan, render
+    from kdbench.schema.plan import DEFAULT_TFLOPS
+    from kdbench.tools.docs import plan_text
 
-    files = [Path(__file__).resolve().parents[2] / "config" / "config.yaml", *args.configfile]
-    check_config_files(files)
-    exp = load_experiment(load_config(files))
-    print(render(plan(exp, check_models(exp)), exp.experiment, args.tflops or DEFAULT_TFLOPS))
+    print(plan_text(Path(__file__).resolve().parents[2], args.configfile, args.tflops or DEFAULT_TFLOPS))
     return 0
 
 
