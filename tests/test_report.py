@@ -238,6 +238,10 @@ def test_budget_curves_open_the_headline_on_tokens_to_the_teacher(models, tmp_pa
     table = (out / "efficiency.md").read_text()
     assert "| ce | >=" in table and "AUC (points)" in table
     assert (out / "figures" / "learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from kdbench.tools.docs import results_page
+
+    page = results_page(out)  # the generated results page opens on the answer, then the curves
+    assert page.index("> Student tokens") < page.index("![Learning curves](figures/learning.png)") < page.index("| ce | >=")
 
 
 def test_seeds_in_different_regimes_flag_the_comparison(models, tmp_path):
