@@ -27,7 +27,7 @@ from kdbench.analysis import curves, fidelity, plots, stats, why
 from kdbench.schema.arms import ArmConfig
 from kdbench.schema.config import AnalysisConfig, StatsConfig
 from kdbench.evaluate import task_label
-from kdbench.io import atomic_path, read_json
+from kdbench.io import atomic_path
 from kdbench.schema.layermap import layer_map
 from kdbench.analysis.report import (_latex, _markdown, _write_csv, aggregate, budget_models, budget_tables,
                                      item_frame, load_evals, model_evals)
