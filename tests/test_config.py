@@ -67,6 +67,9 @@ def mutate(path: str, value):
     ("stats.reference_arm", "logits", r"stats.reference_arm: .logits. is not an arm; arms: ce, logit,"),
     ("seeds", [1, 1], r"seeds: need distinct seeds"),
     ("bogus", 1, r"unknown config key 'bogus'"),
+    ("analysis.curves", "nested", r"analysis.curves: 'nested' is not allowed; allowed values: 'branch', 'separate'"),
+    ("analysis.decay", 1.0, r"analysis.decay: 1.0 must be a share of a branch's steps, in \(0, 1\)"),
+    ("analysis.budget_arms", ["hiden"], r"analysis.budgets: the budget curves train arm 'hiden', which is not in arms"),
 ])
 def test_bad_config_names_the_key(path, value, message):
     with pytest.raises(KdbenchError, match=message):

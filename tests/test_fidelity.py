@@ -75,25 +75,30 @@ def test_control_gain_and_why_paragraph_follow_the_numbers():
     gains = control_gains(items, {"kd@random": "kd"}, ["a", "b"], StatsConfig())
     overall = gains[gains["task"] == "overall"].iloc[0]
     assert overall["gain"] > 30 and overall["ci_lo"] > 0
-    text = why.paragraph({"controls": gains}, StatsConfig(), {"kd@random": "kd"})
+    text = why.sections({"controls": gains}, StatsConfig(), {"kd@random": "kd"})
     assert "kd scores +" in text and "more than its control" in text
+    assert text.startswith("## Controls\n\n") and "\n| kd | kd@random | +" in text  # a short section: text, table
+    from kdbench.analysis.landing import why_html
+
+    html = why_html(f"# Why\n\n{text}")
+    assert html.startswith('<h3 class="kdbench-why">Controls</h3>') and "<td>kd@random</td>" in html
     flipped = gains.assign(gain=-gains["gain"], ci_lo=-gains["ci_hi"], ci_hi=-gains["ci_lo"])
-    assert "less than its control" in why.paragraph({"controls": flipped}, StatsConfig(), {"kd@random": "kd"})
+    assert "less than its control" in why.sections({"controls": flipped}, StatsConfig(), {"kd@random": "kd"})
     vague = gains.assign(ci_lo=-1.0, p=0.4)
-    assert "not distinguishable from its control" in why.paragraph({"controls": vague}, StatsConfig(), {"kd@random": "kd"})
+    assert "not distinguishable from its control" in why.sections({"controls": vague}, StatsConfig(), {"kd@random": "kd"})
 
 
 def test_budget_clause_reads_only_detected_differences():
     """Signs are read only where the interval excludes 0: an n.s. point estimate of either sign is no finding."""
     d = pd.DataFrame({"budget": [100000, 400000, 1600000], "diff": [20.0, 5.0, -0.5], "ci_lo": [15.0, 1.0, -2.0],
                       "ci_hi": [25.0, 9.0, 1.0], "p": [1e-4, 0.02, 0.6]})
-    text = why.paragraph({"budget_diffs": d}, StatsConfig(), {})
+    text = why.sections({"budget_diffs": d}, StatsConfig(), {})
     assert "a difference is detectable at 2 of 3 budgets (cand ahead at 100,000, 400,000 tokens)" in text.replace(
         StatsConfig().candidate_arm, "cand")
     assert "no gap is detectable at the largest budget" in text
-    both = why.paragraph({"budget_diffs": d.assign(diff=[20.0, -5.0, 3.0], ci_lo=[15.0, -9.0, 1.0],
+    both = why.sections({"budget_diffs": d.assign(diff=[20.0, -5.0, 3.0], ci_lo=[15.0, -9.0, 1.0],
                                                    ci_hi=[25.0, -1.0, 5.0], p=[1e-4, 0.02, 0.01])}, StatsConfig(), {})
     assert "detectable at every budget (" in both and "ahead at 100,000, 1,600,000 tokens and" in both
     assert "behind at 400,000 tokens)" in both and "a gap remains at the largest budget" in both
-    none = why.paragraph({"budget_diffs": d.assign(p=[0.3, 0.2, 0.6])}, StatsConfig(), {})
+    none = why.sections({"budget_diffs": d.assign(p=[0.3, 0.2, 0.6])}, StatsConfig(), {})
     assert "no budget shows a detectable difference" in none and "ahead" not in none

@@ -103,13 +103,13 @@ def test_tables_and_headline(report):
     headline = (report / "headline.txt").read_text().strip()
     assert "logit_hidden" in headline and "(logit)" in headline and re.search(r"[+-]\d+\.\d", headline)
     assert headline.startswith("Experiment 2 (logit_hidden) beats Experiment 1 (logit)")
-    assert "better on alpha" in headline
+    assert "better on alpha" in headline and "Flagged" not in headline  # every seed of every arm trained
     table_md = (report / "table.md").read_text()
     assert table_md.startswith(headline)
     rows = [line.split("|")[1].strip() for line in table_md.splitlines() if line.startswith("| ")]
     assert rows == ["arm", "teacher", "init", "ce", "logit", "logit_hidden", "chance"]
     header = [c.strip() for c in table_md.splitlines()[2].split("|")[1:-1]]
-    assert header == ["arm", "seeds", "alpha", "beta", "overall"]
+    assert header == ["arm", "seeds", "trained seeds", "alpha", "beta", "overall"]
     table = pd.read_csv(report / "table.csv")
     assert set(table["arm"]) == {"teacher", "init", "ce", "logit", "logit_hidden", "chance"}
     assert table.loc[(table["arm"] == "chance") & (table["task"] == "overall"), "mean"].item() == pytest.approx(37.5)
@@ -198,3 +198,65 @@ def test_sensitivity_sentence_counts_intervals_that_exclude_zero():
     assert "excluded 0 in 2 of 3 (1 above 0, 1 below)" in sentence
     table[["ci_lo", "ci_hi"]] = [[-1.0, 1.0]] * 3
     assert "excluded 0 in none of the 3." in _sensitivity_sentence(table, cfg)
+
+
+def _rates(arm: str, frac: float) -> tuple[float, ...]:
+    """Rates at `frac` of the way from the floor to the teacher, per task."""
+    return tuple(i + frac * (t - i) for i, t in zip(RATES["init"], RATES["teacher"]))
+
+
+# share of the teacher's gain per budget: logit_hidden learns first, logit 4x later (seed 2 never reaches 90%)
+BUDGETS = (1000, 4000, 16000, 64000)
+FRACTIONS = {"logit_hidden": [(0.0, 0.95, 1.0, 1.0)] * 3, "ce": [(0.0, 0.05, 0.2, 0.4)] * 3,
+             "logit": [(0.0, 0.2, 0.95, 1.0), (0.0, 0.2, 0.95, 1.0), (0.0, 0.1, 0.3, 0.5)]}
+
+
+def test_budget_curves_open_the_headline_on_tokens_to_the_teacher(models, tmp_path):
+    rng = np.random.default_rng(11)
+    budgets = {}
+    for b, budget in enumerate(BUDGETS):
+        budgets[budget] = []
+        for arm, per_seed in FRACTIONS.items():
+            for seed, fracs in enumerate(per_seed):
+                m = ModelEval(f"budgets/b{budget}/students/{arm}/seed{seed}", arm, seed, tmp_path / f"{arm}{seed}b{b}.json")
+                _fake_eval(m.eval_path, _rates(arm, fracs[b]), rng)
+                budgets[budget].append(m)
+    aggregate(models, StatsConfig(), tmp_path / "out", budgets=budgets)
+    out = tmp_path / "out"
+    headline = (out / "headline.txt").read_text()
+    assert headline.startswith("Student tokens to reach 90% of the teacher's gain over the untrained floor")
+    assert re.search(r"logit needs \d+\.\d\dx \(95% CI \[\d+\.\d\d, \d+\.\d\d\], 3 paired seeds\) the tokens of "
+                     r"logit_hidden \(flagged: seeds censored at the largest budget \(logit_hidden 0 of 3, logit 1 of 3\)",
+                     headline), headline
+    assert "logit >=" in headline and "per seed" in headline and "ce >=64k (per seed >=64k, >=64k, >=64k)" in headline
+    assert "at the largest budget (64,000 tokens) logit_hidden - logit = " in headline
+    assert "At the main budget: Experiment 2 (logit_hidden)" in headline
+    eff = pd.read_csv(out / "efficiency.csv")
+    logit = eff[eff["arm"] == "logit"].set_index("seed")
+    assert logit.loc[2, "censored_90"] and logit.loc[2, "tokens_90"] == 64000 and not logit.loc[0, "censored_90"]
+    assert (eff.loc[eff["arm"] == "logit_hidden", "tokens_90"] < eff.loc[eff["arm"] == "logit", "tokens_90"].min()).all()
+    assert (eff.loc[eff["arm"] == "ce", "censored_90"]).all()
+    table = (out / "efficiency.md").read_text()
+    assert "| ce | >=" in table and "AUC (points)" in table
+    assert (out / "figures" / "learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from kdbench.tools.docs import results_page
+
+    page = results_page(out)  # the generated results page opens on the answer, then the curves
+    assert page.index("> Student tokens") < page.index("![Learning curves](figures/learning.png)") < page.index("| ce | >=")
+
+
+def test_seeds_in_different_regimes_flag_the_comparison(models, tmp_path):
+    """One logit seed at the floor, two trained: the primary comparison is flagged in the tables and headline."""
+    rng = np.random.default_rng(12)
+    changed = []
+    for m in models:
+        if m.arm == "logit" and m.seed == 0:
+            m = ModelEval(m.model, m.arm, m.seed, tmp_path / "logit0.json")
+            _fake_eval(m.eval_path, RATES["init"], rng)
+        changed.append(m)
+    aggregate(changed, StatsConfig(), tmp_path / "out")
+    flag = "seeds click: logit_hidden 3 of 3 seeds trained ("
+    assert flag in (tmp_path / "out/comparison.md").read_text()
+    headline = (tmp_path / "out/headline.txt").read_text()
+    assert f"Flagged, {flag}" in headline and "logit 2 of 3 seeds trained" in headline
+    assert "| logit | 3 | 2/3 |" in (tmp_path / "out/table.md").read_text()

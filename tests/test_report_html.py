@@ -13,12 +13,13 @@ import pytest
 from conftest import SMOKE, snakemake
 from kdbench.tools import browser
 
-FIGURES = ("accuracy", "paired", "curves")
+FIGURES = ("accuracy", "paired", "curves", "learning")
 # Added to a copy of the page only: once the report's scripts have drawn the landing page, note where the
-# headline is on the screen.
+# headline and the learning curves are on the screen.
 PROBE = """<script>setTimeout(function () {
-  var h = document.querySelector(".kdbench-headline");
-  document.body.setAttribute("data-probe", h ? JSON.stringify(h.getBoundingClientRect()) : "none");
+  var h = document.querySelector(".kdbench-headline"), f = document.querySelector('img[alt^="learning curves"]');
+  document.body.setAttribute("data-probe", JSON.stringify({headline: h ? h.getBoundingClientRect() : null,
+                                                           learning: f ? f.getBoundingClientRect() : null}));
 }, 3000);</script>"""
 
 
@@ -67,12 +68,16 @@ def test_report_opens_on_the_answer(smoke_run, report, tmp_path):
     headline = " ".join((smoke_run.results / "headline.txt").read_text().split())
     text = visible_text(dom)
     assert headline in text, "the headline is not on the landing page"
-    box = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
+    boxes = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
+    box, figure = boxes["headline"], boxes["learning"]
     assert 0 <= box["top"] < box["bottom"] <= browser.WINDOW[1] / 2, f"headline not near the top of the first screen: {box}"
+    assert figure and box["bottom"] <= figure["top"] < browser.WINDOW[1], f"learning curves not on the first screen: {figure}"
     assert text.index(headline) < text.index("logit_hidden_attn"), "the main table comes after the headline"
     images = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', dom)
     paired = (smoke_run.results / "figures" / "paired.png").read_bytes()
-    assert paired in [base64.b64decode(b) for b in images], "the forest plot is not on the landing page"
+    shown = [base64.b64decode(b) for b in images]
+    assert paired in shown, "the forest plot is not on the landing page"
+    assert (smoke_run.results / "figures" / "learning.png").read_bytes() in shown, "no learning curves on the landing page"
 
 
 @pytest.mark.slow

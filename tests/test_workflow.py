@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -32,9 +33,12 @@ def test_default_dry_run_has_every_arm_and_seed(tmp_path):
     assert out.returncode == 0, out.stderr
     counts = job_counts(out.stdout)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    assert counts["train_student"] == len(config["arms"]) * len(config["seeds"])
+    seeds, controls = len(config["seeds"]), len(config["controls"]["random_teacher"])
+    assert counts["train_student"] == (len(config["arms"]) + controls) * seeds
     assert counts["train_teacher"] == counts["cache_teacher"] == 1
-    assert counts["evaluate_model"] == 1 + 3 + counts["train_student"]
+    assert counts["train_curve"] == 3 * seeds  # reference, candidate and ce: one run each, a branch per budget
+    branches = counts["train_curve"] * len(config["analysis"]["budgets"])
+    assert counts["evaluate_model"] == 1 + 3 + counts["train_student"] + branches
 
 
 def test_tuning_adds_one_search_per_arm(tmp_path):
@@ -46,17 +50,18 @@ def test_tuning_adds_one_search_per_arm(tmp_path):
     assert job_counts(out.stdout)["tune_arm"] == len(config["arms"])  # ce tunes its learning rate too
 
 
-def test_controls_and_budgets_add_their_jobs(tmp_path):
+def test_controls_and_separate_budget_runs_add_their_jobs(tmp_path):
     preset = tmp_path / "why.yaml"
     preset.write_text("controls: {random_teacher: [logit, logit_hidden]}\n"
-                      "analysis: {budgets: [100000, 400000, 1600000]}\n")
+                      "analysis: {budgets: [100000, 400000, 1600000], curves: separate, budget_arms: [hidden]}\n")
     out = snakemake("-n", "--cores", "2", "--configfile", str(preset), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     counts = job_counts(out.stdout)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     seeds = len(config["seeds"])
     assert counts["train_student"] == (len(config["arms"]) + 2) * seeds  # + logit@random, logit_hidden@random
-    assert counts["train_budget"] == 2 * 3 * seeds  # 400000 is the main budget: its students are reused
+    assert counts["train_budget"] == 2 * 4 * seeds  # 400000 is the main budget: its students are reused
+    assert "train_curve" not in counts
     assert counts["init_random_teacher"] == counts["cache_control"] == counts["probe_models"] == counts["analyze"] == 1
     from kdbench.schema.experiment import cached_tokens, load_experiment
 
@@ -130,18 +135,21 @@ def test_smoke_run_produces_every_analysis(smoke):
         for ext in ("png", "pdf"):
             assert (a / "figures" / f"{fig}.{ext}").stat().st_size > 1000
     why = (a / "why.md").read_text()
-    for clause in ("random-teacher controls", "Top-1 agreement", "teacher got wrong", "KL(teacher || student)",
-                   "Linear CKA", "Budget curves"):
+    for clause in ("## Controls", "random-teacher controls", "## Fidelity and inherited errors", "teacher got wrong",
+                   "## Representations", "Linear CKA", "## Budget", "Budget curves"):
         assert clause in why, clause
     cka = list(csv.DictReader(open(a / "cka.csv")))
     assert {"init", "ce", "logit", "logit_hidden", "logit_hidden@random"} <= {r["arm"] for r in cka}
     fidelity = list(csv.DictReader(open(a / "fidelity.csv")))
     assert {r["arm"] for r in fidelity} >= {"init", "ce", "logit_hidden", "logit_hidden@random"}
     budgets = list(csv.DictReader(open(a / "budgets.csv")))
-    assert {(int(r["budget"]), r["arm"]) for r in budgets} == {(b, arm) for b in (9216, 19456)  # tokens trained:
+    assert {(int(r["budget"]), r["arm"]) for r in budgets} == {(b, arm) for b in (4096, 9216, 19456)  # tokens trained:
                                                               for arm in ("logit", "logit_hidden", "ce")}  # 1,024 a step
     assert all(float(r["flops"]) > 0 for r in budgets)
-    assert "Across student token budgets" in (smoke / "headline.txt").read_text()
+    assert (smoke / "headline.txt").read_text().startswith("Student tokens to reach 90% of the teacher's gain")
+    assert (smoke / "efficiency.md").is_file() and "<img" in (smoke / "landing" / "learning.html").read_text()
+    branch = read_json(smoke / "budgets" / "b10000" / "students" / "logit" / "seed0" / "train.json")
+    assert branch["config"]["tokens"] == 10000 and branch["branch"]["decay_steps"] > 0
     control = read_json(smoke / "controls" / "cache" / "manifest.json")
     assert control["teacher_sha256"] != read_json(smoke / "cache" / "manifest.json")["teacher_sha256"]
     train = read_json(smoke / "students" / "logit_hidden@random" / "seed0" / "train.json")
@@ -225,3 +233,22 @@ def test_html_report_builds(smoke):
     assert out.returncode == 0, out.stderr[-2000:]
     html = (root / "report.html").read_text(errors="ignore")
     assert "Figures" in html and "Tables" in html
+
+
+@pytest.mark.slow
+def test_branch_benchmark_compares_branches_with_separate_runs(smoke, tmp_path):
+    """`kdbench.bench branches` on the smoke run: separate cosine runs at a curve budget (trained here, with the
+    run's tuned settings) and at the main budget (the main students), against the branches of the same length."""
+    from kdbench.bench import bench_branches
+
+    result = bench_branches(smoke, [10000, 20000], SMOKE, tmp_path)
+    for budget in ("10000", "20000"):
+        rows = result["budgets"][budget]
+        assert set(rows) == {"logit", "logit_hidden", "ce"}
+        for row in rows.values():
+            assert len(row["branch"]) == len(row["separate"]) == 2 and row["seed_half_width"] >= 0
+            assert abs(row["diff"] - (np.mean(row["branch"]) - np.mean(row["separate"]))) < 0.02
+    trained = read_json(tmp_path / "b10000" / "logit" / "seed0" / "train.json")
+    assert trained["config"]["tokens"] == 10000 and trained["config"]["lr"] == read_json(
+        smoke / "tuning" / "logit" / "tuning.json")["lr"]
+    assert not (tmp_path / "b20000").exists()  # the main budget's separate runs are the main students

@@ -5,6 +5,8 @@
     python -m kdbench.bench gpu     # on CUDA, at the real preset's shapes: tokens/s, MFU, peak memory, online/cached
     python -m kdbench.bench fidelity [--teacher T --data D]  # layer-target options: loss/gradient error of each
     python -m kdbench.bench outcome --results R            # students from the exact vs the compact cache, paired
+    python -m kdbench.bench branches --results results/default --budgets 100000 400000  (--configfile PRESET)
+                                    # budget-curve branches vs separate cosine runs of the same length
 
 Sizes follow config/config.yaml (teacher, student, seq_len). Contenders are timed in interleaved
 rounds, so a noisy shared machine slows all alike: rates are each contender's fastest round, and
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from kdbench import KdbenchError
 from kdbench.analysis.report import ModelEval, item_frame, load_evals
 from kdbench.analysis.stats import OVERALL, arm_means, paired_comparisons
 from kdbench.schema.arms import ArmConfig, Capture, capture_for
@@ -358,6 +361,65 @@ def bench_gpu(preset: Path, steps: int, rounds: int, device: str = "cuda") -> di
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None, "peak_tflops_assumed": PEAK_TFLOPS}
 
 
+def bench_branches(results: Path, budgets: list[int], preset: Path | None, work: Path) -> dict:
+    """Per budget and curve arm: the branch's overall accuracy minus a separate cosine run's of the same length, over
+    paired seeds (mean, t interval), beside the separate runs' own seed interval (half-width of their mean).
+
+    `results` is a finished run of config/config.yaml (with `preset` merged over it, as --configfile does). The
+    separate runs of the main budget are the run's main students; other budgets are trained here from the run's
+    initialisations and cache and evaluated on its suite, into `work`.
+    """
+    from scipy import stats as sps
+
+    from kdbench.analysis.curves import overall
+    from kdbench.schema.experiment import budget_arms
+    from kdbench.train.tuning import tuned
+
+    params = read_json(Path(f"{results}/summary.csv.prov.json"))["params"]
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in (yaml.safe_load(Path(preset).read_text()) if preset else {}).items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+    exp = load_experiment(config)
+    if exp.experiment != Path(results).name:
+        raise KdbenchError(f"bench branches: {results} is not a run of the config's experiment {exp.experiment!r}")
+    out = {"budgets": {}, "decay": exp.analysis.decay}
+    for budget in budgets:
+        rows = {}
+        for arm in budget_arms(exp):
+            pairs = []
+            for seed in exp.seeds[: exp.analysis.budget_seeds]:
+                branch = results / "eval" / "budgets" / f"b{budget}" / "students" / arm / f"seed{seed}" / "results.json"
+                if budget == exp.student.train.tokens:
+                    separate = results / "eval" / "students" / arm / f"seed{seed}" / "results.json"
+                else:
+                    model, separate = work / f"b{budget}" / arm / f"seed{seed}", work / f"b{budget}" / f"{arm}{seed}.json"
+                    if not model.is_dir():  # with the arm's tuned settings where the run tuned it
+                        spec, train = (tuned(results / "tuning" / arm, arm, exp.student.train) if exp.tuning.enabled
+                                       else (exp.arms[arm], exp.student.train))
+                        train_student(arm, spec, replace(train, tokens=budget), seed,
+                                      results / "students" / "init" / f"seed{seed}", results / "cache",
+                                      results / "data", model, work / "work" / f"b{budget}{arm}{seed}")
+                    if not separate.is_file():
+                        evaluate_model(model, exp.evaluation, separate, results / "eval" / "tasks")
+                models = [ModelEval(f"{kind}/{arm}/seed{seed}", kind, seed, path)
+                          for kind, path in (("branch", branch), ("separate", separate))]
+                evals, tasks = load_evals(models)
+                acc = overall(item_frame(models, evals, tasks, params["stats"].get("metric", "acc")))
+                pairs.append(100 * acc.set_index("arm")["acc"].reindex(["branch", "separate"]).to_numpy())
+            pairs = np.array(pairs)
+            d, n = pairs[:, 0] - pairs[:, 1], len(pairs)
+            t = sps.t.ppf(0.975, n - 1)
+            rows[arm] = {"branch": pairs[:, 0].round(2).tolist(), "separate": pairs[:, 1].round(2).tolist(),
+                         "diff": float(d.mean()), "diff_half_width": float(t * d.std(ddof=1) / np.sqrt(n)),
+                         "seed_half_width": float(t * pairs[:, 1].std(ddof=1) / np.sqrt(n)),
+                         "within_seed_interval": bool(abs(d.mean()) <= t * pairs[:, 1].std(ddof=1) / np.sqrt(n))}
+            print(f"b{budget} {arm}: branch {pairs[:, 0].mean():.1f} separate {pairs[:, 1].mean():.1f} "
+                  f"diff {d.mean():+.1f} +- {rows[arm]['diff_half_width']:.1f} (seed half-width "
+                  f"{rows[arm]['seed_half_width']:.1f})", flush=True)
+        out["budgets"][str(budget)] = rows
+    return out
+
+
 def _flat(d: dict, prefix: str = ""):
     for key, value in d.items():
         if isinstance(value, dict):
@@ -368,14 +430,15 @@ def _flat(d: dict, prefix: str = ""):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kdbench.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=("cache", "train", "gpu", "fidelity", "outcome"))
+    parser.add_argument("name", choices=("cache", "train", "gpu", "fidelity", "outcome", "branches"))
     parser.add_argument("--preset", type=Path, default=REPO / "config" / "presets" / "pythia.yaml",
                         help="gpu, fidelity: the real preset whose shapes are used (its teacher config under "
                              "config/models/)")
     parser.add_argument("--teacher", type=Path, help="a trained teacher directory (default: random init)")
     parser.add_argument("--data", type=Path, help="fidelity: the teacher's data directory (train.npy)")
     parser.add_argument("--results", type=Path, help="outcome: a run's results/<experiment> (teacher, data, "
-                        "students/init, eval/tasks)")
+                        "students/init, eval/tasks); branches: a finished run with budget curves (default "
+                        "results/default)")
     parser.add_argument("--layer-rank", type=int, default=0, help="cache, train: cache.layer_rank of the cache "
                         "(default 0: exact); outcome: the compact cache's (default 64)")
     parser.add_argument("--seqs", type=int, help="sequences of seq_len tokens to process (default: cache 2048, "
@@ -385,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4, help="training steps per timed call (train)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[100000, 400000], help="branches: budgets compared")
+    parser.add_argument("--configfile", type=Path, help="branches: the preset the run was made with, if any")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as in every pipeline job
     if (args.name == "fidelity" and bool(args.teacher) != bool(args.data)) or (args.name == "outcome" and not args.results):
@@ -398,6 +463,8 @@ def main(argv: list[str] | None = None) -> None:
         result = bench_fidelity(args.teacher, args.data, args.preset, args.seqs or 8)
     elif args.name == "outcome":
         result = bench_outcome(args.results, args.layer_rank or 64, args.seeds)
+    elif args.name == "branches":
+        result = bench_branches(args.results or REPO / "results" / "default", args.budgets, args.configfile, args.out / "branches")
     else:
         result = bench_train(args.teacher, args.seqs or 512, args.steps, args.rounds, args.layer_rank)
     for key, value in _flat(result):

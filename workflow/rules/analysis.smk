@@ -1,4 +1,4 @@
-# Why the answer falls as it does (issue 18): random-teacher controls, budget curves, the probes
+# Why the answer falls as it does: random-teacher controls, budget curves, the probes
 # (KL and CKA on validation text) and the analysis tables, figures and why.md (kdbench.analysis.explain).
 PROBED = [m for m in MODELS if m != "teacher"] + CONTROL_STUDENTS  # every student, floors and controls included
 
@@ -49,7 +49,41 @@ if CONTROLS:
             "../scripts/cache_teacher.py"
 
 
-if BUDGET_ONLY:
+if BUDGET_ONLY and BRANCHES:
+
+    rule train_curve:
+        """One run per arm and seed to the largest budget, a warmup-stable-decay schedule that branches a decay at
+        every budget: each branch end is one budget-curve student (kdbench.train.student.fit_curve)."""
+        input:
+            init=f"{R}/students/init/seed{{seed}}",
+            cache=TEACHER_TARGETS,
+            teacher=f"{R}/teacher",
+            val=f"{R}/data/val.npy",
+            train=ONLINE_INPUTS,
+            tuned=tuned,
+        output:
+            BRANCH_OUTPUTS,
+        conda:
+            ENV
+        log:
+            f"{LOGS}/train_curve/{{arm}}/seed{{seed}}.log",
+        benchmark:
+            f"{BENCH}/train_curve/{{arm}}/seed{{seed}}.tsv"
+        params:
+            arm=lambda w: config["arms"][w.arm],
+            train=lambda w: {**config["student"]["train"], "tokens": BUDGETS[-1]},
+            budgets=BUDGETS,
+            decay=EXP.analysis.decay,
+            work=lambda w: f"{WORK}/curves/{w.arm}/seed{w.seed}",
+            online=ONLINE_SPEC,
+        threads: 1
+        resources:
+            gpu=GPUS,
+        script:
+            "../scripts/train_student.py"
+
+
+if BUDGET_ONLY and not BRANCHES:
 
     rule train_budget:
         """One budget-curve student: the arm's settings, `budget` student tokens, its own schedule."""

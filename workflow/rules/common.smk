@@ -43,12 +43,15 @@ MODELS = ["teacher", *FLOORS, *STUDENTS]
 # They stay out of MODELS, so the headline's comparisons and their Holm family are the same with or without them.
 CONTROLS = control_arms(EXP)  # twin -> the arm it copies
 CONTROL_STUDENTS = [f"students/{arm}/seed{seed}" for arm in CONTROLS for seed in SEEDS]
-# Budget curves: reference, candidate and ce at each budget; the main budget reuses the main students.
-BUDGETS = list(EXP.analysis.budgets)
+# Budget curves: reference, candidate, ce (and analysis.budget_arms) at each budget. "branch": one run per arm
+# and seed branches a student at every budget (train_curve); "separate": a run per budget (train_budget), the
+# main budget reusing the main students.
+BUDGETS = sorted(EXP.analysis.budgets)
+BRANCHES = EXP.analysis.curves == "branch"
 
 
 def budget_model(budget, arm, seed):
-    if budget == EXP.student.train.tokens:
+    if budget == EXP.student.train.tokens and not BRANCHES:
         return f"students/{arm}/seed{seed}"
     return f"budgets/b{budget}/students/{arm}/seed{seed}"
 
@@ -56,6 +59,8 @@ def budget_model(budget, arm, seed):
 BUDGET_SEEDS = SEEDS[: EXP.analysis.budget_seeds]  # None: all
 BUDGET_MODELS = {b: [budget_model(b, a, s) for a in budget_arms(EXP) for s in BUDGET_SEEDS] for b in BUDGETS}
 BUDGET_ONLY = sorted({m for ms in BUDGET_MODELS.values() for m in ms if m.startswith("budgets/")})
+# the outputs of train_curve, one student per budget in the order of BUDGETS
+BRANCH_OUTPUTS = [directory(f"{R}/budgets/b{b}/students/{{arm}}/seed{{seed}}") for b in BUDGETS]
 A = f"{R}/analysis"  # the why analyses (rules/analysis.smk)
 PROBES = EXP.analysis.fidelity or EXP.analysis.cka
 ANALYSIS = PROBES or bool(CONTROLS) or bool(BUDGETS)

@@ -21,6 +21,17 @@ rule aggregate:
         paired_pdf=f"{R}/figures/paired.pdf",
         curves_pdf=f"{R}/figures/curves.pdf",
         **({"sensitivity": f"{R}/sensitivity.csv", "sensitivity_md": f"{R}/sensitivity.md"} if SENSITIVITY else {}),
+        **(
+            {
+                "efficiency": report(f"{R}/efficiency.md", caption="../report/efficiency.rst", category="Answer"),
+                "efficiency_csv": f"{R}/efficiency.csv",
+                "efficiency_tex": f"{R}/efficiency.tex",
+                "learning": report(f"{R}/figures/learning.png", caption="../report/learning.rst", category="Answer"),
+                "learning_pdf": f"{R}/figures/learning.pdf",
+            }
+            if BUDGETS
+            else {}
+        ),
     conda:
         ENV
     log:
@@ -44,11 +55,13 @@ rule landing:
         table=rules.aggregate.output.table,
         paired=rules.aggregate.output.paired,
         why=[f"{A}/why.md"] if ANALYSIS else [],
+        learning=[f"{R}/figures/learning.png"] if BUDGETS else [],
     output:
         headline=f"{R}/landing/headline.html",
         table=f"{R}/landing/table.html",
         paired=f"{R}/landing/paired.html",
         **({"why": f"{R}/landing/why.html"} if ANALYSIS else {}),
+        **({"learning": f"{R}/landing/learning.html"} if BUDGETS else {}),
     conda:
         ENV
     log:

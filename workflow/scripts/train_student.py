@@ -1,4 +1,5 @@
-"""Snakemake job: train one arm for one seed from the teacher cache (torchrun when gpu > 1).
+"""Snakemake job: train one arm for one seed from the teacher cache (torchrun when gpu > 1); for rule
+train_curve, one run that branches a student at every budget of the curves (one output per budget).
 
 The cache must be the given teacher's (a control's cache is never read as the real teacher's).
 """
@@ -8,20 +9,22 @@ from pathlib import Path
 from kdbench.schema.arms import ArmConfig
 from kdbench.cache.capture import Online
 from kdbench.schema.config import TrainConfig, as_dict, build
-from kdbench.io import read_json
 from kdbench.provenance import weights_sha256
 from kdbench.snake import run_job
 from kdbench.train.student import train_student_distributed
+from kdbench.train.tuning import tuned
 
 w, p = snakemake.wildcards, snakemake.params
 arm = build(ArmConfig, p.arm, f"arms.{w.arm}")
 cfg = build(TrainConfig, p.train, "student.train")
 if snakemake.input.tuned:  # the trial that won on validation loss
-    tuned = read_json(Path(snakemake.input.tuned[0]) / "tuning.json")
-    arm, cfg = build(ArmConfig, tuned["chosen"], f"arms.{w.arm}"), replace(cfg, lr=tuned["lr"])
+    arm, cfg = tuned(Path(snakemake.input.tuned[0]), w.arm, cfg)
 out = Path(snakemake.output[0])
+budgets = getattr(p, "budgets", None) or [cfg.tokens]  # train_curve: one output per budget, in the order given
+branches = dict(zip(budgets, map(Path, snakemake.output))) if hasattr(p, "budgets") else None
 run_job(snakemake, lambda: train_student_distributed(
     snakemake.resources.gpu, w.arm, arm, cfg, int(w.seed), Path(snakemake.input.init), Path(snakemake.input.cache),
     Path(snakemake.input.val).parent, out, Path(p.work), build(Online, p.online, "online") if p.online else None,
-    weights_sha256(Path(snakemake.input.teacher))),
-    states={out / "train.json": {"arm": w.arm, "seed": int(w.seed), "config": as_dict(cfg), "arm_config": as_dict(arm)}})
+    weights_sha256(Path(snakemake.input.teacher)), branches=branches, decay=getattr(p, "decay", 0.0)),
+    states={Path(o) / "train.json": {"arm": w.arm, "seed": int(w.seed), "config": as_dict(replace(cfg, tokens=b)),
+                                     "arm_config": as_dict(arm)} for b, o in zip(budgets, snakemake.output)})

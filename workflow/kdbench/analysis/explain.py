@@ -9,7 +9,7 @@ files) and writes into `results/<exp>/analysis/`:
 - ``controls.{csv,md,tex}`` each controlled arm's gain over its random-teacher twin;
 - ``budgets.{csv,md,tex}`` accuracy and FLOPs per budget and arm, the candidate-reference
   difference per budget; ``figures/budgets.{png,pdf}``;
-- ``why.md`` the generated paragraph (`kdbench.analysis.why`).
+- ``why.md`` the generated sections (`kdbench.analysis.why`).
 
 Each part only when configured; the rule declares exactly the files its settings produce.
 """
@@ -23,21 +23,21 @@ import numpy as np
 import pandas as pd
 
 from kdbench import KdbenchError
-from kdbench.analysis import fidelity, plots, stats, why
+from kdbench.analysis import curves, fidelity, plots, stats, why
 from kdbench.schema.arms import ArmConfig
 from kdbench.schema.config import AnalysisConfig, StatsConfig
 from kdbench.evaluate import task_label
-from kdbench.io import atomic_path, read_json
+from kdbench.io import atomic_path
 from kdbench.schema.layermap import layer_map
-from kdbench.analysis.report import (ModelEval, _latex, _markdown, _write_csv, aggregate, budget_models, item_frame,
-                            load_evals, model_evals)
+from kdbench.analysis.report import (_latex, _markdown, _write_csv, aggregate, budget_models, budget_tables,
+                                     item_frame, load_evals, model_evals)
 from kdbench.analysis.stats import OVERALL
 
 
 def analyze(results_dir: Path, cfg: StatsConfig, analysis: AnalysisConfig, arms: Mapping[str, ArmConfig],
             models: Sequence[str], controls: Mapping[str, str], budgets: Mapping[int, Sequence[str]],
             kl_path: Path | None, cka_path: Path | None, out_dir: Path) -> str:
-    """Write every configured analysis into `out_dir`; returns the why paragraph."""
+    """Write every configured analysis into `out_dir`; returns why.md's sections."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     control_models = [f"students/{c}/seed{m.split('seed')[-1]}" for c, arm in controls.items()
                       for m in models if m.startswith(f"students/{arm}/")]
@@ -84,15 +84,14 @@ def analyze(results_dir: Path, cfg: StatsConfig, analysis: AnalysisConfig, arms:
         _tables(out_dir / "controls", table, _controls_view(table), _controls_caption(cfg))
 
     if budgets:
-        per_budget = budget_models(results_dir, budgets)
-        table, diffs = budget_tables(per_budget, cfg)
+        table, diffs = budget_tables(budget_models(results_dir, budgets), cfg, curves.anchors(items))
         parts["budgets"], parts["budget_diffs"] = table, diffs
         _tables(out_dir / "budgets", table, _budget_view(table, diffs), _budget_caption(cfg))
         plots.budget_figure(table, list(dict.fromkeys(table["arm"])), out_dir / "figures" / "budgets")
 
-    text = why.paragraph(parts, cfg, controls)
+    text = why.sections(parts, cfg, controls)
     with atomic_path(out_dir / "why.md") as tmp:
-        tmp.write_text(f"# Why\n\n{text}\n")
+        tmp.write_text(f"# Why\n\n{text}")
     return text
 
 
@@ -140,26 +139,6 @@ def control_gains(items: pd.DataFrame, controls: Mapping[str, str], tasks: Seque
             rows.append([arm, control, task, 100 * d, 100 * (d - hw), 100 * (d + hw), float(est.p()),
                          mats[0].shape[0], sum(m.shape[1] for m in group)])
     return pd.DataFrame(rows, columns=["arm", "control", "task", "gain", "ci_lo", "ci_hi", "p", "n_seeds", "n_items"])
-
-
-def budget_tables(per_budget: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(accuracy overall with CI, tokens and mean training FLOPs per budget and arm; candidate - reference per budget)."""
-    rows, frames = [], {}
-    for budget, models in sorted(per_budget.items()):
-        evals, tasks = load_evals(models)
-        items = item_frame(models, evals, tasks, cfg.metric)
-        frames[budget] = items
-        arms = list(dict.fromkeys(m.arm for m in models))
-        means = stats.arm_means(items, arms, cfg)
-        for arm in arms:
-            row = means[(means["arm"] == arm) & (means["task"] == OVERALL)].iloc[0]
-            flops = [read_json(m.train_path).get("flops", {}).get("total") for m in models
-                     if m.arm == arm and m.train_path is not None]
-            flops = [f for f in flops if f is not None]
-            rows.append([budget, arm, row["mean"], row["ci_lo"], row["ci_hi"],
-                         float(np.mean(flops)) if flops else np.nan, int(row["n_seeds"])])
-    table = pd.DataFrame(rows, columns=["budget", "arm", "mean", "ci_lo", "ci_hi", "flops", "n_seeds"])
-    return table, stats.budget_differences(frames, cfg)
 
 
 def _overall_per_seed(items: pd.DataFrame) -> pd.DataFrame:
@@ -236,20 +215,22 @@ def _budget_view(t: pd.DataFrame, diffs: pd.DataFrame) -> pd.DataFrame:
     for budget, g in t.groupby("budget", sort=True):
         row = {"student tokens": f"{budget:,}"}
         for r in g.itertuples():
-            row[r.arm] = _ci(r.mean, r.ci_lo, r.ci_hi)
+            row[r.arm] = _ci(r.mean, r.ci_lo, r.ci_hi) + (f" ({r.trained} trained)" if r.trained else "")
             row[f"{r.arm} FLOPs"] = f"{r.flops:.2e}" if np.isfinite(r.flops) else "-"
         d = diffs[diffs["budget"] == budget]
         row["candidate - reference"] = (f"{d['diff'].iloc[0]:+.1f} [{d['ci_lo'].iloc[0]:+.1f}, {d['ci_hi'].iloc[0]:+.1f}]"
                                         if len(d) else "-")
+        row["flag"] = d["flag"].iloc[0] if len(d) else ""
         wide.append(row)
     return pd.DataFrame(wide)
 
 
 def _budget_caption(cfg: StatsConfig) -> str:
     return (f"Budget curves: overall {cfg.metric} (points, {cfg.ci:.0%} CI over seeds and items) of {cfg.reference_arm}, "
-            f"{cfg.candidate_arm} and ce at each student token budget (a full run with its own schedule), the mean "
-            f"training FLOPs of a run (estimate; the teacher's forward once per cached token read), and "
-            f"{cfg.candidate_arm} - {cfg.reference_arm} paired over seeds and items.")
+            f"{cfg.candidate_arm}, ce and any further curve arms at each student token budget (seeds at >= "
+            f"{curves.REGIME:.0%} of the teacher's gain over the floor in brackets), the mean training FLOPs of a "
+            f"model (estimate; the teacher's forward once per cached token read), and {cfg.candidate_arm} - "
+            f"{cfg.reference_arm} paired over seeds and items, flagged where the pair's seeds click.")
 
 
 def _tables(base: Path, raw: pd.DataFrame, view: pd.DataFrame, caption: str) -> None:
@@ -259,7 +240,7 @@ def _tables(base: Path, raw: pd.DataFrame, view: pd.DataFrame, caption: str) -> 
             tmp.write_text(text)
 
 
-__all__ = ["analyze", "budget_tables", "cka_table", "control_gains", "mapped_pairs", "KdbenchError"]
+__all__ = ["analyze", "cka_table", "control_gains", "mapped_pairs", "KdbenchError"]
 
 
 def paper(results_dir: Path, out: Path, cfg: StatsConfig, models: Sequence[str], budgets: Mapping[int, Sequence[str]],

@@ -37,21 +37,33 @@ def image_html(png: Path, alt: str) -> str:
 
 
 def why_html(markdown: str) -> str:
-    """why.md's paragraphs (its '# ' title dropped) as HTML paragraphs."""
-    paragraphs = [p.strip() for p in markdown.split("\n\n") if p.strip() and not p.lstrip().startswith("# ")]
-    return "".join(f'<p class="kdbench-why">{escape(p)}</p>\n' for p in paragraphs)
+    """why.md's sections (its '# ' title dropped): '## ' headings, paragraphs and pipe tables as HTML."""
+    html = []
+    for block in (b.strip() for b in markdown.split("\n\n")):
+        if not block or block.startswith("# "):
+            continue
+        if block.startswith("## "):
+            html.append(f'<h3 class="kdbench-why">{escape(block[3:])}</h3>\n')
+        elif block.startswith("|"):
+            html.append(table_html(block))
+        else:
+            html.append(f'<p class="kdbench-why">{escape(block)}</p>\n')
+    return "".join(html)
 
 
 def write_landing(headline: Path, table: Path, paired: Path, out: dict[str, Path],
-                  why: tuple[Path, Path] | None = None) -> None:
+                  why: tuple[Path, Path] | None = None, learning: tuple[Path, Path] | None = None) -> None:
     """Write out["headline"], out["table"], out["paired"] from the run's headline.txt, table.md and paired.png;
-    with `why` (why.md, its HTML piece) the why paragraph too."""
+    with `why` (why.md, its HTML piece) the why sections too, with `learning` (learning.png, its piece) the curves."""
     pieces = {"headline": headline_html(Path(headline).read_text()),
               "table": table_html(Path(table).read_text()),
               "paired": image_html(paired, "forest plot: each arm minus the reference arm, per task family")}
     if why is not None:
         pieces["why"] = why_html(Path(why[0]).read_text())
         out = {**out, "why": why[1]}
+    if learning is not None:
+        pieces["learning"] = image_html(learning[0], "learning curves: accuracy against student tokens and FLOPs")
+        out = {**out, "learning": learning[1]}
     for name, html in pieces.items():
         Path(out[name]).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(Path(out[name])) as tmp:

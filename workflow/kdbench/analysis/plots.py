@@ -159,21 +159,29 @@ def fidelity_figure(points: pd.DataFrame, arms: Sequence[str], out_base: Path) -
         _save(fig, out_base)
 
 
-def budget_figure(points: pd.DataFrame, arms: Sequence[str], out_base: Path) -> None:
-    """Overall accuracy with CI per arm against student tokens and against training FLOPs (log scales)."""
+def budget_figure(points: pd.DataFrame, arms: Sequence[str], out_base: Path, lines: dict[str, float] | None = None,
+                  title: str = "Budget curves: accuracy against student tokens and training FLOPs") -> None:
+    """Overall accuracy with CI per arm against student tokens and against training FLOPs (log scales);
+    `lines`: labelled horizontal levels (the teacher, chance)."""
     colors = palette(arms)
+    panels = [("budget", "student tokens")]
+    if np.isfinite(points["flops"]).any():  # train.json records FLOPs; without them, tokens alone
+        panels.append(("flops", "training FLOPs (estimate)"))
     with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-        for ax, x, label in ((axes[0], "budget", "student tokens"), (axes[1], "flops", "training FLOPs (estimate)")):
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), sharey=True, squeeze=False)
+        axes = axes[0]
+        for ax, (x, label) in zip(axes, panels):
             for arm in [a for a in arms if a in set(points["arm"])]:
                 rows = points[points["arm"] == arm].sort_values(x)
                 ax.errorbar(rows[x], rows["mean"], yerr=[rows["mean"] - rows["ci_lo"], rows["ci_hi"] - rows["mean"]],
                             marker="o", capsize=3, color=colors[arm], label=arm)
+            for (name, level), style in zip((lines or {}).items(), ("--", ":")):
+                ax.axhline(level, color="0.3", linestyle=style, linewidth=1, label=name)
             ax.set_xscale("log")
             ax.set_xlabel(label)
         axes[0].set_ylabel("held-out accuracy, overall (points, 95% CI)")
-        axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.suptitle("Budget curves: each point a full run with its own schedule")
+        axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.suptitle(title)
         _save(fig, out_base)
 
 

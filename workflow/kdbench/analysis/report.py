@@ -7,8 +7,15 @@ Outputs in `out_dir` (all written atomically, identical on rerun):
 - ``comparison.{md,csv,tex}``: each arm minus the reference arm, paired over items and seeds, with
   the role of each test (one primary, the rest one Holm-adjusted secondary family), CI
   half-width and minimal detectable difference.
-- ``headline.txt``: the answer to the research question in one paragraph.
-- ``figures/{accuracy,paired,curves}.{png,pdf}`` (curves only when training curves are given).
+- ``headline.txt``: the answer to the research question in one paragraph; with budget curves it opens on the
+  budget-resolved answer (tokens to 90% of the teacher's gain, their ratio, the difference at the largest budget).
+- ``efficiency.{md,csv,tex}`` (budget curves only): tokens to 50% and 90% of the teacher's gain per arm and seed,
+  the area under the curve, the token ratio (`kdbench.analysis.curves`).
+- ``figures/{accuracy,paired,curves,learning}.{png,pdf}`` (curves only when training curves are given, learning
+  with budget curves).
+
+A comparison whose seeds fall in different regimes (`curves.flag`) carries its flag in every table and, for
+the primary test, in the headline.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench import KdbenchError
-from kdbench.analysis import plots, stats
+from kdbench.analysis import curves, plots, stats
 from kdbench.schema.arms import REFERENCE_MODELS
 from kdbench.schema.config import StatsConfig
 from kdbench.evaluate import FORMAT, task_label
@@ -88,9 +95,13 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuni
 
     items = item_frame(models, evals, tasks, cfg.metric)
     means = stats.arm_means(items, arms, cfg)
-    comparisons = stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg)
-    headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg),
-                              budgets=budget_frame(budgets, cfg) if budgets else None)
+    regimes = curves.regimes(items)
+    comparisons = flag_comparisons(stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg),
+                                   regimes)
+    headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg))
+    if budgets:
+        answer = budget_answer(budgets, items, cfg, out_dir, chance[OVERALL])
+        headline = f"{answer} At the main budget: {headline}"
     sensitivity = tuning_sensitivity(tuning, cfg) if tuning is not None else None
     if sensitivity is not None:
         headline += " " + _sensitivity_sentence(sensitivity, cfg)
@@ -101,7 +112,7 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuni
     _write_csv(out_dir / "table.csv", pd.concat([means, _chance_rows(chance)], ignore_index=True))
     _write_csv(out_dir / "comparison.csv", comparisons)
     _write_text(out_dir / "headline.txt", headline + "\n")
-    wide = _wide_table(means, chance, arms, tasks)
+    wide = _wide_table(means, chance, arms, tasks, regimes)
     _write_text(out_dir / "table.md", f"{headline}\n\n{_markdown(wide)}")
     _write_text(out_dir / "table.tex", _latex(wide, rule_before_last=True))
     narrow, caption = _comparison_table(comparisons, cfg), _comparison_caption(comparisons, cfg)
@@ -111,9 +122,9 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuni
     figures = out_dir / "figures"
     plots.accuracy_figure(means, chance, arms, cfg.metric, figures / "accuracy")
     plots.paired_figure(comparisons, arms, cfg.reference_arm, 1.0 - cfg.ci, figures / "paired")
-    curves = _curves(models)
-    if curves is not None:
-        plots.curves_figure(curves, arms, figures / "curves")
+    training = _training_curves(models)
+    if training is not None:
+        plots.curves_figure(training, arms, figures / "curves")
 
 
 def tuning_sensitivity(tuning: Path, cfg: StatsConfig) -> pd.DataFrame | None:
@@ -154,13 +165,80 @@ def _sensitivity_sentence(table: pd.DataFrame, cfg: StatsConfig) -> str:
             f"excluded 0 {excluded}.")
 
 
-def budget_frame(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -> pd.DataFrame:
-    """Candidate minus reference at each budget (`stats.budget_differences`)."""
-    frames = {}
-    for budget, models in budgets.items():
+def flag_comparisons(comparisons: pd.DataFrame, regimes: pd.DataFrame | None) -> pd.DataFrame:
+    """`comparisons` with a "flag" column: `curves.flag` of each row's arm pair ("" where the seeds agree)."""
+    flags = {(a, r): curves.flag(regimes, a, r) for a, r in set(zip(comparisons["arm"], comparisons["reference"]))}
+    return comparisons.assign(flag=[flags[(a, r)] for a, r in zip(comparisons["arm"], comparisons["reference"])])
+
+
+def budget_items(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -> dict[int, pd.DataFrame]:
+    """The item scores of the budget curves' models, per budget."""
+    out = {}
+    for budget, models in sorted(budgets.items()):
         evals, tasks = load_evals(models)
-        frames[int(budget)] = item_frame(models, evals, tasks, cfg.metric)
-    return stats.budget_differences(frames, cfg)
+        out[int(budget)] = item_frame(models, evals, tasks, cfg.metric)
+    return out
+
+
+def budget_tables(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig,
+                  base: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per budget and arm: accuracy overall with CI, mean training FLOPs, seeds in the trained regime (with
+    `base`, `curves.anchors`); candidate - reference per budget, flagged where the pair's seeds click)."""
+    rows, diffs = [], []
+    for budget, items in budget_items(budgets, cfg).items():
+        arms = list(dict.fromkeys(m.arm for m in budgets[budget]))
+        means = stats.arm_means(items, arms, cfg)
+        regimes = curves.regimes(items, base=base) if base is not None else None
+        for arm in arms:
+            row = means[(means["arm"] == arm) & (means["task"] == OVERALL)].iloc[0]
+            flops = [read_json(m.train_path).get("flops", {}).get("total") for m in budgets[budget]
+                     if m.arm == arm and m.train_path is not None]
+            flops = [f for f in flops if f is not None]
+            trained = "" if regimes is None else \
+                f"{int(regimes.loc[regimes['arm'] == arm, 'reached'].sum())}/{int(row['n_seeds'])}"
+            rows.append([budget, arm, row["mean"], row["ci_lo"], row["ci_hi"],
+                         float(np.mean(flops)) if flops else np.nan, int(row["n_seeds"]), trained])
+        d = stats.budget_differences({budget: items}, cfg)
+        diffs.append(d.assign(flag=curves.flag(regimes, cfg.candidate_arm, cfg.reference_arm)))
+    table = pd.DataFrame(rows, columns=["budget", "arm", "mean", "ci_lo", "ci_hi", "flops", "n_seeds", "trained"])
+    return table, pd.concat(diffs, ignore_index=True)
+
+
+def budget_answer(budgets: Mapping[int, Sequence[ModelEval]], items: pd.DataFrame, cfg: StatsConfig, out_dir: Path,
+                  chance: float, tasks: Sequence[str] | None = None) -> str:
+    """Write efficiency.{csv,md,tex} and figures/learning.{png,pdf}; returns the budget-resolved answer.
+
+    `items`: the main run's item scores, whose `init` and `teacher` models anchor the targets; `tasks`: the
+    task families to average over (None: all).
+    """
+    base = curves.anchors(items, tasks)
+    if base is None:
+        raise KdbenchError("budget curves: the untrained floor (init) and the teacher must be evaluated")
+    by_budget = budget_items(budgets, cfg)
+    eff = curves.efficiency(curves.seed_curves(by_budget, tasks), base)
+    ref, cand = cfg.reference_arm, cfg.candidate_arm
+    ratios = {s: curves.token_ratio(eff, ref, cand, s, cfg.ci) for s in curves.TARGETS}
+    auc = curves.auc_items(by_budget)
+    arms = list(dict.fromkeys(eff["arm"]))
+    auc_means = stats.arm_means(auc, arms, cfg)
+    auc_diffs = stats.paired_comparisons(auc, arms, cfg) if ref in arms else pd.DataFrame(columns=["arm", "task"])
+    table, diffs = budget_tables(budgets, cfg, base)
+    summary = curves.summary_table(eff, auc_means, auc_diffs, ratios, ref, cfg.ci)
+    caption = (f"Sample efficiency ({cfg.metric}, overall): student tokens to 50% and 90% of the teacher's gain over "
+               f"the untrained floor (geometric mean over seeds, then each seed; >= censored at the largest budget, "
+               f"<= reached at the first), the area under the accuracy-vs-log-tokens curve (points, {cfg.ci:.0%} CI "
+               f"over seeds and items) and its difference from {ref}, and {ref}'s tokens over the candidate's "
+               f"({cfg.ci:.0%} t interval over paired seeds).")
+    _write_csv(out_dir / "efficiency.csv", eff)
+    _write_text(out_dir / "efficiency.md", f"{caption}\n\n{_markdown(summary)}")
+    _write_text(out_dir / "efficiency.tex", f"% {caption}\n{_latex(summary)}")
+    teacher = float(base["teacher"].iloc[0])
+    plots.budget_figure(table, arms, out_dir / "figures" / "learning",
+                        lines={"teacher": 100 * teacher, "chance": 100 * chance},
+                        title="Learning curves: accuracy against student tokens and training FLOPs")
+    last = diffs.iloc[-1] if len(diffs) else None
+    return curves.answer(eff, ratios[curves.TARGETS[-1]], last, ref, cand, cfg.ci,
+                         flag_last=last["flag"] if last is not None else "")
 
 
 def budget_models(results_dir: Path, budgets: Mapping[int, Sequence[str]]) -> dict[int, list[ModelEval]]:
@@ -249,16 +327,20 @@ def _chance_rows(chance: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame([{"arm": "chance", "task": t, "mean": 100 * c} for t, c in chance.items()])
 
 
-def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], tasks: list[str]) -> pd.DataFrame:
-    """Rows: arms then chance; columns: seeds, each task, overall; cells 'mean [lo, hi]'."""
+def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], tasks: list[str],
+                regimes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows: arms then chance; columns: seeds, seeds in the trained regime (`curves.REGIME`), each task,
+    overall; cells 'mean [lo, hi]'."""
     columns = tasks + [OVERALL]
     rows = []
     for arm in arms:
         cells = means[means["arm"] == arm].set_index("task")
-        rows.append([arm, str(int(cells["n_seeds"].iloc[0]))]
+        reached = None if regimes is None else regimes.loc[regimes["arm"] == arm, "reached"]
+        trained = "" if reached is None or reached.empty else f"{int(reached.sum())}/{len(reached)}"
+        rows.append([arm, str(int(cells["n_seeds"].iloc[0])), trained]
                     + [f"{cells.at[t, 'mean']:.1f} [{cells.at[t, 'ci_lo']:.1f}, {cells.at[t, 'ci_hi']:.1f}]" for t in columns])
-    rows.append(["chance", ""] + [f"{100 * chance[t]:.1f}" for t in columns])
-    return pd.DataFrame(rows, columns=["arm", "seeds"] + [task_label(t) for t in columns])
+    rows.append(["chance", "", ""] + [f"{100 * chance[t]:.1f}" for t in columns])
+    return pd.DataFrame(rows, columns=["arm", "seeds", "trained seeds"] + [task_label(t) for t in columns])
 
 
 def _training_conditions(models: Sequence[ModelEval], cfg: StatsConfig) -> dict[str, dict[str, float] | None]:
@@ -294,6 +376,7 @@ def _comparison_table(comparisons: pd.DataFrame, cfg: StatsConfig) -> pd.DataFra
         "p (primary: raw; secondary: Holm)": comparisons["p_shown"],
         "Cohen's h": comparisons["cohen_h"].map("{:+.2f}".format),
         "seeds": comparisons["n_seeds"].astype(str),
+        "flag": comparisons["flag"] if "flag" in comparisons else "",
     })
 
 
@@ -327,7 +410,7 @@ def _tex(value: object) -> str:
     return "".join(_TEX_ESCAPES.get(char, char) for char in str(value))
 
 
-def _curves(models: Sequence[ModelEval]) -> pd.DataFrame | None:
+def _training_curves(models: Sequence[ModelEval]) -> pd.DataFrame | None:
     frames = []
     for m in models:
         if m.curve_path is None:

@@ -224,18 +224,6 @@ def paired_comparisons(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfi
     return frame
 
 
-def headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None = None,
-             lr: Mapping[str, float] | None = None, budgets: pd.DataFrame | None = None) -> str:
-    """One paragraph answering: does Experiment 2 beat Experiment 1 on the unseen tasks?
-
-    `tokens` and `lr` (per arm, from the students' train.json) state the training conditions
-    the answer holds at; absent, they are left out. `budgets` (`budget_differences`) adds the
-    difference at every student token budget of the budget curves.
-    """
-    text = _headline(comparisons, cfg, tokens, lr)
-    return text if budgets is None or budgets.empty else f"{text} {budget_sentence(budgets, cfg)}"
-
-
 BUDGET_COLUMNS = ["budget", "diff", "ci_lo", "ci_hi", "p", "n_seeds", "n_items"]
 
 
@@ -253,17 +241,14 @@ def budget_differences(items_by_budget: Mapping[int, pd.DataFrame], cfg: StatsCo
     return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
 
 
-def budget_sentence(budgets: pd.DataFrame, cfg: StatsConfig) -> str:
-    """"At every student token budget ...": the candidate-reference difference at each budget, with its interval."""
-    alpha = 1.0 - cfg.ci
-    parts = [f"{int(r.budget):,} tokens {r.diff:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]"
-             + ("" if r.p < alpha else " (n.s.)") for r in budgets.itertuples()]
-    return (f"Across student token budgets ({cfg.ci:.0%} CI, points overall, unadjusted): "
-            f"{cfg.candidate_arm} - {cfg.reference_arm} = {'; '.join(parts)}.")
+def headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None = None,
+             lr: Mapping[str, float] | None = None) -> str:
+    """One paragraph answering: does Experiment 2 beat Experiment 1 on the unseen tasks?
 
-
-def _headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None,
-              lr: Mapping[str, float] | None) -> str:
+    `tokens` and `lr` (per arm, from the students' train.json) state the training conditions
+    the answer holds at; absent, they are left out. A "flag" column (`report.flag_comparisons`) on
+    the primary row is stated after the primary test.
+    """
     exp1, exp2 = f"Experiment 1 ({cfg.reference_arm})", f"Experiment 2 ({cfg.candidate_arm})"
     primary = comparisons[comparisons["role"] == PRIMARY]
     if primary.empty:
@@ -280,7 +265,8 @@ def _headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, 
         f"{exp2} {verdict} {exp1} on the unseen tasks: {top['diff']:+.1f} points of {cfg.metric} overall "
         f"({cfg.ci:.0%} CI [{top['ci_lo']:+.1f}, {top['ci_hi']:+.1f}], {format_p(top['p'])}, the declared primary "
         f"test, unadjusted; {int(top['n_seeds'])} paired seeds, {comparisons.loc[comparisons['task'] != OVERALL, 'task'].nunique()} task families, "
-        f"{int(top['n_items'])} items{'; ' + conditions if conditions else ''}). "
+        f"{int(top['n_items'])} items{'; ' + conditions if conditions else ''})"
+        f"{'. Flagged, ' + top['flag'] + ': the interval treats seed effects as normal and may not hold' if top.get('flag') else ''}. "
         f"This design detects an overall difference of {top['mde']:.1f} points with {cfg.power:.0%} power "
         f"(two-sided alpha {alpha:.2g}). Secondary tests, Holm-adjusted across all {len(secondary)} of them "
         f"(every arm per task family, the other arms overall): {cfg.candidate_arm} is significantly better on "

@@ -1,4 +1,4 @@
-"""The "why" paragraph: generated from the analysis tables, whichever way the numbers fall.
+"""The "why" sections: generated from the analysis tables, whichever way the numbers fall.
 
 Every clause states a number with its interval and reads it by a fixed rule (an interval that
 excludes 0 is a difference, one that includes it is not), so nothing in `why.md` is written by
@@ -14,27 +14,59 @@ import pandas as pd
 
 from kdbench.schema.config import StatsConfig
 from kdbench.analysis.fidelity import correlation
+from kdbench.analysis.report import _markdown
 from kdbench.analysis.stats import OVERALL, format_p
 
 
-def paragraph(parts: Mapping[str, pd.DataFrame], cfg: StatsConfig, controls: Mapping[str, str]) -> str:
+def sections(parts: Mapping[str, pd.DataFrame], cfg: StatsConfig, controls: Mapping[str, str]) -> str:
+    """why.md's body: one short section per analysis that ran (controls, fidelity and inherited errors,
+    representations, budget), each one or two generated sentences and a small table."""
     ref, cand = cfg.reference_arm, cfg.candidate_arm
     ci = f"{cfg.ci:.0%} CI"
-    sentences = []
+    out = []
     if "controls" in parts and not parts["controls"].empty:
-        sentences.append(_controls(parts["controls"], ci, 1 - cfg.ci))
+        t = parts["controls"][parts["controls"]["task"] == OVERALL]
+        out.append(("Controls", [_controls(parts["controls"], ci, 1 - cfg.ci)], pd.DataFrame({
+            "arm": t["arm"], "control": t["control"],
+            f"gain, points ({ci})": [_interval(r.gain, r.ci_lo, r.ci_hi, "{:.1f}", True) for r in t.itertuples()],
+            "p": t["p"].map(format_p)})))
     if "fidelity" in parts:
-        sentences += _fidelity(parts["fidelity"], ref, cand, ci)
+        f = parts["fidelity"]
+        text = _fidelity(f, ref, cand, ci)
         if "fidelity_points" in parts:
-            sentences.append(_tracks("top-1 agreement with the teacher", parts["fidelity_points"], "agreement", cfg))
+            text.append(_tracks("top-1 agreement with the teacher", parts["fidelity_points"], "agreement", cfg))
+        out.append(("Fidelity and inherited errors", text, _arm_table(f, ref, cand, {
+            "agreement": "agreement", "kept (teacher right)": "kept", "inherited (teacher wrong)": "inherited",
+            "KL nats/token": "kl"})))
     if "cka" in parts:
-        sentences.append(_cka(parts["cka"], ref, cand, ci))
-        sentences.append(_tracks("CKA at the mapped layers", parts["cka_points"], "cka", cfg))
-    if "budget_diffs" in parts:
-        sentences.append(_budgets(parts["budget_diffs"], cand, ref, ci, 1 - cfg.ci))
-    if not sentences:
-        return "No analysis was configured (analysis.fidelity, analysis.cka, controls and analysis.budgets are off)."
-    return " ".join(s for s in sentences if s)
+        out.append(("Representations", [_cka(parts["cka"], ref, cand, ci),
+                                        _tracks("CKA at the mapped layers", parts["cka_points"], "cka", cfg)],
+                    _arm_table(parts["cka"], ref, cand, {"CKA at the mapped pairs": "cka"}, "{:.3f}")))
+    if "budget_diffs" in parts and not parts["budget_diffs"].empty:
+        d = parts["budget_diffs"].sort_values("budget")
+        table = pd.DataFrame({"student tokens": d["budget"].map("{:,}".format),
+                              f"{cand} - {ref} ({ci})": [_interval(r.diff, r.ci_lo, r.ci_hi, "{:.1f}", True)
+                                                         for r in d.itertuples()],
+                              "p": d["p"].map(format_p)})
+        if "flag" in d:
+            table["flag"] = d["flag"].fillna("").to_numpy()
+        out.append(("Budget", [_budgets(d, cand, ref, ci, 1 - cfg.ci)], table))
+    if not out:
+        return "No analysis was configured (analysis.fidelity, analysis.cka, controls and analysis.budgets are off).\n"
+    return "\n".join(f"## {title}\n\n{' '.join(x for x in text if x)}\n\n{_markdown(table)}"
+                     for title, text, table in out)
+
+
+def _arm_table(t: pd.DataFrame, ref: str, cand: str, columns: Mapping[str, str], fmt: str = "{:.1f}") -> pd.DataFrame:
+    """Overall rows of the headline pair, ce, init and controls: each column as 'value [lo, hi]'."""
+    shown = [a for a in (cand, ref, "ce", "init") if _row(t, a) is not None]
+    shown += [a for a in dict.fromkeys(t["arm"]) if "@" in a and a not in shown]
+    rows = []
+    for arm in shown:
+        r = _row(t, arm)
+        rows.append({"arm": arm, **{name: _interval(r[col], r[f"{col}_lo"], r[f"{col}_hi"], fmt) if col in r else "-"
+                                    for name, col in columns.items()}})
+    return pd.DataFrame(rows)
 
 
 def _interval(mean: float, lo: float, hi: float, fmt: str, signed: bool = False) -> str:
@@ -64,28 +96,19 @@ def _row(t: pd.DataFrame, arm: str) -> pd.Series | None:
 
 
 def _fidelity(t: pd.DataFrame, ref: str, cand: str, ci: str) -> list[str]:
-    shown = [a for a in (cand, ref, "ce", "init") if _row(t, a) is not None]
-    first = _row(t, shown[0]) if shown else None
-    if first is None:
+    c, ce = _row(t, cand), _row(t, "ce")
+    if c is None:
         return []
-    agree = ", ".join(f"{a} {_interval(_row(t, a).agreement, _row(t, a).agreement_lo, _row(t, a).agreement_hi, '{:.1f}')}"
-                      for a in shown)
-    out = [f"Top-1 agreement with the teacher's choices on the suite ({ci}, points): {agree}."]
-    wrong = int(first.n_teacher_wrong)
-    if wrong:
-        inh = ", ".join(f"{a} {_interval(_row(t, a).inherited, _row(t, a).inherited_lo, _row(t, a).inherited_hi, '{:.1f}')}"
-                        for a in shown)
-        kept = ", ".join(f"{a} {_interval(_row(t, a).kept, _row(t, a).kept_lo, _row(t, a).kept_hi, '{:.1f}')}"
-                         for a in shown)
-        verdict = _compare(_row(t, cand), _row(t, "ce"), "inherited", cand, "ce") if "ce" in shown and cand in shown else ""
-        out.append(f"Of the {wrong} items the teacher got wrong, the share on which a student repeats the teacher's "
-                   f"wrong answer (inherited errors, negative transfer; ce never saw the teacher, so its share is the "
-                   f"rate without transfer) is {inh}{' (' + verdict + ')' if verdict else ''}; of the "
-                   f"{int(first.n_teacher_right)} it got right, the share a student keeps is {kept}.")
-    if "kl" in t and np.isfinite(first.get("kl", np.nan)):
-        kl = ", ".join(f"{a} {_interval(_row(t, a).kl, _row(t, a).kl_lo, _row(t, a).kl_hi, '{:.3f}')}" for a in shown)
-        out.append(f"KL(teacher || student) on held-out validation text, nats per token: {kl}.")
-    return out
+    wrong = int(c.n_teacher_wrong)
+    if not wrong:
+        return [f"The teacher answered every item right; {cand} agrees with its choices on "
+                f"{_interval(c.agreement, c.agreement_lo, c.agreement_hi, '{:.1f}')} points ({ci})."]
+    base = "" if ce is None else (f" against ce's {_interval(ce.inherited, ce.inherited_lo, ce.inherited_hi, '{:.1f}')}"
+                                  f", the rate without transfer ({_compare(c, ce, 'inherited', cand, 'ce')})")
+    return [f"Of the {wrong} items the teacher got wrong, {cand} repeats its wrong answer on "
+            f"{_interval(c.inherited, c.inherited_lo, c.inherited_hi, '{:.1f}')}%{base}; of the "
+            f"{int(c.n_teacher_right)} it got right, it keeps {_interval(c.kept, c.kept_lo, c.kept_hi, '{:.1f}')}% "
+            f"({ci})."]
 
 
 def _compare(a: pd.Series | None, b: pd.Series | None, col: str, name_a: str, name_b: str) -> str:
@@ -100,12 +123,12 @@ def _compare(a: pd.Series | None, b: pd.Series | None, col: str, name_a: str, na
 
 
 def _cka(t: pd.DataFrame, ref: str, cand: str, ci: str) -> str:
-    shown = [a for a in (cand, ref, "ce", "init") if _row(t, a) is not None]
-    shown += [a for a in t["arm"] if "@" in a and a not in shown]
-    values = ", ".join(f"{a} {_interval(_row(t, a).cka, _row(t, a).cka_lo, _row(t, a).cka_hi, '{:.3f}')}" for a in shown)
-    pairs = _row(t, cand)["pairs"] if _row(t, cand) is not None else ""
-    verdict = _compare(_row(t, cand), _row(t, ref), "cka", cand, ref)
-    return (f"Linear CKA with the teacher at the mapped layer pairs ({pairs}; {ci} over seeds): {values}"
+    c, r = _row(t, cand), _row(t, ref)
+    if c is None or r is None:
+        return ""
+    verdict = _compare(c, r, "cka", cand, ref)
+    return (f"Linear CKA with the teacher at the mapped layer pairs ({c['pairs']}; {ci} over seeds): {cand} "
+            f"{_interval(c.cka, c.cka_lo, c.cka_hi, '{:.3f}')}, {ref} {_interval(r.cka, r.cka_lo, r.cka_hi, '{:.3f}')}"
             f"{' (' + verdict + ')' if verdict else ''}.")
 
 

@@ -221,12 +221,22 @@ class AnalysisConfig:
     fidelity: bool = True
     # Linear CKA between every student layer and every teacher layer on validation sequences.
     cka: bool = True
-    # Student token budgets of the budget curves (reference, candidate and ce each trained once per budget
-    # and seed, a full run with its own schedule); empty: off. The cache then covers the largest budget.
+    # Student token budgets of the budget curves (reference, candidate, ce and `budget_arms`, per seed); empty:
+    # off. The cache then covers the largest budget. Log-spaced from a budget where no arm has learnt to one
+    # where the headline pair has plateaued, they give tokens-to-target and the area under the curve.
     budgets: tuple[int, ...] = ()
-    # Seeds of the budget curves: the first N of `seeds` (null: all); a curve at the main budget reads
-    # those seeds' main students. Fewer seeds keep the largest budgets affordable.
+    # Seeds of the budget curves: the first N of `seeds` (null: all). Fewer seeds keep the largest budgets affordable.
     budget_seeds: int | None = None
+    # How a curve's models are trained. "branch": one warmup-stable-decay run per arm and seed to the largest
+    # budget, a decay branched off at every budget (the cost of about one run, not one per budget; how branches
+    # compare with separate runs of their length: docs/benchmarks.md). "separate": a full cosine run per budget
+    # (the main budget reads the main students).
+    curves: Literal["branch", "separate"] = "branch"
+    # Share of a branch's steps spent decaying the learning rate (1 - sqrt, to lr x min_lr_ratio); the
+    # cooldown literature finds 10-20% matches a cosine run of the same length.
+    decay: float = 0.2
+    # Further arms on the budget curves, besides reference, candidate and ce (which are always on them).
+    budget_arms: tuple[str, ...] = ()
     # Validation sequences the KL and CKA probes read (x seq_len token positions; CKA's cost grows with them).
     val_seqs: int = 64
 
@@ -236,6 +246,7 @@ class AnalysisConfig:
         _check(self.budget_seeds is None or self.budget_seeds >= 2,
                f"analysis.budget_seeds: {self.budget_seeds} must be at least 2 (a seed-level interval needs two)")
         _check(self.val_seqs >= 2, f"analysis.val_seqs: {self.val_seqs} must be at least 2")
+        _check(0 < self.decay < 1, f"analysis.decay: {self.decay} must be a share of a branch's steps, in (0, 1)")
 
 
 def _check(ok: bool, message: str) -> None:

@@ -97,7 +97,7 @@ def load_experiment(config: Mapping[str, Any]) -> Experiment:
     if exp.controls.random_teacher and exp.controls.seed == exp.teacher.seed and exp.trains_teacher:
         raise KdbenchError(f"controls.seed: {exp.controls.seed} equals teacher.seed; the untrained teacher would "
                            "start where the real one did")
-    for arm in (exp.stats.reference_arm, exp.stats.candidate_arm, "ce") if exp.analysis.budgets else ():
+    for arm in budget_arms(exp):
         if arm not in exp.arms:
             raise KdbenchError(f"analysis.budgets: the budget curves train arm {arm!r}, which is not in arms")
     batch = exp.student.train.batch_size * exp.data.seq_len
@@ -119,8 +119,10 @@ def control_arms(exp: Experiment) -> dict[str, str]:
 
 
 def budget_arms(exp: Experiment) -> list[str]:
-    """The arms of the budget curves: reference, candidate and ce (once each)."""
-    return list(dict.fromkeys((exp.stats.reference_arm, exp.stats.candidate_arm, "ce"))) if exp.analysis.budgets else []
+    """The arms of the budget curves: reference, candidate, ce and `analysis.budget_arms` (once each)."""
+    if not exp.analysis.budgets:
+        return []
+    return list(dict.fromkeys((exp.stats.reference_arm, exp.stats.candidate_arm, "ce", *exp.analysis.budget_arms)))
 
 
 def cached_tokens(exp: Experiment) -> int:

@@ -110,14 +110,18 @@ def config_reference() -> str:
 
 
 def _answer(results_dir: Path, link: str) -> list[str]:
-    """The answer as the run wrote it: headline, main table and forest plot (`link`: the folder as the page sees it)."""
+    """The answer as the run wrote it: headline, learning curves and sample efficiency (with budget curves), main
+    table and forest plot (`link`: the folder as the page sees it)."""
     files = [results_dir / name for name in ("headline.txt", "table.md")]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise KdbenchError(f"results section: missing {', '.join(missing)}")
     headline, table = (f.read_text().strip() for f in files)
     table = table.removeprefix(headline).strip()  # older tables open with the headline
-    return [f"> {headline}", table, f"![Paired differences]({link}figures/paired.png)"]
+    curves = []
+    if (results_dir / "efficiency.md").is_file():  # budget curves: the learning curves and sample efficiency first
+        curves = [f"![Learning curves]({link}figures/learning.png)", (results_dir / "efficiency.md").read_text().strip()]
+    return [f"> {headline}", *curves, table, f"![Paired differences]({link}figures/paired.png)"]
 
 
 def results_section(root: Path, results: str) -> str:

@@ -8,12 +8,13 @@ interrupted job resumes at its last checkpoint and reaches the same weights.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +32,6 @@ from kdbench.models.causal_lm import forward_taps, width
 
 
 CHECKPOINT_FORMAT = 2  # 2: the hidden projector as one (L, D_t, D_s) weight and one (L, D_t) bias
-
 
 
 class BatchSource(Protocol):
@@ -113,10 +113,24 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def wsd_lr(step: int, decay_start: int, end: int, cfg: TrainConfig) -> float:
+    """Warmup-stable-decay: the warm-up, the peak rate, then from `decay_start` to `end` a 1 - sqrt decay to
+    lr x min_lr_ratio at the last step (the cooldown of Hägele et al. 2024, arXiv 2405.18392)."""
+    rate = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    if step < decay_start:
+        return rate
+    progress = (step + 1 - decay_start) / max(1, end - decay_start)
+    return rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * (1 - math.sqrt(progress)))
 
 
-
-
+def branch_plan(budgets: Sequence[int], cfg: TrainConfig, seq_len: int, decay: float) -> list[tuple[int, int, int]]:
+    """(budget, first decay step, last step + 1) per budget, smallest first: a branch of b tokens ends at the step
+    a separate run of b tokens ends at and decays over the last `decay` share of those steps (at least one)."""
+    plan = []
+    for budget in sorted(budgets):
+        end = replace(cfg, tokens=budget).steps(seq_len)
+        plan.append((budget, end - max(1, round(decay * end)), end))
+    return plan
 
 
 class _Net(nn.Module):
@@ -189,55 +203,123 @@ def validation_loss(model: nn.Module, val: TokenSource, n: int, batch_size: int,
 def train(model: nn.Module, objective: Objective, source: BatchSource, cfg: TrainConfig, seed: int,
           ckpt_path: Path, fingerprint: str, val: TokenSource | None = None, device: str = "cpu",
           label: str = "train") -> tuple[list[dict], dict]:
-    """Train `model` in place; returns the curve rows and a summary.
+    """Train `model` in place on a cosine schedule; returns the curve rows and a summary.
 
     `fingerprint` identifies the job (config, data, init): a checkpoint with another
     fingerprint, or written in another `CHECKPOINT_FORMAT`, is ignored rather than resumed.
     """
-    rank, size = world()
-    if cfg.batch_size % size:
-        raise KdbenchError(f"batch_size {cfg.batch_size} is not divisible by the {size} processes")
-    stepper = Stepper(model, objective, cfg, device, size, label)
-    opt = stepper.opt
-    total_steps = cfg.steps(source.seq_len)
-    step, curve, elapsed = 0, [], 0.0
-    state = _read_checkpoint(ckpt_path, device, label)
-    if state is not None:
-        if (state.get("format"), state.get("fingerprint")) == (CHECKPOINT_FORMAT, fingerprint):
-            model.load_state_dict(state["model"])
-            objective.load_state_dict(state["objective"])
-            opt.load_state_dict(state["optimizer"])
-            step, curve, elapsed = state["step"], state["curve"], state["elapsed"]
-            print(f"{label}: resumed from checkpoint at step {step}", flush=True)
-        else:
-            print(f"{label}: ignoring {ckpt_path.name}, written for another job or format; starting at step 0", flush=True)
-    tokens_per_step = cfg.batch_size * source.seq_len
-    t0, last_log = time.perf_counter() - elapsed, time.perf_counter()
-    run_start, run_step = time.perf_counter(), step
-    for targets in batches(source, cfg.batch_size, seed, step, total_steps, rank, size, device):
-        total, terms = stepper(targets, step, lr_at(step, total_steps, cfg))
-        step += 1
-        now = time.perf_counter()
-        rate = (step - run_step) * tokens_per_step / max(now - run_start, 1e-9)
-        if step % cfg.curve_every == 0 or step == total_steps:
-            curve.append({"step": step, "tokens": step * tokens_per_step, "lr": opt.param_groups[0]["lr"],
-                          "loss": float(total), "tokens_per_s": rate,
-                          **{f"loss_{n}": float(v) for n, v in terms.items()}})
-        if now - last_log >= cfg.log_every_s or step == total_steps:
-            last_log = now
-            parts = " ".join(f"{n} {float(v):.4f}" for n, v in terms.items())
-            print(f"{label}: step {step}/{total_steps} tok/s {rate:,.0f} loss {float(total):.4f} ({parts})", flush=True)
-        if step % cfg.checkpoint_every == 0 and step < total_steps and rank == 0:
-            _checkpoint(ckpt_path, model, objective, opt, step, curve, now - t0, fingerprint)
-    if size > 1:
-        dist.barrier()
-    summary = {"steps": total_steps, "processes": size, "tokens": total_steps * tokens_per_step, "seconds": time.perf_counter() - t0,
-               "final_loss": curve[-1]["loss"] if curve else None}
-    if val is not None and rank == 0:
-        model.eval()
-        summary["val_loss"] = validation_loss(model, val, cfg.val_seqs, cfg.batch_size, device, objective.vocab)
-        print(f"{label}: validation loss {summary['val_loss']:.4f}", flush=True)
-    return curve, summary
+    run = _Run(model, objective, source, cfg, seed, ckpt_path, fingerprint, device, label)
+    total = cfg.steps(source.seq_len)
+    run.advance(total, lambda s: lr_at(s, total, cfg))
+    return run.curve, run.finish(total, val)
+
+
+def train_curve(model: nn.Module, objective: Objective, source: BatchSource, cfg: TrainConfig, seed: int,
+                budgets: Sequence[int], decay: float, save: Callable[[int, list[dict], dict], None],
+                ckpt_path: Path, fingerprint: str, val: TokenSource | None = None, device: str = "cpu",
+                label: str = "train") -> None:
+    """One warmup-stable-decay run to the largest budget that branches a decay at every budget (`branch_plan`).
+
+    The trunk trains at the peak rate. At each budget's first decay step, a copy of model, projector and
+    optimizer decays over the batches a separate run of that budget ends on, and `save(budget, curve, summary)`
+    keeps it (the model is the branch's end while `save` runs); the trunk then goes on from where the branch
+    left it. The largest budget's branch is the trunk's own end. A checkpoint at every branch point and every
+    `checkpoint_every` trunk steps records the branches already saved, so a resumed job redoes none of them.
+    """
+    run = _Run(model, objective, source, cfg, seed, ckpt_path, fingerprint, device, label)
+    plan = branch_plan(budgets, cfg, source.seq_len, decay)
+    for budget, start, end in plan:
+        if budget in run.done:
+            continue
+        run.advance(start, lambda s: wsd_lr(s, plan[-1][2], plan[-1][2], cfg))
+        run.checkpoint(start)
+        trunk = None if budget == plan[-1][0] else copy.deepcopy(run.state())
+        run.advance(end, lambda s: wsd_lr(s, start, end, cfg), keep=False)
+        summary = run.finish(end, val)
+        save(budget, run.curve, {**summary, "branch": {"decay_start": start, "decay_steps": end - start}})
+        if trunk is not None:
+            run.restore(trunk, start)
+        run.done.append(budget)
+        run.checkpoint(start)
+
+
+class _Run:
+    """A training run's state across steps, checkpoints and branches; resumes from `ckpt_path` when it matches."""
+
+    def __init__(self, model: nn.Module, objective: Objective, source: BatchSource, cfg: TrainConfig, seed: int,
+                 ckpt_path: Path, fingerprint: str, device: str, label: str):
+        self.rank, self.size = world()
+        if cfg.batch_size % self.size:
+            raise KdbenchError(f"batch_size {cfg.batch_size} is not divisible by the {self.size} processes")
+        self.model, self.objective, self.source, self.cfg, self.seed = model, objective, source, cfg, seed
+        self.ckpt_path, self.fingerprint, self.device, self.label = ckpt_path, fingerprint, device, label
+        self.stepper = Stepper(model, objective, cfg, device, self.size, label)
+        self.step, self.curve, self.done, elapsed = 0, [], [], 0.0
+        state = _read_checkpoint(ckpt_path, device, label)
+        if state is not None:
+            if (state.get("format"), state.get("fingerprint")) == (CHECKPOINT_FORMAT, fingerprint):
+                self.restore(state, state["step"])
+                self.done, elapsed = state.get("done", []), state["elapsed"]
+                print(f"{label}: resumed from checkpoint at step {self.step}", flush=True)
+            else:
+                print(f"{label}: ignoring {ckpt_path.name}, written for another job or format; starting at step 0",
+                      flush=True)
+        self.t0 = time.perf_counter() - elapsed
+
+    def advance(self, stop: int, lr: Callable[[int], float], keep: bool = True) -> None:
+        """Train from the current step up to `stop` at learning rate `lr(step)`; `keep`: checkpoint on the way."""
+        cfg, tokens_per_step = self.cfg, self.cfg.batch_size * self.source.seq_len
+        run_start = last_log = time.perf_counter()
+        run_step = self.step
+        for targets in batches(self.source, cfg.batch_size, self.seed, self.step, stop, self.rank, self.size,
+                               self.device):
+            total, terms = self.stepper(targets, self.step, lr(self.step))
+            self.step += 1
+            now = time.perf_counter()
+            rate = (self.step - run_step) * tokens_per_step / max(now - run_start, 1e-9)
+            if self.step % cfg.curve_every == 0 or self.step == stop:
+                self.curve.append({"step": self.step, "tokens": self.step * tokens_per_step,
+                                   "lr": self.stepper.opt.param_groups[0]["lr"], "loss": float(total),
+                                   "tokens_per_s": rate, **{f"loss_{n}": float(v) for n, v in terms.items()}})
+            if now - last_log >= cfg.log_every_s or self.step == stop:
+                last_log = now
+                parts = " ".join(f"{n} {float(v):.4f}" for n, v in terms.items())
+                print(f"{self.label}: step {self.step}/{stop} tok/s {rate:,.0f} loss {float(total):.4f} ({parts})",
+                      flush=True)
+            if keep and self.step % cfg.checkpoint_every == 0 and self.step < stop:
+                self.checkpoint(self.step)
+
+    def finish(self, steps: int, val: TokenSource | None) -> dict:
+        """The summary of the model as it stands after `steps` steps (with its validation loss on rank 0)."""
+        if self.size > 1:
+            dist.barrier()
+        summary = {"steps": steps, "processes": self.size, "tokens": steps * self.cfg.batch_size * self.source.seq_len,
+                   "seconds": time.perf_counter() - self.t0, "final_loss": self.curve[-1]["loss"] if self.curve else None}
+        if val is not None and self.rank == 0:
+            self.model.eval()
+            summary["val_loss"] = validation_loss(self.model, val, self.cfg.val_seqs, self.cfg.batch_size, self.device,
+                                                  self.objective.vocab)
+            self.model.train()
+            print(f"{self.label}: validation loss {summary['val_loss']:.4f}", flush=True)
+        return summary
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "objective": self.objective.state_dict(),
+                "optimizer": self.stepper.opt.state_dict(), "step": self.step, "curve": list(self.curve)}
+
+    def restore(self, state: dict, step: int) -> None:
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.stepper.opt.load_state_dict(state["optimizer"])
+        self.step, self.curve = step, [r for r in state["curve"] if r["step"] <= step]
+
+    def checkpoint(self, step: int) -> None:
+        if self.rank != 0 or step != self.step:
+            return
+        state = {**self.state(), "done": list(self.done), "elapsed": time.perf_counter() - self.t0,
+                 "fingerprint": self.fingerprint, "format": CHECKPOINT_FORMAT}
+        with atomic_path(self.ckpt_path) as tmp:
+            torch.save(state, tmp)
 
 
 def batches(source: BatchSource, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, size: int = 1,
@@ -278,13 +360,6 @@ def _read_checkpoint(path: Path, device: str, label: str) -> dict | None:
     print(f"{label}: checkpoint {path} is unreadable ({why}); set aside as {aside.name}, starting at step 0",
           flush=True)
     return None
-
-
-def _checkpoint(path: Path, model, objective, opt, step, curve, elapsed, fingerprint) -> None:
-    state = {"model": model.state_dict(), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
-             "step": step, "curve": curve, "elapsed": elapsed, "fingerprint": fingerprint, "format": CHECKPOINT_FORMAT}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def write_curve(rows: list[dict], path: Path) -> None:

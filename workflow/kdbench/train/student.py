@@ -1,4 +1,5 @@
-"""Students: one saved initialisation per seed, then one training run per (arm, seed) from the cache.
+"""Students: one saved initialisation per seed, then one training run per (arm, seed) from the cache
+(or, for the budget curves, one run per (arm, seed) that branches a student at every budget).
 
 Every arm of a seed loads the same saved initial weights and draws the same batches, so the
 arms differ only in their loss.
@@ -6,9 +7,12 @@ arms differ only in their loss.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -29,7 +33,7 @@ from kdbench.models.causal_lm import (blocks, build_model, check_attention_formu
                             load_model, load_tokenizer, save_model, vocabulary_sha256, width)
 from kdbench.provenance import fingerprint
 from kdbench.schema.registry import specs
-from kdbench.train.loop import Objective, TokenSource, train, write_curve
+from kdbench.train.loop import Objective, TokenSource, train, train_curve, write_curve
 
 
 
@@ -112,29 +116,78 @@ def teacher_source(teacher: Path, arm: ArmConfig, init_dir: Path, model, data_di
     return source, manifest
 
 
+class _Fit:
+    """What training one arm for one seed needs: the initial model, the teacher's targets, the objective."""
+
+    def __init__(self, arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, teacher: Path,
+                 data_dir: Path, online: Online | None, teacher_sha256: str | None, *job: object):
+        self.arm_name, self.arm, self.cfg, self.seed, self.online = arm_name, arm, cfg, seed, online
+        self.model = load_model(init_dir)
+        self.source, self.manifest = teacher_source(teacher, arm, init_dir, self.model, data_dir, online, teacher_sha256)
+        m = self.manifest
+        self.pairs = arm.pairs(len(blocks(self.model)), m["teacher_layers"])
+        self.objective = Objective(arm, self.pairs, Capture.from_settings(m["settings"]), self.model, m["teacher_width"],
+                                   seed, vocab=m["vocab_size"])
+        self.key = fingerprint(arm_name, as_dict(arm), as_dict(cfg), seed, m["tokens_sha256"], m["teacher_sha256"],
+                               read_json(init_dir / "config.json"), *job)
+        self.val = TokenSource(load_tokens(data_dir / "val.npy"))
+        if "attentions" in self.objective.want:  # its maps are derived from q/k as the teacher's are: the formula must hold
+            ids, layers = self.val.batch(np.arange(1)).input_ids, self.objective.want["attentions"]
+            with torch.no_grad():
+                check_attention_formula(self.model, ids, layers,
+                                        forward_taps(self.model, ids, attentions=layers).maps(),
+                                        f"student of arm {arm_name}")
+        self.label = f"{arm_name}/seed{seed}"
+
+    def summary(self, summary: dict) -> dict:
+        flops = _flops(self.arm, self.pairs, self.objective, self.model, self.source, self.manifest, summary,
+                       self.online is not None)
+        return {**summary, "layer_pairs": self.pairs, "flops": flops}
+
+
 def fit_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, teacher: Path,
                 data_dir: Path, work_dir: Path, online: Online | None = None,
                 teacher_sha256: str | None = None) -> tuple[torch.nn.Module, list[dict], dict]:
     """Train one arm for one seed from the teacher cache at `teacher` (or, with `online`, the teacher model there);
     returns (model, curve, summary). `teacher_sha256`: see `teacher_source`."""
-    model = load_model(init_dir)
-    source, manifest = teacher_source(teacher, arm, init_dir, model, data_dir, online, teacher_sha256)
-    pairs = arm.pairs(len(blocks(model)), manifest["teacher_layers"])
-    objective = Objective(arm, pairs, Capture.from_settings(manifest["settings"]), model, manifest["teacher_width"],
-                          seed, vocab=manifest["vocab_size"])
-    key = fingerprint(arm_name, as_dict(arm), as_dict(cfg), seed, manifest["tokens_sha256"],
-                      manifest["teacher_sha256"], read_json(init_dir / "config.json"))
-    val = TokenSource(load_tokens(data_dir / "val.npy"))
-    if "attentions" in objective.want:  # its maps are derived from q/k as the teacher's are: the formula must hold
-        ids, layers = val.batch(np.arange(1)).input_ids, objective.want["attentions"]
-        with torch.no_grad():
-            check_attention_formula(model, ids, layers, forward_taps(model, ids, attentions=layers).maps(),
-                                    f"student of arm {arm_name}")
-    curve, summary = train(model, objective, source, cfg, seed, work_dir / "checkpoint.pt", key, val=val,
-                           device=device_for_rank(), label=f"{arm_name}/seed{seed}")
+    fit = _Fit(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, online, teacher_sha256)
+    curve, summary = train(fit.model, fit.objective, fit.source, cfg, seed, work_dir / "checkpoint.pt", fit.key,
+                           val=fit.val, device=device_for_rank(), label=fit.label)
     (work_dir / "checkpoint.pt").unlink(missing_ok=True)
-    flops = _flops(arm, pairs, objective, model, source, manifest, summary, online is not None)
-    return model, curve, {**summary, "layer_pairs": pairs, "flops": flops}
+    return fit.model, curve, fit.summary(summary)
+
+
+def fit_curve(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, init_dir: Path, teacher: Path,
+              data_dir: Path, outs: Mapping[int, Path], decay: float, work_dir: Path, online: Online | None = None,
+              teacher_sha256: str | None = None) -> None:
+    """Train one arm for one seed once, to the largest budget of `outs`, branching a decay at every budget
+    (`loop.train_curve`); each branch end is saved as a student into `outs[budget]`, with the train.json a
+    separate run of that budget would have (its `config.tokens` is the budget) plus the branch's steps."""
+    fit = _Fit(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, online, teacher_sha256, sorted(outs), decay)
+    keep = work_dir / "branches"  # finished branches, kept across a resume (Snakemake removes a failed job's outputs)
+
+    def save(budget: int, curve: list[dict], summary: dict) -> None:
+        if world()[0] == 0:
+            _save_student(fit.model, init_dir, keep / f"b{budget}", curve, {
+                **fit.summary(summary), "arm": arm_name, "seed": seed,
+                "config": as_dict(replace(cfg, tokens=budget)), "arm_config": as_dict(arm), "decay": decay})
+
+    train_curve(fit.model, fit.objective, fit.source, cfg, seed, list(outs), decay, save, work_dir / "checkpoint.pt",
+                fit.key, val=fit.val, device=device_for_rank(), label=fit.label)
+    if world()[0] == 0:
+        for budget, out in outs.items():
+            with atomic_dir(Path(out)) as tmp:
+                shutil.copytree(keep / f"b{budget}", tmp, dirs_exist_ok=True)
+        shutil.rmtree(keep)
+    (work_dir / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def _save_student(model: torch.nn.Module, init_dir: Path, out_dir: Path, curve: list[dict], record: dict) -> None:
+    with atomic_dir(out_dir) as tmp:
+        save_model(model.cpu(), init_dir, tmp)
+        write_curve(curve, tmp / "curve.csv")
+        write_json(tmp / "train.json", record)
+    model.to(device_for_rank())
 
 
 def _flops(arm: ArmConfig, pairs, objective: Objective, model, source, m: dict, summary: dict, online: bool) -> dict:
@@ -159,26 +212,28 @@ def train_student(arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int, in
     """Train one arm for one seed from the teacher cache (or online) and save the student."""
     model, curve, summary = fit_student(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, work_dir, online,
                                         teacher_sha256)
-    if world()[0] != 0:
-        return
-    with atomic_dir(out_dir) as tmp:
-        save_model(model.cpu(), init_dir, tmp)
-        write_curve(curve, tmp / "curve.csv")
-        write_json(tmp / "train.json", {**summary, "arm": arm_name, "seed": seed, "config": as_dict(cfg),
-                                        "arm_config": as_dict(arm)})
+    if world()[0] == 0:
+        _save_student(model, init_dir, out_dir, curve, {**summary, "arm": arm_name, "seed": seed,
+                                                        "config": as_dict(cfg), "arm_config": as_dict(arm)})
 
 
 def train_student_distributed(processes: int, arm_name: str, arm: ArmConfig, cfg: TrainConfig, seed: int,
                               init_dir: Path, teacher: Path, data_dir: Path, out_dir: Path, work_dir: Path,
-                              online: Online | None = None, teacher_sha256: str | None = None) -> None:
-    """Run `train_student` under torchrun with `processes` processes (DDP; nccl on GPUs, gloo on CPU)."""
+                              online: Online | None = None, teacher_sha256: str | None = None,
+                              branches: Mapping[int, Path] | None = None, decay: float = 0.0) -> None:
+    """Run `train_student` (with `branches`, budget -> output folder: `fit_curve`) under torchrun with `processes`
+    processes (DDP; nccl on GPUs, gloo on CPU)."""
     if processes <= 1:
+        if branches:
+            return fit_curve(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, branches, decay, work_dir, online,
+                             teacher_sha256)
         return train_student(arm_name, arm, cfg, seed, init_dir, teacher, data_dir, out_dir, work_dir, online,
                              teacher_sha256)
     job = Path(work_dir) / "job.json"
     write_json(job, {"arm_name": arm_name, "arm": as_dict(arm), "train": as_dict(cfg), "seed": seed,
                      "online": as_dict(online) if online else None, "teacher_sha256": teacher_sha256,
-                     "paths": [str(p) for p in (init_dir, teacher, data_dir, out_dir, work_dir)]})
+                     "paths": [str(p) for p in (init_dir, teacher, data_dir, out_dir, work_dir)],
+                     "branches": {str(b): str(p) for b, p in (branches or {}).items()}, "decay": decay})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "kdbench.train.student", str(job)]
     done = subprocess.run(cmd, stdout=sys.stdout, stderr=sys.stderr)
@@ -192,8 +247,10 @@ def main(argv: list[str] | None = None) -> None:
     job = read_json(Path((argv or sys.argv[1:])[0]))
     arm = build(ArmConfig, job["arm"], f"arms.{job['arm_name']}")
     online = build(Online, job["online"], "online") if job["online"] else None
-    train_student(job["arm_name"], arm, build(TrainConfig, job["train"], "student.train"), job["seed"],
-                  *map(Path, job["paths"]), online=online, teacher_sha256=job.get("teacher_sha256"))
+    train_student_distributed(1, job["arm_name"], arm, build(TrainConfig, job["train"], "student.train"), job["seed"],
+                              *map(Path, job["paths"]), online=online, teacher_sha256=job.get("teacher_sha256"),
+                              branches={int(b): Path(p) for b, p in job.get("branches", {}).items()},
+                              decay=job.get("decay", 0.0))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from kdbench.schema.arms import ArmConfig
 from kdbench.cache.capture import Online
-from kdbench.schema.config import EvalConfig, TrainConfig, TuningConfig, as_dict
+from kdbench.schema.config import EvalConfig, TrainConfig, TuningConfig, as_dict, build
 from kdbench.evaluate import evaluate_model
-from kdbench.io import atomic_dir, write_json
+from kdbench.io import atomic_dir, read_json, write_json
 from kdbench.models.causal_lm import save_model
 from kdbench.schema.registry import spec
 from kdbench.train.student import fit_student
@@ -66,3 +66,9 @@ def tune_arm(arm_name: str, arm: ArmConfig, train: TrainConfig, cfg: TuningConfi
         write_json(out / "tuning.json", {"arm": arm_name, "chosen": trials[best]["arm"], "lr": trials[best]["lr"],
                                          "best": best, "trials": trials, "tuning": as_dict(cfg)})
     return candidates(arm, train, cfg)[best]
+
+
+def tuned(tuning_dir: Path, arm_name: str, train: TrainConfig) -> tuple[ArmConfig, TrainConfig]:
+    """The arm settings and training config of the trial that won an arm's tuning (its `tuning.json`)."""
+    record = read_json(Path(tuning_dir) / "tuning.json")
+    return build(ArmConfig, record["chosen"], f"arms.{arm_name}"), replace(train, lr=record["lr"])
