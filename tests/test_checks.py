@@ -95,7 +95,7 @@ def test_models_are_checked_from_their_configs(tmp_path, monkeypatch):
     llama = save_config(tmp_path / "llama", "llama", hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
                         num_key_value_heads=2, vocab_size=96)
     arms = {"ce": {}, "relation": {"terms": {"relation": 1.0}, "layer_map": [[6, 4]]}}
-    pretrained = dict(student={"init": llama, "arch": {"n_layer": 2}}, arms=arms,
+    pretrained = dict(student={"init": llama, "arch": {"n_layer": 2}}, arms=arms, controls={"random_teacher": []},
                       stats={"reference_arm": "ce", "candidate_arm": "relation"})
     found = check_models(experiment(teacher={"source": llama}, **pretrained), cache)  # student 6 deep, as loaded
     assert (found["student"]["n_layer"], found["student"]["heads"], found["teacher"]["n_layer"]) == (6, 4, 6)
@@ -115,7 +115,7 @@ def test_pretrained_student_with_another_tokenizer_is_refused_at_parse_time(tmp_
     kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=320)
     teacher, student = (save_config(tmp_path / side, "llama", **kw) for side in ("teacher", "student"))
     arms = {"ce": {}, "logit": {"terms": {"fkl": 1.0}}}
-    exp = experiment(teacher={"source": teacher}, student={"init": student}, arms=arms,
+    exp = experiment(teacher={"source": teacher}, student={"init": student}, arms=arms, controls={"random_teacher": []},
                      stats={"reference_arm": "ce", "candidate_arm": "logit"})
     check_models(exp, tmp_path / "kept")  # the student has no tokenizer.json: compared by init_student
     train_tokenizer([f"zz{i} qq{i} ww" for i in range(100)], TokenizerConfig(vocab_size=300, min_frequency=1),

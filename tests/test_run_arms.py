@@ -26,8 +26,7 @@ def experiment(tmp_path, override: dict):
 def test_a_preset_drops_an_arm_or_names_the_arms_to_run(tmp_path):
     assert list(experiment(tmp_path, {"arms": {"logit_relation": None}}).arms) == [
         "ce", "logit", "logit_hidden", "logit_hidden_attn", "hidden"]
-    exp = experiment(tmp_path, {"run_arms": ["logit_hidden", "logit"], "arms": {"logit_hidden": {"temperature": 4.0}},
-                                "analysis": {"budgets": []}})  # the curves always train ce
+    exp = experiment(tmp_path, {"run_arms": ["logit_hidden", "logit"], "arms": {"logit_hidden": {"temperature": 4.0}}})
     assert list(exp.arms) == ["logit", "logit_hidden"]  # in the order of `arms`, merged key by key
     assert exp.arms["logit_hidden"].temperature == 4.0 and "hidden_mse" in exp.arms["logit_hidden"].terms
     # Snakemake's --config reads nested values as strings: "null" drops too
@@ -45,8 +44,8 @@ def test_a_preset_drops_an_arm_or_names_the_arms_to_run(tmp_path):
                                        r"logit_hidden_attn, logit_relation, hidden \("),
     ({"arms": {"hidden": None}, "controls": {"random_teacher": ["hidden"]}},
      r"controls.random_teacher: 'hidden' is not an arm that reads the teacher"),
-    ({"run_arms": ["logit", "logit_hidden"], "analysis": {"budgets": [1000]}},
-     r"analysis.budgets: the budget curves train arm 'ce', which is not in arms"),
+    ({"run_arms": ["logit", "logit_hidden"], "analysis": {"budget_arms": ["hidden"]}},
+     r"analysis.budgets: the budget curves train arm 'hidden', which is not in arms"),
 ])
 def test_what_remains_is_checked_in_one_line(tmp_path, override, error):
     with pytest.raises(KdbenchError, match=error):
@@ -70,4 +69,4 @@ def test_the_dag_runs_only_the_chosen_arms(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     trained = {line.split("students/")[1].split("/")[0] for line in out.stdout.splitlines()
                if "output:" in line and "/students/" in line and "/init/" not in line}
-    assert trained == {"logit", "logit_hidden"}
+    assert trained == {"logit", "logit_hidden", "logit@random", "logit_hidden@random"}  # and the default's controls

@@ -235,7 +235,7 @@ class AnalysisConfig:
     # Share of a branch's steps spent decaying the learning rate (1 - sqrt, to lr x min_lr_ratio); the
     # cooldown literature finds 10-20% matches a cosine run of the same length.
     decay: float = 0.2
-    # Further arms on the budget curves, besides reference, candidate and ce (which are always on them).
+    # Further arms on the budget curves, besides reference, candidate and ce (always on them where ce is an arm).
     budget_arms: tuple[str, ...] = ()
     # Validation sequences the KL and CKA probes read (x seq_len token positions; CKA's cost grows with them).
     val_seqs: int = 64

@@ -119,10 +119,12 @@ def control_arms(exp: Experiment) -> dict[str, str]:
 
 
 def budget_arms(exp: Experiment) -> list[str]:
-    """The arms of the budget curves: reference, candidate, ce and `analysis.budget_arms` (once each)."""
+    """The arms of the budget curves: reference, candidate, ce (where it is an arm: the no-teacher floor) and
+    `analysis.budget_arms` (once each)."""
     if not exp.analysis.budgets:
         return []
-    return list(dict.fromkeys((exp.stats.reference_arm, exp.stats.candidate_arm, "ce", *exp.analysis.budget_arms)))
+    floor = ["ce"] if "ce" in exp.arms else []
+    return list(dict.fromkeys((exp.stats.reference_arm, exp.stats.candidate_arm, *floor, *exp.analysis.budget_arms)))
 
 
 def cached_tokens(exp: Experiment) -> int:
