@@ -29,9 +29,10 @@ from kdbench.schema.config import AnalysisConfig, StatsConfig
 from kdbench.evaluate import task_label
 from kdbench.io import atomic_path, read_json
 from kdbench.schema.layermap import layer_map
-from kdbench.analysis.report import (ModelEval, _latex, _markdown, _write_csv, aggregate, budget_models, item_frame,
+from kdbench.analysis.report import (ModelEval, _latex, _markdown, _write_csv, aggregate, budget_models, item_frame, task_chance,
                             load_evals, model_evals)
 from kdbench.analysis.stats import OVERALL
+from kdbench.analysis.suite import Suite
 
 
 def analyze(results_dir: Path, cfg: StatsConfig, analysis: AnalysisConfig, arms: Mapping[str, ArmConfig],
@@ -45,7 +46,8 @@ def analyze(results_dir: Path, cfg: StatsConfig, analysis: AnalysisConfig, arms:
     evals, tasks = load_evals(evaluated)
     order = list(dict.fromkeys(m.arm for m in evaluated))
     items = item_frame(evaluated, evals, tasks, cfg.metric)
-    parts: dict[str, pd.DataFrame] = {"accuracy": stats.arm_means(items, order, cfg)}
+    suite = stats.task_suite(items, task_chance(evals, tasks), cfg)
+    parts: dict[str, pd.DataFrame] = {"accuracy": stats.arm_means(items, order, cfg, suite)}
     students = [m.arm for m in evaluated if m.arm != "teacher"]
     students = list(dict.fromkeys(students))
 
@@ -85,7 +87,7 @@ def analyze(results_dir: Path, cfg: StatsConfig, analysis: AnalysisConfig, arms:
 
     if budgets:
         per_budget = budget_models(results_dir, budgets)
-        table, diffs = budget_tables(per_budget, cfg)
+        table, diffs = budget_tables(per_budget, cfg, suite)
         parts["budgets"], parts["budget_diffs"] = table, diffs
         _tables(out_dir / "budgets", table, _budget_view(table, diffs), _budget_caption(cfg))
         plots.budget_figure(table, list(dict.fromkeys(table["arm"])), out_dir / "figures" / "budgets")
@@ -142,12 +144,16 @@ def control_gains(items: pd.DataFrame, controls: Mapping[str, str], tasks: Seque
     return pd.DataFrame(rows, columns=["arm", "control", "task", "gain", "ci_lo", "ci_hi", "p", "n_seeds", "n_items"])
 
 
-def budget_tables(per_budget: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(accuracy overall with CI, tokens and mean training FLOPs per budget and arm; candidate - reference per budget)."""
+def budget_tables(per_budget: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig, suite: Suite | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(accuracy overall with CI, tokens and mean training FLOPs per budget and arm; candidate - reference per budget),
+    over the tasks `suite` answers (all without one)."""
     rows, frames = [], {}
     for budget, models in sorted(per_budget.items()):
         evals, tasks = load_evals(models)
         items = item_frame(models, evals, tasks, cfg.metric)
+        if suite is not None:
+            items = items[items["task"].isin(suite.answered)]
         frames[budget] = items
         arms = list(dict.fromkeys(m.arm for m in models))
         means = stats.arm_means(items, arms, cfg)

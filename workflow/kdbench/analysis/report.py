@@ -3,7 +3,8 @@
 Outputs in `out_dir` (all written atomically, identical on rerun):
 
 - ``summary.csv``: one row per (model, arm, seed, task, metric) as reported by lm-eval.
-- ``table.{md,csv,tex}``: arm means with 95% CIs per task and overall, in points.
+- ``table.{md,csv,tex}``: arm means with 95% CIs per task, overall and per task kind, in points; a task
+  where the teacher is at chance is marked dead and left out of overall (`kdbench.analysis.suite`).
 - ``comparison.{md,csv,tex}``: each arm minus the reference arm, paired over items and seeds, with
   the role of each test (one primary, the rest one Holm-adjusted secondary family), CI
   half-width and minimal detectable difference.
@@ -24,9 +25,10 @@ from kdbench import KdbenchError
 from kdbench.analysis import plots, stats
 from kdbench.schema.arms import REFERENCE_MODELS
 from kdbench.schema.config import StatsConfig
-from kdbench.evaluate import FORMAT, task_label
+from kdbench.evaluate import FORMAT
 from kdbench.io import atomic_path, read_json
 from kdbench.analysis.stats import OVERALL
+from kdbench.analysis.suite import Suite, is_group
 
 __all__ = ["ModelEval", "StatsConfig", "aggregate", "item_frame", "load_evals", "model_evals"]
 
@@ -83,15 +85,17 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuni
     out_dir = Path(out_dir)
     evals, tasks = load_evals(models)
     arms = _arm_order(models)
-    chance = {t: float(np.mean([1.0 / s["n_choices"] for s in evals[0]["samples"][t]])) for t in tasks}
-    chance[OVERALL] = float(np.mean(list(chance.values())))
-
+    chance = task_chance(evals, tasks)
     items = item_frame(models, evals, tasks, cfg.metric)
-    means = stats.arm_means(items, arms, cfg)
-    comparisons = stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg)
+    suite = stats.task_suite(items, chance, cfg)
+    chance.update({group: float(np.mean([chance[t] for t in members]))
+                   for group, members in suite.groups() if is_group(group)})
+
+    means = stats.arm_means(items, arms, cfg, suite)
+    comparisons = stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg, suite)
     headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg),
-                              budgets=budget_frame(budgets, cfg) if budgets else None)
-    sensitivity = tuning_sensitivity(tuning, cfg) if tuning is not None else None
+                              budgets=budget_frame(budgets, cfg, suite) if budgets else None, suite=suite)
+    sensitivity = tuning_sensitivity(tuning, cfg, suite) if tuning is not None else None
     if sensitivity is not None:
         headline += " " + _sensitivity_sentence(sensitivity, cfg)
         _write_csv(out_dir / "sensitivity.csv", sensitivity)
@@ -101,26 +105,26 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuni
     _write_csv(out_dir / "table.csv", pd.concat([means, _chance_rows(chance)], ignore_index=True))
     _write_csv(out_dir / "comparison.csv", comparisons)
     _write_text(out_dir / "headline.txt", headline + "\n")
-    wide = _wide_table(means, chance, arms, tasks)
+    wide = _wide_table(means, chance, arms, suite)
     _write_text(out_dir / "table.md", f"{headline}\n\n{_markdown(wide)}")
     _write_text(out_dir / "table.tex", _latex(wide, rule_before_last=True))
-    narrow, caption = _comparison_table(comparisons, cfg), _comparison_caption(comparisons, cfg)
+    narrow, caption = _comparison_table(comparisons, cfg, suite), _comparison_caption(comparisons, cfg)
     _write_text(out_dir / "comparison.md", f"{caption}\n\n{_markdown(narrow)}" if len(narrow) else f"{headline}\n")
     _write_text(out_dir / "comparison.tex", f"% {caption}\n{_latex(narrow)}" if len(narrow) else f"% {headline}\n")
 
     figures = out_dir / "figures"
-    plots.accuracy_figure(means, chance, arms, cfg.metric, figures / "accuracy")
-    plots.paired_figure(comparisons, arms, cfg.reference_arm, 1.0 - cfg.ci, figures / "paired")
+    plots.accuracy_figure(means, chance, arms, cfg.metric, figures / "accuracy", suite.label)
+    plots.paired_figure(comparisons, arms, cfg.reference_arm, 1.0 - cfg.ci, figures / "paired", suite.label)
     curves = _curves(models)
     if curves is not None:
         plots.curves_figure(curves, arms, figures / "curves")
 
 
-def tuning_sensitivity(tuning: Path, cfg: StatsConfig) -> pd.DataFrame | None:
+def tuning_sensitivity(tuning: Path, cfg: StatsConfig, suite: Suite | None = None) -> pd.DataFrame | None:
     """The headline pair at every tuning setting: trial i of both arms shares its drawn settings.
 
     One row per trial: learning rate, each arm's validation loss (what chose the trial) and the
-    candidate minus the reference on the suite (items only: one seed per trial). None unless
+    candidate minus the reference on the suite (items only: one seed per trial; overall as `suite` answers). None unless
     both arms were tuned with `tuning.sensitivity`.
     """
     arms = (cfg.reference_arm, cfg.candidate_arm)
@@ -135,7 +139,7 @@ def tuning_sensitivity(tuning: Path, cfg: StatsConfig) -> pd.DataFrame | None:
         models = [ModelEval(f"tuning/{arm}/trial{i}", arm, 0, path.parent / t["scores"])
                   for arm, path, t in zip(arms, paths, trials)]
         evals, tasks = load_evals(models)
-        comparison = stats.paired_comparisons(item_frame(models, evals, tasks, cfg.metric), [arms[1]], cfg)
+        comparison = stats.paired_comparisons(item_frame(models, evals, tasks, cfg.metric), [arms[1]], cfg, suite)
         overall = comparison[comparison["task"] == OVERALL].iloc[0]
         rows.append({"trial": i, "lr": trials[1]["lr"], "temperature": trials[1]["arm"]["temperature"],
                      f"val_loss_{arms[0]}": trials[0]["val_loss"], f"val_loss_{arms[1]}": trials[1]["val_loss"],
@@ -154,12 +158,13 @@ def _sensitivity_sentence(table: pd.DataFrame, cfg: StatsConfig) -> str:
             f"excluded 0 {excluded}.")
 
 
-def budget_frame(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -> pd.DataFrame:
-    """Candidate minus reference at each budget (`stats.budget_differences`)."""
+def budget_frame(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig, suite: Suite | None = None) -> pd.DataFrame:
+    """Candidate minus reference at each budget (`stats.budget_differences`), over the tasks `suite` answers."""
     frames = {}
     for budget, models in budgets.items():
         evals, tasks = load_evals(models)
-        frames[int(budget)] = item_frame(models, evals, tasks, cfg.metric)
+        items = item_frame(models, evals, tasks, cfg.metric)
+        frames[int(budget)] = items if suite is None else items[items["task"].isin(suite.answered)]
     return stats.budget_differences(frames, cfg)
 
 
@@ -213,6 +218,11 @@ def _check_tasks(models: Sequence[ModelEval], evals: list[dict]) -> list[str]:
     return tasks
 
 
+def task_chance(evals: list[dict], tasks: list[str]) -> dict[str, float]:
+    """Per task, the mean of 1 / choices over its items (a fraction)."""
+    return {t: float(np.mean([1.0 / s["n_choices"] for s in evals[0]["samples"][t]])) for t in tasks}
+
+
 def _arm_order(models: Sequence[ModelEval]) -> list[str]:
     """teacher, init, then the KD arms in the order given."""
     given = list(dict.fromkeys(m.arm for m in models))
@@ -247,16 +257,16 @@ def _chance_rows(chance: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame([{"arm": "chance", "task": t, "mean": 100 * c} for t, c in chance.items()])
 
 
-def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], tasks: list[str]) -> pd.DataFrame:
-    """Rows: arms then chance; columns: seeds, each task, overall; cells 'mean [lo, hi]'."""
-    columns = tasks + [OVERALL]
+def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], suite: Suite) -> pd.DataFrame:
+    """Rows: arms then chance; columns: seeds, each task (dead ones marked), overall, each kind; cells 'mean [lo, hi]'."""
+    columns = [group for group, _ in suite.groups()]
     rows = []
     for arm in arms:
         cells = means[means["arm"] == arm].set_index("task")
         rows.append([arm, str(int(cells["n_seeds"].iloc[0]))]
                     + [f"{cells.at[t, 'mean']:.1f} [{cells.at[t, 'ci_lo']:.1f}, {cells.at[t, 'ci_hi']:.1f}]" for t in columns])
     rows.append(["chance", ""] + [f"{100 * chance[t]:.1f}" for t in columns])
-    return pd.DataFrame(rows, columns=["arm", "seeds"] + [task_label(t) for t in columns])
+    return pd.DataFrame(rows, columns=["arm", "seeds"] + [suite.label(t) for t in columns])
 
 
 def _training_conditions(models: Sequence[ModelEval], cfg: StatsConfig) -> dict[str, dict[str, float] | None]:
@@ -280,12 +290,12 @@ def _comparison_caption(comparisons: pd.DataFrame, cfg: StatsConfig) -> str:
             f"MDE: the true difference each test finds with {cfg.power:.0%} power at alpha {1 - cfg.ci:.2g}.")
 
 
-def _comparison_table(comparisons: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
+def _comparison_table(comparisons: pd.DataFrame, cfg: StatsConfig, suite: Suite) -> pd.DataFrame:
     """The printed comparison: p is the decision p (unadjusted for the primary test, Holm for the secondary family)."""
     return pd.DataFrame({
         "arm": comparisons["arm"],
         "vs": comparisons["reference"],
-        "task": comparisons["task"].map(task_label),
+        "task": comparisons["task"].map(suite.label),
         "test": comparisons["role"],
         "diff [95% CI]": [f"{r.diff:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" for r in comparisons.itertuples()],
         f"MDE ({cfg.power:.0%} power)": comparisons["mde"].map("{:.1f}".format),

@@ -21,6 +21,8 @@ def paragraph(parts: Mapping[str, pd.DataFrame], cfg: StatsConfig, controls: Map
     ref, cand = cfg.reference_arm, cfg.candidate_arm
     ci = f"{cfg.ci:.0%} CI"
     sentences = []
+    if "accuracy" in parts:
+        sentences.append(_kinds(parts["accuracy"], ref, cand, ci))
     if "controls" in parts and not parts["controls"].empty:
         sentences.append(_controls(parts["controls"], ci, 1 - cfg.ci))
     if "fidelity" in parts:
@@ -32,9 +34,23 @@ def paragraph(parts: Mapping[str, pd.DataFrame], cfg: StatsConfig, controls: Map
         sentences.append(_tracks("CKA at the mapped layers", parts["cka_points"], "cka", cfg))
     if "budget_diffs" in parts:
         sentences.append(_budgets(parts["budget_diffs"], cand, ref, ci, 1 - cfg.ci))
-    if not sentences:
+    if not any(sentences):
         return "No analysis was configured (analysis.fidelity, analysis.cka, controls and analysis.budgets are off)."
     return " ".join(s for s in sentences if s)
+
+
+def _kinds(t: pd.DataFrame, ref: str, cand: str, ci: str) -> str:
+    """Accuracy per task kind of the teacher and the headline pair ("" with one kind): does what transfers depend on it?"""
+    rows = t[t["task"].str.startswith(f"{OVERALL}: ")]
+    if rows.empty:
+        return ""
+    clauses = []
+    for group, g in rows.groupby("task", sort=False):
+        cells = [f"{a} {_interval(r.mean, r.ci_lo, r.ci_hi, '{:.1f}')}" for a in ("teacher", cand, ref)
+                 for r in g[g["arm"] == a].itertuples()]
+        clauses.append(f"{group.removeprefix(f'{OVERALL}: ')}: {', '.join(cells)}")
+    return (f"Accuracy per task kind (knowledge: facts seen in training; skill: the context alone; syntax; points, {ci}, "
+            f"tasks where the teacher is at chance left out): {'; '.join(clauses)}.")
 
 
 def _interval(mean: float, lo: float, hi: float, fmt: str, signed: bool = False) -> str:

@@ -26,6 +26,7 @@ class ConfigError(KdbenchError):
 
 WorldFamily = Literal["fact_qa", "fact_paraphrase", "fact_negation", "context_qa", "induction", "comparison",
                       "agreement"]
+TaskKind = Literal["knowledge", "skill", "syntax"]  # facts seen in training; the context alone; grammar
 DocType = Literal["bio", "qa", "negation", "context", "induction", "comparison", "agreement"]
 ENTITIES = (8, 96)  # both Q/A halves need 4 people; names come from a fixed list of 96
 
@@ -172,6 +173,12 @@ class StatsConfig:
     ci: float = 0.95
     # Power at which the minimal detectable difference (MDE) is reported: 0.8 is the usual planning target.
     power: float = 0.8
+    # The kind of each lm-eval task (the world's families declare their own), so the answer is also given per
+    # kind: a student may inherit knowledge (facts from training) and not skills (what a model does with its context).
+    kinds: dict[str, TaskKind] = field(default_factory=dict)
+    # A task where the teacher's interval includes chance measures no transfer: it stays in the tables, marked,
+    # but "overall" and the primary test leave it out unless this is true.
+    include_dead: bool = False
 
 
 @dataclass(frozen=True)
