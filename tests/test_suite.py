@@ -97,7 +97,7 @@ def test_dead_task_is_marked_and_left_out_of_the_answer(models, tmp_path):
     assert (comparisons["role"] == "secondary").sum() == 2 * (len(alive) + 1 + 3) - 1  # tasks, overall, 3 kinds
 
     headline = (out / "headline.txt").read_text()
-    assert "Left out of overall: context_qa, the teacher is at chance." in headline
+    assert "Left out of overall (the teacher is at chance): context_qa." in headline
     assert "4 task families" in headline
     assert "significantly below chance on fact_negation" in headline
     assert "Per task kind (logit_hidden - logit" in headline and "knowledge +" in headline and "syntax +" in headline

@@ -240,3 +240,19 @@ def test_trivial_models_stay_at_chance_on_every_family(every_family):
             if abs(acc - chance) > tolerance:
                 failures.append(f"{family} by {name}: {100 * acc:.1f} (chance {100 * chance:.0f} +- {100 * tolerance:.1f})")
     assert not failures, failures
+
+
+def _copy_from_context(it: dict) -> int:
+    """The first choice whose word the context holds (else the first choice)."""
+    found = [i for i, c in enumerate(it["choices"]) if re.search(rf"\b{re.escape(c.strip())}\b", it["context"])]
+    return found[0] if found else 0
+
+
+def test_copying_from_the_context_reaches_half_at_most(every_family):
+    """A model that copies a choice from the context, without binding or order, scores chance on the families
+    whose choices the context does not hold, and 50 on context_qa and induction (one lure from the context,
+    two from outside): their skill is the part above 50."""
+    for family, items in every_family["items"].items():
+        acc = sum(_copy_from_context(it) == it["label"] for it in items) / len(items)
+        expected = 0.5 if family in ("context_qa", "induction") else every_family["suite"][family]["chance"]
+        assert abs(acc - expected) < 3.5 * (expected * (1 - expected) / len(items)) ** 0.5, (family, acc)

@@ -304,7 +304,7 @@ def _headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, 
     top = primary.iloc[0]
     verdict = ("beats" if top["diff"] > 0 else "is worse than") if top["p"] < alpha else "does not significantly differ from"
     secondary = comparisons[comparisons["role"] == SECONDARY]
-    mine = secondary[(secondary["arm"] == cfg.candidate_arm) & (secondary["p_adj"] < alpha)]
+    mine = secondary[(secondary["arm"] == cfg.candidate_arm) & (secondary["p_adj"] < alpha) & ~secondary["task"].map(is_group)]
     conditions = "; ".join(c for c in (_conditions("student tokens", tokens, "{:,.0f}"),
                                        _conditions("learning rate", lr, "{:g}")) if c)
     return (
@@ -314,7 +314,7 @@ def _headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, 
         f"{int(top['n_items'])} items{'; ' + conditions if conditions else ''}). "
         f"This design detects an overall difference of {top['mde']:.1f} points with {cfg.power:.0%} power "
         f"(two-sided alpha {alpha:.2g}). Secondary tests, Holm-adjusted across all {len(secondary)} of them "
-        f"(every arm per task family, the other arms overall): {cfg.candidate_arm} is significantly better on "
+        f"(every arm per task family and kind, the other arms overall): {cfg.candidate_arm} is significantly better on "
         f"{_list_tasks(mine[mine['diff'] > 0])} and significantly worse on {_list_tasks(mine[mine['diff'] < 0])}."
     )
 

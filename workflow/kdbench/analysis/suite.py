@@ -11,17 +11,18 @@ and, for lm-eval tasks, from `stats.kinds`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, get_args
 
 import pandas as pd
 
 from kdbench.data.world import KINDS as WORLD_KINDS
 from kdbench.evaluate import TASK_PREFIX, task_label
-from kdbench.schema.config import StatsConfig
+from kdbench.schema.config import StatsConfig, TaskKind
 
 OVERALL = "overall"  # the unweighted mean over the answer's tasks, per seed
 ALIVE, DEAD, BELOW = "alive", "dead", "below chance"
 UNDECLARED = "undeclared"  # an lm-eval task without an entry in stats.kinds
+KIND_ORDER = (*get_args(TaskKind), UNDECLARED)
 
 
 def kind_group(kind: str) -> str:
@@ -78,8 +79,8 @@ class Suite:
 
     @property
     def kind_names(self) -> list[str]:
-        """The kinds of the answered tasks, in first-seen order."""
-        return list(dict.fromkeys(self.kinds[t] for t in self.answered))
+        """The kinds of the answered tasks: knowledge, skill, syntax, undeclared."""
+        return [k for k in KIND_ORDER if any(self.kinds[t] == k for t in self.answered)]
 
     def groups(self) -> list[tuple[str, list[str]]]:
         """Each task alone, "overall" over the answered tasks, then one mean per kind when there are several."""
@@ -98,13 +99,13 @@ class Suite:
         return name if status == ALIVE else f"{name} ({status})"
 
     def left_out_sentence(self) -> str:
-        """"Left out of overall: induction, the teacher is at chance." ("" when no task is dead)."""
+        """"Left out of overall (the teacher is at chance): induction." ("" when no task is dead)."""
         dead = [task_label(t) for t in self.tasks_with(DEAD)]
         if not dead:
             return ""
         if self.include_dead:
             return f"Kept in overall although the teacher is at chance (stats.include_dead): {', '.join(dead)}."
-        return f"Left out of overall: {', '.join(dead)}, the teacher is at chance."
+        return f"Left out of overall (the teacher is at chance): {', '.join(dead)}."
 
     def below_sentence(self) -> str:
         """"The teacher is significantly below chance on fact_negation: ..." ("" when it is nowhere)."""
