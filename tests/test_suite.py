@@ -77,7 +77,9 @@ def test_groups_leave_dead_tasks_out_unless_asked():
     assert groups[OVERALL] == ["q", "i", "n"]
     assert groups[kind_group("knowledge")] == ["q", "n"] and groups[kind_group("skill")] == ["i"]
     assert dict(Suite(("q", "i", "c", "n"), kinds, status, include_dead=True).groups())[OVERALL] == ["q", "i", "c", "n"]
-    assert OVERALL not in dict(Suite(("c",), kinds, status).groups())  # nothing alive: no overall to report
+    every_dead = Suite(("c",), kinds, status)  # nothing alive: overall keeps everything, and says so
+    assert dict(every_dead.groups())[OVERALL] == ["c"] and every_dead.tested("c")
+    assert "at chance on every task" in every_dead.left_out_sentence()
 
 
 def test_dead_task_is_marked_and_left_out_of_the_answer(models, tmp_path):

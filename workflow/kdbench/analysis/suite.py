@@ -74,8 +74,9 @@ class Suite:
 
     @property
     def answered(self) -> list[str]:
-        """The tasks "overall" averages: all but the dead ones (all with `include_dead`)."""
-        return [t for t in self.tasks if self.include_dead or self.status[t] != DEAD]
+        """The tasks "overall" averages: all but the dead ones (all with `include_dead`, or when all are dead)."""
+        alive = [t for t in self.tasks if self.status[t] != DEAD]
+        return list(self.tasks) if self.include_dead or not alive else alive
 
     @property
     def kind_names(self) -> list[str]:
@@ -86,11 +87,11 @@ class Suite:
         """Each task alone, "overall" over the answered tasks, then one mean per kind when there are several."""
         kinds = self.kind_names
         per_kind = [(kind_group(k), [t for t in self.answered if self.kinds[t] == k]) for k in kinds] if len(kinds) > 1 else []
-        return [(t, [t]) for t in self.tasks] + ([(OVERALL, self.answered)] if self.answered else []) + per_kind
+        return [(t, [t]) for t in self.tasks] + [(OVERALL, self.answered)] + per_kind
 
     def tested(self, task: str) -> bool:
         """Whether a per-task comparison is a test of the answer (dead tasks are reported, not tested)."""
-        return self.include_dead or self.status.get(task, ALIVE) != DEAD
+        return task not in self.tasks or task in self.answered
 
     def label(self, task: str) -> str:
         """Display name, marked when the teacher makes it measure nothing or its own error."""
@@ -103,6 +104,8 @@ class Suite:
         dead = [task_label(t) for t in self.tasks_with(DEAD)]
         if not dead:
             return ""
+        if len(dead) == len(self.tasks):
+            return "The teacher is at chance on every task, so overall keeps them all and measures no transfer."
         if self.include_dead:
             return f"Kept in overall although the teacher is at chance (stats.include_dead): {', '.join(dead)}."
         return f"Left out of overall (the teacher is at chance): {', '.join(dead)}."
