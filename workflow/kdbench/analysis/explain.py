@@ -30,7 +30,7 @@ from kdbench.evaluate import task_label
 from kdbench.io import atomic_path
 from kdbench.schema.layermap import layer_map
 from kdbench.analysis.report import (_latex, _markdown, _write_csv, aggregate, budget_models, budget_tables,
-                                     item_frame, load_evals, model_evals)
+                                     item_frame, load_evals, model_evals, task_chance)
 from kdbench.analysis.stats import OVERALL
 
 
@@ -45,7 +45,8 @@ def analyze(results_dir: Path, cfg: StatsConfig, analysis: AnalysisConfig, arms:
     evals, tasks = load_evals(evaluated)
     order = list(dict.fromkeys(m.arm for m in evaluated))
     items = item_frame(evaluated, evals, tasks, cfg.metric)
-    parts: dict[str, pd.DataFrame] = {"accuracy": stats.arm_means(items, order, cfg)}
+    suite = stats.task_suite(items, task_chance(evals, tasks), cfg)
+    parts: dict[str, pd.DataFrame] = {"accuracy": stats.arm_means(items, order, cfg, suite)}
     students = [m.arm for m in evaluated if m.arm != "teacher"]
     students = list(dict.fromkeys(students))
 
@@ -84,7 +85,8 @@ def analyze(results_dir: Path, cfg: StatsConfig, analysis: AnalysisConfig, arms:
         _tables(out_dir / "controls", table, _controls_view(table), _controls_caption(cfg))
 
     if budgets:
-        table, diffs = budget_tables(budget_models(results_dir, budgets), cfg, curves.anchors(items))
+        table, diffs = budget_tables(budget_models(results_dir, budgets), cfg, curves.anchors(items, suite.answered),
+                                     suite.answered)
         parts["budgets"], parts["budget_diffs"] = table, diffs
         _tables(out_dir / "budgets", table, _budget_view(table, diffs), _budget_caption(cfg))
         plots.budget_figure(table, list(dict.fromkeys(table["arm"])), out_dir / "figures" / "budgets")

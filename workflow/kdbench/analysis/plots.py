@@ -8,7 +8,7 @@ Snakemake report) and PDF (for papers), without timestamps so reruns give equal 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -22,6 +22,7 @@ import seaborn as sns  # noqa: E402
 
 from kdbench.io import atomic_path  # noqa: E402
 from kdbench.evaluate import task_label  # noqa: E402
+from kdbench.analysis.suite import is_group  # noqa: E402
 
 FIXED_COLORS = {"teacher": "black", "init": "0.55"}
 _CURVE_X = "tokens"
@@ -35,8 +36,11 @@ def palette(arms: Sequence[str]) -> dict[str, tuple]:
 
 
 def accuracy_figure(means: pd.DataFrame, chance: Mapping[str, float], arms: Sequence[str], metric: str,
-                    out_base: Path) -> None:
-    """Mean and CI per task (and overall) for every arm; teacher as a solid line, chance (a fraction) dashed."""
+                    out_base: Path, label: Callable[[str], str] = task_label) -> None:
+    """Mean and CI per task (and overall, per kind) for every arm; teacher as a solid line, chance (a fraction) dashed.
+
+    `label` names a task on the axis (`Suite.label` marks the dead ones).
+    """
     tasks = list(dict.fromkeys(means["task"]))
     colors = palette(arms)
     dodged = [a for a in arms if a != "teacher"]
@@ -53,8 +57,8 @@ def accuracy_figure(means: pd.DataFrame, chance: Mapping[str, float], arms: Sequ
             rows = means[means["arm"] == "teacher"].set_index("task").reindex(tasks)
             ax.hlines(rows["mean"], x - 0.45, x + 0.45, colors="black", linewidth=1.6, label="teacher")
         ax.hlines([100 * chance[t] for t in tasks], x - 0.45, x + 0.45, colors="0.3", linestyles="--", label="chance")
-        ax.set_xticks(x, [task_label(t) for t in tasks], rotation=30, ha="right")
-        ax.axvline(len(tasks) - 1.5, color="0.75", linewidth=0.8)  # separates "overall" from the tasks
+        ax.set_xticks(x, [label(t) for t in tasks], rotation=30, ha="right")
+        ax.axvline(_n_tasks(tasks) - 0.5, color="0.75", linewidth=0.8)  # separates "overall" from the tasks
         ax.set_ylabel(f"{metric} (points)")
         ax.set_ylim(0, 100)
         ax.set_title("Held-out accuracy by arm (mean over seeds, 95% CI)")
@@ -63,7 +67,7 @@ def accuracy_figure(means: pd.DataFrame, chance: Mapping[str, float], arms: Sequ
 
 
 def paired_figure(comparisons: pd.DataFrame, arms: Sequence[str], reference: str, alpha: float,
-                  out_base: Path) -> None:
+                  out_base: Path, label: Callable[[str], str] = task_label) -> None:
     """Forest plot of each arm minus the reference, per task and overall; filled = significant.
 
     Significance is read from p_adj: the primary test's own p, Holm over the secondary family for the rest.
@@ -90,12 +94,17 @@ def paired_figure(comparisons: pd.DataFrame, arms: Sequence[str], reference: str
             ax.scatter(rows["diff"][sig], pos[sig], color=colors[arm], zorder=3)
             ax.scatter(rows["diff"][~sig], pos[~sig], facecolors="white", edgecolors=colors[arm], zorder=3)
         ax.axvline(0, color="black", linewidth=0.9)
-        ax.axhline(0.5, color="0.75", linewidth=0.8)  # separates "overall" from the tasks
-        ax.set_yticks(y, [task_label(t) for t in tasks])
+        ax.axhline(len(tasks) - _n_tasks(tasks) - 0.5, color="0.75", linewidth=0.8)  # separates "overall" from the tasks
+        ax.set_yticks(y, [label(t) for t in tasks])
         ax.set_xlabel(f"difference vs {reference} (points, 95% CI); filled: p < {alpha:.2g} (primary raw, secondary Holm)")
         handles = [Line2D([], [], color=colors[arm], marker="o", label=arm) for arm in shown]  # one per arm
         ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         _save(fig, out_base)
+
+
+def _n_tasks(names: Sequence[str]) -> int:
+    """How many of `names` are tasks (the rest, last, are "overall" and the per-kind means)."""
+    return sum(not is_group(n) for n in names)
 
 
 def curves_figure(curves: pd.DataFrame, arms: Sequence[str], out_base: Path) -> None:

@@ -3,7 +3,8 @@
 Outputs in `out_dir` (all written atomically, identical on rerun):
 
 - ``summary.csv``: one row per (model, arm, seed, task, metric) as reported by lm-eval.
-- ``table.{md,csv,tex}``: arm means with 95% CIs per task and overall, in points.
+- ``table.{md,csv,tex}``: arm means with 95% CIs per task, overall and per task kind, in points; a task
+  where the teacher is at chance is marked dead and left out of overall (`kdbench.analysis.suite`).
 - ``comparison.{md,csv,tex}``: each arm minus the reference arm, paired over items and seeds, with
   the role of each test (one primary, the rest one Holm-adjusted secondary family), CI
   half-width and minimal detectable difference.
@@ -31,9 +32,10 @@ from kdbench import KdbenchError
 from kdbench.analysis import curves, plots, stats
 from kdbench.schema.arms import REFERENCE_MODELS
 from kdbench.schema.config import StatsConfig
-from kdbench.evaluate import FORMAT, task_label
+from kdbench.evaluate import FORMAT
 from kdbench.io import atomic_path, read_json
 from kdbench.analysis.stats import OVERALL
+from kdbench.analysis.suite import Suite, is_group
 
 __all__ = ["ModelEval", "StatsConfig", "aggregate", "item_frame", "load_evals", "model_evals"]
 
@@ -90,19 +92,21 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuni
     out_dir = Path(out_dir)
     evals, tasks = load_evals(models)
     arms = _arm_order(models)
-    chance = {t: float(np.mean([1.0 / s["n_choices"] for s in evals[0]["samples"][t]])) for t in tasks}
-    chance[OVERALL] = float(np.mean(list(chance.values())))
-
+    chance = task_chance(evals, tasks)
     items = item_frame(models, evals, tasks, cfg.metric)
-    means = stats.arm_means(items, arms, cfg)
-    regimes = curves.regimes(items)
-    comparisons = flag_comparisons(stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg),
-                                   regimes)
-    headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg))
+    suite = stats.task_suite(items, chance, cfg)
+    chance.update({group: float(np.mean([chance[t] for t in members]))
+                   for group, members in suite.groups() if is_group(group)})
+    answered = items[items["task"].isin(suite.answered)]
+    means = stats.arm_means(items, arms, cfg, suite)
+    regimes = curves.regimes(answered)
+    comparisons = flag_comparisons(stats.paired_comparisons(items, [a for a in arms if a not in REFERENCE_MODELS], cfg,
+                                                            suite), regimes)
+    headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg), suite=suite)
     if budgets:
-        answer = budget_answer(budgets, items, cfg, out_dir, chance[OVERALL])
+        answer = budget_answer(budgets, items, cfg, out_dir, chance[OVERALL], suite.answered)
         headline = f"{answer} At the main budget: {headline}"
-    sensitivity = tuning_sensitivity(tuning, cfg) if tuning is not None else None
+    sensitivity = tuning_sensitivity(tuning, cfg, suite) if tuning is not None else None
     if sensitivity is not None:
         headline += " " + _sensitivity_sentence(sensitivity, cfg)
         _write_csv(out_dir / "sensitivity.csv", sensitivity)
@@ -112,26 +116,26 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuni
     _write_csv(out_dir / "table.csv", pd.concat([means, _chance_rows(chance)], ignore_index=True))
     _write_csv(out_dir / "comparison.csv", comparisons)
     _write_text(out_dir / "headline.txt", headline + "\n")
-    wide = _wide_table(means, chance, arms, tasks, regimes)
+    wide = _wide_table(means, chance, arms, suite, regimes)
     _write_text(out_dir / "table.md", f"{headline}\n\n{_markdown(wide)}")
     _write_text(out_dir / "table.tex", _latex(wide, rule_before_last=True))
-    narrow, caption = _comparison_table(comparisons, cfg), _comparison_caption(comparisons, cfg)
+    narrow, caption = _comparison_table(comparisons, cfg, suite), _comparison_caption(comparisons, cfg)
     _write_text(out_dir / "comparison.md", f"{caption}\n\n{_markdown(narrow)}" if len(narrow) else f"{headline}\n")
     _write_text(out_dir / "comparison.tex", f"% {caption}\n{_latex(narrow)}" if len(narrow) else f"% {headline}\n")
 
     figures = out_dir / "figures"
-    plots.accuracy_figure(means, chance, arms, cfg.metric, figures / "accuracy")
-    plots.paired_figure(comparisons, arms, cfg.reference_arm, 1.0 - cfg.ci, figures / "paired")
+    plots.accuracy_figure(means, chance, arms, cfg.metric, figures / "accuracy", suite.label)
+    plots.paired_figure(comparisons, arms, cfg.reference_arm, 1.0 - cfg.ci, figures / "paired", suite.label)
     training = _training_curves(models)
     if training is not None:
         plots.curves_figure(training, arms, figures / "curves")
 
 
-def tuning_sensitivity(tuning: Path, cfg: StatsConfig) -> pd.DataFrame | None:
+def tuning_sensitivity(tuning: Path, cfg: StatsConfig, suite: Suite | None = None) -> pd.DataFrame | None:
     """The headline pair at every tuning setting: trial i of both arms shares its drawn settings.
 
     One row per trial: learning rate, each arm's validation loss (what chose the trial) and the
-    candidate minus the reference on the suite (items only: one seed per trial). None unless
+    candidate minus the reference on the suite (items only: one seed per trial; overall as `suite` answers). None unless
     both arms were tuned with `tuning.sensitivity`.
     """
     arms = (cfg.reference_arm, cfg.candidate_arm)
@@ -146,7 +150,7 @@ def tuning_sensitivity(tuning: Path, cfg: StatsConfig) -> pd.DataFrame | None:
         models = [ModelEval(f"tuning/{arm}/trial{i}", arm, 0, path.parent / t["scores"])
                   for arm, path, t in zip(arms, paths, trials)]
         evals, tasks = load_evals(models)
-        comparison = stats.paired_comparisons(item_frame(models, evals, tasks, cfg.metric), [arms[1]], cfg)
+        comparison = stats.paired_comparisons(item_frame(models, evals, tasks, cfg.metric), [arms[1]], cfg, suite)
         overall = comparison[comparison["task"] == OVERALL].iloc[0]
         rows.append({"trial": i, "lr": trials[1]["lr"], "temperature": trials[1]["arm"]["temperature"],
                      f"val_loss_{arms[0]}": trials[0]["val_loss"], f"val_loss_{arms[1]}": trials[1]["val_loss"],
@@ -171,21 +175,23 @@ def flag_comparisons(comparisons: pd.DataFrame, regimes: pd.DataFrame | None) ->
     return comparisons.assign(flag=[flags[(a, r)] for a, r in zip(comparisons["arm"], comparisons["reference"])])
 
 
-def budget_items(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig) -> dict[int, pd.DataFrame]:
-    """The item scores of the budget curves' models, per budget."""
+def budget_items(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig,
+                 tasks: Sequence[str] | None = None) -> dict[int, pd.DataFrame]:
+    """The item scores of the budget curves' models, per budget, of `tasks` (None: all)."""
     out = {}
     for budget, models in sorted(budgets.items()):
-        evals, tasks = load_evals(models)
-        out[int(budget)] = item_frame(models, evals, tasks, cfg.metric)
+        evals, names = load_evals(models)
+        items = item_frame(models, evals, names, cfg.metric)
+        out[int(budget)] = items if tasks is None else items[items["task"].isin(tasks)]
     return out
 
 
-def budget_tables(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig,
-                  base: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def budget_tables(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig, base: pd.DataFrame | None = None,
+                  tasks: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per budget and arm: accuracy overall with CI, mean training FLOPs, seeds in the trained regime (with
     `base`, `curves.anchors`); candidate - reference per budget, flagged where the pair's seeds click)."""
     rows, diffs = [], []
-    for budget, items in budget_items(budgets, cfg).items():
+    for budget, items in budget_items(budgets, cfg, tasks).items():
         arms = list(dict.fromkeys(m.arm for m in budgets[budget]))
         means = stats.arm_means(items, arms, cfg)
         regimes = curves.regimes(items, base=base) if base is not None else None
@@ -214,7 +220,7 @@ def budget_answer(budgets: Mapping[int, Sequence[ModelEval]], items: pd.DataFram
     base = curves.anchors(items, tasks)
     if base is None:
         raise KdbenchError("budget curves: the untrained floor (init) and the teacher must be evaluated")
-    by_budget = budget_items(budgets, cfg)
+    by_budget = budget_items(budgets, cfg, tasks)
     eff = curves.efficiency(curves.seed_curves(by_budget, tasks), base)
     ref, cand = cfg.reference_arm, cfg.candidate_arm
     ratios = {s: curves.token_ratio(eff, ref, cand, s, cfg.ci) for s in curves.TARGETS}
@@ -222,7 +228,7 @@ def budget_answer(budgets: Mapping[int, Sequence[ModelEval]], items: pd.DataFram
     arms = list(dict.fromkeys(eff["arm"]))
     auc_means = stats.arm_means(auc, arms, cfg)
     auc_diffs = stats.paired_comparisons(auc, arms, cfg) if ref in arms else pd.DataFrame(columns=["arm", "task"])
-    table, diffs = budget_tables(budgets, cfg, base)
+    table, diffs = budget_tables(budgets, cfg, base, tasks)
     summary = curves.summary_table(eff, auc_means, auc_diffs, ratios, ref, cfg.ci)
     caption = (f"Sample efficiency ({cfg.metric}, overall): student tokens to 50% and 90% of the teacher's gain over "
                f"the untrained floor (geometric mean over seeds, then each seed; >= censored at the largest budget, "
@@ -293,6 +299,11 @@ def _check_tasks(models: Sequence[ModelEval], evals: list[dict]) -> list[str]:
     return tasks
 
 
+def task_chance(evals: list[dict], tasks: list[str]) -> dict[str, float]:
+    """Per task, the mean of 1 / choices over its items (a fraction)."""
+    return {t: float(np.mean([1.0 / s["n_choices"] for s in evals[0]["samples"][t]])) for t in tasks}
+
+
 def _arm_order(models: Sequence[ModelEval]) -> list[str]:
     """teacher, init, then the KD arms in the order given."""
     given = list(dict.fromkeys(m.arm for m in models))
@@ -327,11 +338,11 @@ def _chance_rows(chance: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame([{"arm": "chance", "task": t, "mean": 100 * c} for t, c in chance.items()])
 
 
-def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], tasks: list[str],
+def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], suite: Suite,
                 regimes: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Rows: arms then chance; columns: seeds, seeds in the trained regime (`curves.REGIME`), each task,
-    overall; cells 'mean [lo, hi]'."""
-    columns = tasks + [OVERALL]
+    """Rows: arms then chance; columns: seeds, seeds in the trained regime (`curves.REGIME`), each task (dead ones
+    marked), overall, each kind; cells 'mean [lo, hi]'."""
+    columns = [group for group, _ in suite.groups()]
     rows = []
     for arm in arms:
         cells = means[means["arm"] == arm].set_index("task")
@@ -340,7 +351,7 @@ def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], tasks: list[
         rows.append([arm, str(int(cells["n_seeds"].iloc[0])), trained]
                     + [f"{cells.at[t, 'mean']:.1f} [{cells.at[t, 'ci_lo']:.1f}, {cells.at[t, 'ci_hi']:.1f}]" for t in columns])
     rows.append(["chance", "", ""] + [f"{100 * chance[t]:.1f}" for t in columns])
-    return pd.DataFrame(rows, columns=["arm", "seeds", "trained seeds"] + [task_label(t) for t in columns])
+    return pd.DataFrame(rows, columns=["arm", "seeds", "trained seeds"] + [suite.label(t) for t in columns])
 
 
 def _training_conditions(models: Sequence[ModelEval], cfg: StatsConfig) -> dict[str, dict[str, float] | None]:
@@ -364,12 +375,12 @@ def _comparison_caption(comparisons: pd.DataFrame, cfg: StatsConfig) -> str:
             f"MDE: the true difference each test finds with {cfg.power:.0%} power at alpha {1 - cfg.ci:.2g}.")
 
 
-def _comparison_table(comparisons: pd.DataFrame, cfg: StatsConfig) -> pd.DataFrame:
+def _comparison_table(comparisons: pd.DataFrame, cfg: StatsConfig, suite: Suite) -> pd.DataFrame:
     """The printed comparison: p is the decision p (unadjusted for the primary test, Holm for the secondary family)."""
     return pd.DataFrame({
         "arm": comparisons["arm"],
         "vs": comparisons["reference"],
-        "task": comparisons["task"].map(task_label),
+        "task": comparisons["task"].map(suite.label),
         "test": comparisons["role"],
         "diff [95% CI]": [f"{r.diff:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" for r in comparisons.itertuples()],
         f"MDE ({cfg.power:.0%} power)": comparisons["mde"].map("{:.1f}".format),

@@ -13,7 +13,8 @@ item parts, and widens each by its own t quantile (`Estimate`). A simulation
 bootstrap used before did not at 3 seeds. The p-values invert the same intervals and
 have no resampling floor; below 0.001 they print as a bound.
 
-"Overall" is the unweighted mean over tasks. A seed is one model for all tasks, so its
+"Overall" is the unweighted mean over tasks (the dead ones left out, `kdbench.analysis.suite`),
+and with tasks of several kinds each kind has its own such mean. A seed is one model for all tasks, so its
 effect is shared across tasks: the seed term comes from the spread of the per-seed
 overall means, while items (different per task) add independent terms per task.
 
@@ -36,9 +37,10 @@ from scipy import stats as sps
 from kdbench import KdbenchError
 from kdbench.schema.config import StatsConfig
 from kdbench.evaluate import task_label
+from kdbench.analysis.suite import OVERALL, Suite, is_group, teacher_status
 
-OVERALL = "overall"  # the unweighted mean over tasks, per seed
 PRIMARY, SECONDARY = "primary", "secondary"
+UNTESTED = "dead"  # a dead task's row: reported, in no test family
 COMPARISON_COLUMNS = ["arm", "reference", "task", "role", "diff", "ci_lo", "ci_hi", "half_width", "se", "mde",
                       "p", "p_adj", "p_shown", "cohen_h", "n_seeds", "n_items"]
 
@@ -161,19 +163,19 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def arm_means(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfig) -> pd.DataFrame:
-    """Mean over seeds and items per (arm, task) and overall, with a crossed seed x item t interval.
+def arm_means(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfig, suite: Suite | None = None) -> pd.DataFrame:
+    """Mean over seeds and items per (arm, task), overall and per kind (`suite`), with a crossed seed x item t interval.
 
     Intervals are clipped to [0, 100] points: with few seeds a t interval can reach past the
     bounds of an accuracy.
 
-    Columns: arm, task, mean, ci_lo, ci_hi, n_seeds, n_items (points; task "overall" last).
+    Columns: arm, task, mean, ci_lo, ci_hi, n_seeds, n_items (points; the tasks, then "overall", then the kinds).
     """
     tasks = list(items["task"].unique())
     rows = []
     for arm in arms:
         seeds, mats = _matrices(items, arm, tasks)
-        for task, group in _groups(tasks, mats):
+        for task, group in _groups(tasks, mats, suite):
             est = estimate(group)
             hw = est.half_width(cfg.ci)
             lo, hi = np.clip([est.mean - hw, est.mean + hw], 0.0, 1.0)  # an accuracy lies in [0, 1]
@@ -182,15 +184,25 @@ def arm_means(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfig) -> pd.
     return pd.DataFrame(rows, columns=["arm", "task", "mean", "ci_lo", "ci_hi", "n_seeds", "n_items"])
 
 
-def paired_comparisons(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfig) -> pd.DataFrame:
-    """Each arm minus the reference arm, paired over (seed, item), per task and overall.
+def task_suite(items: pd.DataFrame, chance: Mapping[str, float], cfg: StatsConfig) -> Suite:
+    """The tasks' kinds and the teacher's status on each (from its interval; all alive without a teacher)."""
+    tasks = list(items["task"].unique())
+    suite = Suite.of(tasks, cfg)
+    if "teacher" not in set(items["arm"]):
+        return suite
+    return Suite.of(tasks, cfg, teacher_status(arm_means(items, ["teacher"], cfg, suite), chance))
+
+
+def paired_comparisons(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfig,
+                       suite: Suite | None = None) -> pd.DataFrame:
+    """Each arm minus the reference arm, paired over (seed, item), per task, overall and per kind (`suite`).
 
     - diff, ci_lo/ci_hi, half_width, se: the crossed-design interval of the mean paired difference
       (seeds both arms share, paired by seed number).
     - mde: the true difference the test finds with probability `cfg.power` at alpha = 1 - ci.
     - p: two-sided test of "no difference" that the interval inverts. role: "primary" for candidate vs reference overall,
-      "secondary" for every other row. p_adj: p for the primary test; Holm over all secondary
-      rows together for the rest. p_shown: p_adj as printed (`format_p`).
+      "secondary" for every other row, "dead" for a dead task's own rows (no test: p_adj NaN). p_adj: p
+      for the primary test; Holm over all secondary rows together for the rest. p_shown: p_adj as printed.
     - cohen_h: Cohen's h between the two mean accuracies (2 asin sqrt p1 - 2 asin sqrt p2).
 
     Arms sharing no seed with the reference, and the reference itself, are left out.
@@ -207,21 +219,48 @@ def paired_comparisons(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfi
         common, a, r = _aligned(items, arm, ref, tasks)
         if not common:
             continue
-        for (task, ga), (_, gr) in zip(_groups(tasks, a), _groups(tasks, r)):
+        for (task, ga), (_, gr) in zip(_groups(tasks, a, suite), _groups(tasks, r, suite)):
             est = estimate([x - y for x, y in zip(ga, gr)])
             hw = float(est.half_width(cfg.ci))
             d = float(est.mean)
-            role = PRIMARY if (arm, task) == (cfg.candidate_arm, OVERALL) else SECONDARY
+            role = (PRIMARY if (arm, task) == (cfg.candidate_arm, OVERALL)
+                    else SECONDARY if suite is None or suite.tested(task) else UNTESTED)
             rows.append([arm, ref, task, role, 100 * d, 100 * (d - hw), 100 * (d + hw), 100 * hw, 100 * float(est.se),
                          100 * float(est.mde(alpha, cfg.power)), float(est.p()),
                          _cohen_h(np.mean([x.mean() for x in ga]), np.mean([y.mean() for y in gr])),
                          len(common), sum(x.shape[1] for x in ga)])
     frame = pd.DataFrame(rows, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_adj", "p_shown")])
     secondary = frame["role"] == SECONDARY
-    frame.insert(frame.columns.get_loc("p") + 1, "p_adj", frame["p"])
+    frame.insert(frame.columns.get_loc("p") + 1, "p_adj", frame["p"].where(frame["role"] != UNTESTED))
     frame.loc[secondary, "p_adj"] = holm(frame.loc[secondary, "p"])
-    frame.insert(frame.columns.get_loc("p_adj") + 1, "p_shown", frame["p_adj"].map(format_p))
+    shown = frame["p_adj"].map(format_p).where(frame["role"] != UNTESTED, "not tested: teacher at chance")
+    frame.insert(frame.columns.get_loc("p_adj") + 1, "p_shown", shown)
     return frame
+
+
+def headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None = None,
+             lr: Mapping[str, float] | None = None, suite: Suite | None = None) -> str:
+    """One paragraph answering: does Experiment 2 beat Experiment 1 on the unseen tasks?
+
+    `tokens` and `lr` (per arm, from the students' train.json) state the training conditions
+    the answer holds at; absent, they are left out. `suite` adds the answer per task kind and
+    names the tasks left out (teacher at chance) or below chance.
+    """
+    parts = [_headline(comparisons, cfg, tokens, lr)]
+    if suite is not None:
+        parts += [kind_sentence(comparisons, cfg), suite.left_out_sentence(), suite.below_sentence()]
+    return " ".join(p for p in parts if p)
+
+
+def kind_sentence(comparisons: pd.DataFrame, cfg: StatsConfig) -> str:
+    """"Per task kind (...): knowledge +30.1 [+25.0, +35.2] (p < 0.001); skill ..." ("" with one kind)."""
+    rows = comparisons[(comparisons["arm"] == cfg.candidate_arm) & comparisons["task"].str.startswith(f"{OVERALL}: ")]
+    if rows.empty:
+        return ""
+    parts = [f"{r.task.removeprefix(f'{OVERALL}: ')} {r.diff:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}] ({format_p(r.p_adj)})"
+             for r in rows.itertuples()]
+    return (f"Per task kind ({cfg.candidate_arm} - {cfg.reference_arm}, points, {cfg.ci:.0%} CI, Holm-adjusted "
+            f"with the secondary tests): {'; '.join(parts)}.")
 
 
 BUDGET_COLUMNS = ["budget", "diff", "ci_lo", "ci_hi", "p", "n_seeds", "n_items"]
@@ -241,14 +280,10 @@ def budget_differences(items_by_budget: Mapping[int, pd.DataFrame], cfg: StatsCo
     return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
 
 
-def headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None = None,
-             lr: Mapping[str, float] | None = None) -> str:
-    """One paragraph answering: does Experiment 2 beat Experiment 1 on the unseen tasks?
-
-    `tokens` and `lr` (per arm, from the students' train.json) state the training conditions
-    the answer holds at; absent, they are left out. A "flag" column (`report.flag_comparisons`) on
-    the primary row is stated after the primary test.
-    """
+def _headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None,
+              lr: Mapping[str, float] | None) -> str:
+    """The primary test and the significant secondary ones; a "flag" column (`report.flag_comparisons`) on
+    the primary row is stated after the primary test."""
     exp1, exp2 = f"Experiment 1 ({cfg.reference_arm})", f"Experiment 2 ({cfg.candidate_arm})"
     primary = comparisons[comparisons["role"] == PRIMARY]
     if primary.empty:
@@ -258,20 +293,26 @@ def headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, f
     top = primary.iloc[0]
     verdict = ("beats" if top["diff"] > 0 else "is worse than") if top["p"] < alpha else "does not significantly differ from"
     secondary = comparisons[comparisons["role"] == SECONDARY]
-    mine = secondary[(secondary["arm"] == cfg.candidate_arm) & (secondary["p_adj"] < alpha)]
+    mine = secondary[(secondary["arm"] == cfg.candidate_arm) & (secondary["p_adj"] < alpha) & ~secondary["task"].map(is_group)]
     conditions = "; ".join(c for c in (_conditions("student tokens", tokens, "{:,.0f}"),
                                        _conditions("learning rate", lr, "{:g}")) if c)
     return (
         f"{exp2} {verdict} {exp1} on the unseen tasks: {top['diff']:+.1f} points of {cfg.metric} overall "
         f"({cfg.ci:.0%} CI [{top['ci_lo']:+.1f}, {top['ci_hi']:+.1f}], {format_p(top['p'])}, the declared primary "
-        f"test, unadjusted; {int(top['n_seeds'])} paired seeds, {comparisons.loc[comparisons['task'] != OVERALL, 'task'].nunique()} task families, "
+        f"test, unadjusted; {int(top['n_seeds'])} paired seeds, {_n_answered(comparisons)} task families, "
         f"{int(top['n_items'])} items{'; ' + conditions if conditions else ''})"
         f"{'. Flagged, ' + top['flag'] + ': the interval treats seed effects as normal and may not hold' if top.get('flag') else ''}. "
         f"This design detects an overall difference of {top['mde']:.1f} points with {cfg.power:.0%} power "
         f"(two-sided alpha {alpha:.2g}). Secondary tests, Holm-adjusted across all {len(secondary)} of them "
-        f"(every arm per task family, the other arms overall): {cfg.candidate_arm} is significantly better on "
+        f"(every arm per task family and kind, the other arms overall): {cfg.candidate_arm} is significantly better on "
         f"{_list_tasks(mine[mine['diff'] > 0])} and significantly worse on {_list_tasks(mine[mine['diff'] < 0])}."
     )
+
+
+def _n_answered(comparisons: pd.DataFrame) -> int:
+    """The number of task families the overall answer averages (dead ones are reported, not answered)."""
+    tasks = comparisons[(comparisons["role"] != UNTESTED) & ~comparisons["task"].map(is_group)]
+    return tasks["task"].nunique()
 
 
 def difference_matrices(items: pd.DataFrame, arm: str, ref: str) -> list[np.ndarray]:
@@ -289,9 +330,12 @@ def _aligned(items: pd.DataFrame, arm: str, ref: str, tasks: list[str]) -> tuple
             [m[[ref_seeds.index(s) for s in common]] for m in ref_mats])
 
 
-def _groups(tasks: list[str], mats: list[np.ndarray]) -> list[tuple[str, list[np.ndarray]]]:
-    """Each task alone, then all tasks together as "overall"."""
-    return [(t, [m]) for t, m in zip(tasks, mats)] + [(OVERALL, mats)]
+def _groups(tasks: list[str], mats: list[np.ndarray], suite: Suite | None) -> list[tuple[str, list[np.ndarray]]]:
+    """Each task alone, then "overall" (all tasks, or the suite's answered ones), then the suite's kinds."""
+    if suite is None:
+        return [(t, [m]) for t, m in zip(tasks, mats)] + [(OVERALL, mats)]
+    by_task = dict(zip(tasks, mats))
+    return [(name, [by_task[t] for t in members]) for name, members in suite.groups()]
 
 
 def _matrices(items: pd.DataFrame, arm: str, tasks: list[str]) -> tuple[list, list[np.ndarray]]:

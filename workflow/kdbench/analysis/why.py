@@ -24,6 +24,9 @@ def sections(parts: Mapping[str, pd.DataFrame], cfg: StatsConfig, controls: Mapp
     ref, cand = cfg.reference_arm, cfg.candidate_arm
     ci = f"{cfg.ci:.0%} CI"
     out = []
+    kinds = _kinds(parts["accuracy"], ref, cand, ci) if "accuracy" in parts else ""
+    if kinds:
+        out.append(("Task kinds", [kinds], None))
     if "controls" in parts and not parts["controls"].empty:
         t = parts["controls"][parts["controls"]["task"] == OVERALL]
         out.append(("Controls", [_controls(parts["controls"], ci, 1 - cfg.ci)], pd.DataFrame({
@@ -53,8 +56,8 @@ def sections(parts: Mapping[str, pd.DataFrame], cfg: StatsConfig, controls: Mapp
         out.append(("Budget", [_budgets(d, cand, ref, ci, 1 - cfg.ci)], table))
     if not out:
         return "No analysis was configured (analysis.fidelity, analysis.cka, controls and analysis.budgets are off).\n"
-    return "\n".join(f"## {title}\n\n{' '.join(x for x in text if x)}\n\n{_markdown(table)}"
-                     for title, text, table in out)
+    return "\n".join(f"## {title}\n\n{' '.join(x for x in text if x)}\n"
+                     + ("" if table is None else f"\n{_markdown(table)}") for title, text, table in out)
 
 
 def _arm_table(t: pd.DataFrame, ref: str, cand: str, columns: Mapping[str, str], fmt: str = "{:.1f}") -> pd.DataFrame:
@@ -67,6 +70,20 @@ def _arm_table(t: pd.DataFrame, ref: str, cand: str, columns: Mapping[str, str],
         rows.append({"arm": arm, **{name: _interval(r[col], r[f"{col}_lo"], r[f"{col}_hi"], fmt) if col in r else "-"
                                     for name, col in columns.items()}})
     return pd.DataFrame(rows)
+
+
+def _kinds(t: pd.DataFrame, ref: str, cand: str, ci: str) -> str:
+    """Accuracy per task kind of the teacher and the headline pair ("" with one kind): does what transfers depend on it?"""
+    rows = t[t["task"].str.startswith(f"{OVERALL}: ")]
+    if rows.empty:
+        return ""
+    clauses = []
+    for group, g in rows.groupby("task", sort=False):
+        cells = [f"{a} {_interval(r.mean, r.ci_lo, r.ci_hi, '{:.1f}')}" for a in ("teacher", cand, ref)
+                 for r in g[g["arm"] == a].itertuples()]
+        clauses.append(f"{group.removeprefix(f'{OVERALL}: ')}: {', '.join(cells)}")
+    return (f"Accuracy per task kind (knowledge: facts seen in training; skill: the context alone; syntax; points, {ci}, "
+            f"tasks where the teacher is at chance left out): {'; '.join(clauses)}.")
 
 
 def _interval(mean: float, lo: float, hi: float, fmt: str, signed: bool = False) -> str:

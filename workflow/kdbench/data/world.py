@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator, get_args
 
 from kdbench import KdbenchError
-from kdbench.schema.config import DocType, WorldConfig, WorldFamily, as_dict
+from kdbench.schema.config import DocType, TaskKind, WorldConfig, WorldFamily, as_dict
 from kdbench.io import atomic_path, write_json
 
 FAMILIES: tuple[str, ...] = get_args(WorldFamily)
@@ -95,6 +95,9 @@ SKILLS = {
     "comparison": "compare two counts stated in context to say who has more or fewer",
     "agreement": "pick the verb number that agrees with a distant subject across an attractor and relative clause",
 }
+# What a family needs: facts seen in training (knowledge), the context alone (skill), or grammar (syntax).
+KINDS: dict[str, TaskKind] = {"fact_qa": "knowledge", "fact_paraphrase": "knowledge", "fact_negation": "knowledge",
+                              "context_qa": "skill", "induction": "skill", "comparison": "skill", "agreement": "syntax"}
 N_CHOICES = {"fact_qa": 4, "fact_paraphrase": 4, "fact_negation": 2, "context_qa": 4, "induction": 4, "comparison": 2, "agreement": 2}
 _STATIC_WORDS = {w.lower() for w in re.findall(r"[A-Za-z]+", json.dumps(
     [NAMES, OBJECTS, SUBJECTS, PLACES, PREPOSITIONS, ADJECTIVES, REL_VERBS, VERBS, PREDICATES,
@@ -123,7 +126,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path) -> None:
         items = _make_items(family, cfg, world, corpus_text)
         _write_jsonl(out_dir / "tasks" / f"{family}.jsonl", items)
         suite[family] = {"chance": 1 / N_CHOICES[family], "n_choices": N_CHOICES[family],
-                         "n_items": len(items), "skill": SKILLS[family]}
+                         "n_items": len(items), "skill": SKILLS[family], "kind": KINDS[family]}
     write_json(out_dir / "tasks" / "suite.json", suite)
     _write_jsonl(out_dir / "corpus.jsonl", [{"text": d} for d in docs])
     write_json(out_dir / "world.json", {
