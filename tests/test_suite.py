@@ -136,4 +136,4 @@ def test_why_reads_accuracy_per_kind(models):
     assert "syntax: teacher 100.0" in text and "logit_hidden 95.0" in text
     single = Suite.of(["kdb_fact_qa"], cfg)
     table = stats.arm_means(items[items["task"] == "kdb_fact_qa"], ["teacher"], cfg, single)
-    assert why.paragraph({"accuracy": table}, cfg, {}).startswith("No analysis was configured")
+    assert why.sections({"accuracy": table}, cfg, {}).startswith("No analysis was configured")
