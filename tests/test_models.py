@@ -195,7 +195,7 @@ def test_pythia_preset_plans_the_real_model_dag(tmp_path):
     counts = job_counts(out.stdout + out.stderr)
     students = 2 * 3  # run_arms: logit and logit_hidden, 3 seeds
     assert counts["import_teacher"] == counts["import_tokenizer"] == 1
-    assert "cache_teacher" not in counts  # teacher.mode auto: the planned cache (3.7 TB) is above cache.max_gb
+    assert counts["cache_teacher"] == 1  # teacher.mode auto: the compacted cache (79.6 GB) is under cache.max_gb
     assert counts["train_student"] == students and counts["evaluate_model"] == 1 + 3 + students
     assert not {"train_teacher", "train_tokenizer", "generate_world", "render_tasks"} & set(counts)
     assert "gpu=1" in out.stdout + out.stderr  # gpus: 1 reaches the GPU rules' resources
