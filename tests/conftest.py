@@ -29,6 +29,13 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 SMOKE = REPO / "config" / "presets" / "smoke.yaml"
 
 
+def flip_byte(path: Path, at: int, mask: int = 0x01) -> None:
+    """Corrupt one byte of `path` in place (same size: only a content hash can tell)."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= mask
+    path.write_bytes(bytes(data))
+
+
 def snakemake(*args: str, cwd: Path = REPO, timeout: int = 1800):
     """Run the repository's Snakefile with `cwd` as working directory (results land there)."""
     import subprocess

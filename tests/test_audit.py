@@ -27,7 +27,7 @@ import pytest
 from kdbench import KdbenchError
 from kdbench.tools.audit import audit
 from kdbench.io import read_json, sha256_file, sha256_path, write_json
-from conftest import SmokeRun
+from conftest import SmokeRun, flip_byte
 from kdbench.provenance import job_seed, tree_hashes, write_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,9 +69,7 @@ def first_problem(results: Path, **kwargs) -> tuple[str, str]:
 
 
 def flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-7] ^= 0x01  # in the tensor data, past the safetensors header
-    path.write_bytes(data)
+    flip_byte(path, -7)  # in the tensor data, past the safetensors header
 
 
 def rehash_record(results: Path, artifact: str) -> None:

@@ -23,6 +23,8 @@ from kdbench.cache.capture import OnlineTeacher, fidelity, reconstruction_kl, to
 from kdbench.io import read_json
 from kdbench.models.causal_lm import build_model, forward_taps
 
+from conftest import flip_byte
+
 V, T, N = 61, 12, 10
 CAPTURE = Capture(hidden=(1, 3), attentions=(1, 3), qkv=(1, 3))
 CFG = CacheConfig(top_k=8, shard_seqs=4, batch_size=3)
@@ -204,9 +206,7 @@ def test_attention_other_than_the_formula_is_refused(tmp_path, tokens, monkeypat
 def test_flipped_byte_is_detected_by_verify(tmp_path, tokens):
     write(tmp_path, tokens)
     shard = tmp_path / "cache" / "00001.hidden.npy"
-    data = bytearray(shard.read_bytes())
-    data[-5] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    flip_byte(shard, -5, 0xFF)
     TeacherCache(tmp_path / "cache")  # sizes still match: only the hash can tell
     with pytest.raises(KdbenchError, match=r"shard 00001 \(00001.hidden.npy\): sha256 mismatch"):
         TeacherCache(tmp_path / "cache", verify=True)
@@ -216,9 +216,7 @@ def test_flipped_byte_is_refused_on_first_read(tmp_path, tokens):
     """What a student job sees: batches from intact shards, then the corrupt shard refused by name."""
     write(tmp_path, tokens)
     shard = tmp_path / "cache" / "00001.hidden.npy"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    shard.write_bytes(bytes(data))
+    flip_byte(shard, shard.stat().st_size // 2)
     cache = TeacherCache(tmp_path / "cache")
     first = cache.manifest["shards"][1]["start"]
     cache.batch(np.arange(first))  # shard 0 only: fine
@@ -337,9 +335,7 @@ def test_select_serves_only_what_an_arm_reads(tmp_path, tokens):
 def test_hidden_scale_is_read_only_with_the_hidden_states(tmp_path, tokens):
     write(tmp_path, tokens, cfg=INT8, capture=Capture(hidden=(1, 3)))
     shard = tmp_path / "cache" / "00001.hidden_scale.npy"
-    data = bytearray(shard.read_bytes())
-    data[-1] ^= 0x01
-    shard.write_bytes(bytes(data))
+    flip_byte(shard, -1)
     cache = TeacherCache(tmp_path / "cache")
     first = cache.manifest["shards"][1]["start"]
     cache.select(ArmConfig(terms={"ce": 0.5, "fkl": 0.5}).components)

@@ -19,6 +19,8 @@ from kdbench.models.causal_lm import build_model
 from kdbench.schema.arms import Capture
 from kdbench.schema.config import ArchConfig, CacheConfig, ConfigError, build
 
+from conftest import flip_byte
+
 V, T, N = 61, 12, 10
 CAPTURE = Capture(hidden=(1, 3), attentions=(1, 3), qkv=(3,))
 CFG = CacheConfig(top_k=8, shard_seqs=4, batch_size=3, layer_rank=6)
@@ -106,9 +108,7 @@ def test_the_online_teacher_fits_the_cache_jobs_bases(tmp_path, tokens):
 def test_a_corrupt_or_missing_basis_is_refused(tmp_path, tokens):
     write(tmp_path, tokens)
     path = tmp_path / "cache" / "hidden.basis.npy"
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 1
-    path.write_bytes(bytes(data))
+    flip_byte(path, -1)
     with pytest.raises(KdbenchError, match=r"hidden.basis.npy\): checksum mismatch"):
         TeacherCache(tmp_path / "cache")
     path.unlink()
