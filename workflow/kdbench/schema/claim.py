@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kdbench import KdbenchError
+from kdbench.io import read_json, write_json
 from kdbench.provenance import RECORD_SUFFIX
 
 LOCK = ".lock"  # holds the holder's PID, host, start time and command line
@@ -71,16 +72,13 @@ def config_changes(results: Path, config: Mapping[str, Any]) -> list[str]:
     stamp = Path(results) / STAMP
     if not stamp.is_file() or not _has_results(Path(results)):
         return []
-    old, new = _flat(json.loads(stamp.read_text())), _flat(_plain(config))
+    old, new = _flat(read_json(stamp)), _flat(_plain(config))
     return sorted(k for k in old.keys() | new.keys() if old.get(k, _ABSENT) != new.get(k, _ABSENT))
 
 
 def stamp_config(results: Path, config: Mapping[str, Any]) -> None:
     """Record the config a run of `results` uses (written when the run starts its jobs)."""
-    path = Path(results) / STAMP
-    tmp = path.with_name(f"{STAMP}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_plain(config), indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_json(Path(results) / STAMP, _plain(config))
 
 
 def lost_outputs(results: Path) -> list[str]:
@@ -91,7 +89,7 @@ def lost_outputs(results: Path) -> list[str]:
         if WORK in record.relative_to(results).parts:
             continue
         try:
-            outputs = json.loads(record.read_text()).get("outputs", {})
+            outputs = read_json(record).get("outputs", {})
         except (OSError, ValueError):
             continue  # the audit reports a broken record; the rebuild is of what a record names
         for files in outputs.values():
