@@ -372,14 +372,12 @@ def bench_branches(results: Path, budgets: list[int], preset: Path | None, work:
     from scipy import stats as sps
 
     from kdbench.analysis.curves import overall
+    from kdbench.schema.checks import load_config
     from kdbench.schema.experiment import budget_arms
     from kdbench.train.tuning import tuned
 
     params = read_json(Path(f"{results}/summary.csv.prov.json"))["params"]
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for key, value in (yaml.safe_load(Path(preset).read_text()) if preset else {}).items():
-        config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
-    exp = load_experiment(config)
+    exp = load_experiment(load_config([REPO / "config" / "config.yaml", *([preset] if preset else [])]))
     if exp.experiment != Path(results).name:
         raise KdbenchError(f"bench branches: {results} is not a run of the config's experiment {exp.experiment!r}")
     out = {"budgets": {}, "decay": exp.analysis.decay}
