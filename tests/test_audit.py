@@ -68,10 +68,6 @@ def first_problem(results: Path, **kwargs) -> tuple[str, str]:
     return result.problems[0]
 
 
-def flip_byte(path: Path) -> None:
-    flip_byte(path, -7)  # in the tensor data, past the safetensors header
-
-
 def rehash_record(results: Path, artifact: str) -> None:
     """Rewrite an artifact's record so that it matches the artifact as it is now."""
     record_file = results / f"{artifact}.prov.json"
@@ -129,7 +125,7 @@ def test_train_json_disagreeing_with_its_record_is_named(run_copy):
 
 @pytest.mark.slow
 def test_flipped_byte_in_student_checkpoint_is_named(run_copy):
-    flip_byte(run_copy / STUDENT / "model.safetensors")
+    flip_byte(run_copy / STUDENT / "model.safetensors", -7)  # in the tensor data
     path, message = first_problem(run_copy)
     assert path == STUDENT and "model.safetensors (changed)" in message
     problems = audit(run_copy).problems
@@ -190,7 +186,7 @@ def test_swapped_cache_shard_is_named(run_copy, tmp_path):
 
 @pytest.mark.slow
 def test_record_edited_to_match_a_tampered_file_breaks_the_downstream_link(run_copy):
-    flip_byte(run_copy / STUDENT / "model.safetensors")
+    flip_byte(run_copy / STUDENT / "model.safetensors", -7)  # in the tensor data
     rehash_record(run_copy, STUDENT)
     path, message = first_problem(run_copy)
     assert path == STUDENT and f"by {STUDENT_EVAL}.prov.json" in message and "produced" in message
@@ -223,7 +219,7 @@ def test_partial_folder_reports_absent_artifacts_as_not_shipped(smoke, tmp_path)
     assert re.search(r"\nNOT SHIPPED +- +cache +by cache_teacher @ .*; not shipped \(recorded sha256 [0-9a-f]{12}\)\n",
                      out.stdout)
     assert "missing" in first_problem(shared)[1]  # without --partial
-    flip_byte(shared / "eval" / "teacher" / "results.json")  # whatever is shipped must still match
+    flip_byte(shared / "eval" / "teacher" / "results.json", -7)  # whatever is shipped must still match
     assert first_problem(shared, partial=True)[0] == "eval/teacher/results.json"
 
 
@@ -249,7 +245,7 @@ def test_console_script_text_json_and_exit_codes(run_copy):
     assert out.stdout.splitlines()[-1].startswith("PASS: ")
     parsed = json.loads(kdbench("audit", "--json", str(run_copy)).stdout)
     assert parsed["ok"] and parsed["first_problem"] is None and len(parsed["artifacts"]) > 30
-    flip_byte(run_copy / STUDENT / "model.safetensors")
+    flip_byte(run_copy / STUDENT / "model.safetensors", -7)  # in the tensor data
     out = kdbench("audit", str(run_copy))
     assert out.returncode == 1 and f"FAIL: first broken link: {STUDENT}: " in out.stdout
     parsed = json.loads(kdbench("audit", "--json", str(run_copy)).stdout)
