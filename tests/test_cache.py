@@ -14,7 +14,6 @@ import torch
 
 from kdbench import KdbenchError
 from kdbench.cache import store as cache_mod
-from kdbench.cache import capture as capture_mod
 from kdbench.schema.arms import ArmConfig, Capture
 from kdbench.schema.config import CacheConfig, ArchConfig
 from kdbench.cache.compact import quantise
