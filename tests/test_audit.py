@@ -241,7 +241,7 @@ def test_partial_folder_may_ship_a_model_folder_without_its_weights(smoke, tmp_p
 def test_console_script_text_json_and_exit_codes(run_copy):
     out = kdbench("audit", str(run_copy))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert re.search(rf"\nOK +[0-9a-f]{{12}} +{STUDENT} +by train_student arm=logit seed=0 @ [0-9a-f]{{7}}", out.stdout)
+    assert re.search(rf"\nOK +[0-9a-f]{{12}} +{STUDENT} +by train_curve arm=logit seed=0 @ [0-9a-f]{{7}}", out.stdout)
     assert out.stdout.splitlines()[-1].startswith("PASS: ")
     parsed = json.loads(kdbench("audit", "--json", str(run_copy)).stdout)
     assert parsed["ok"] and parsed["first_problem"] is None and len(parsed["artifacts"]) > 30

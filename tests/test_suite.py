@@ -1,6 +1,6 @@
 """Task kinds and the teacher's status per task: dead tasks are marked and left out of the answer.
 
-Fake evaluations of five world families (a teacher at chance on context_qa, below chance on
+Fake evaluations of five world families (a teacher at chance on context_recall, below chance on
 fact_negation, far above it elsewhere) go through `aggregate`; the checks read the written
 tables, comparisons and headline.
 Run: .venv/bin/python -m pytest tests/test_suite.py -q   (CPU, ~15 s)
@@ -21,7 +21,7 @@ from kdbench.io import write_json
 from kdbench.schema.config import StatsConfig, build
 
 N_ITEMS = 120
-CHOICES = {"kdb_fact_qa": 4, "kdb_induction": 4, "kdb_context_qa": 4, "kdb_fact_negation": 2, "kdb_agreement": 2}
+CHOICES = {"kdb_fact_qa": 4, "kdb_induction": 4, "kdb_context_recall": 4, "kdb_fact_negation": 2, "kdb_agreement": 2}
 RATES = {  # per task, in CHOICES' order
     "teacher": (0.95, 0.90, 0.25, 0.30, 1.0),
     "ce": (0.30, 0.30, 0.25, 0.50, 0.55),
@@ -87,25 +87,25 @@ def test_dead_task_is_marked_and_left_out_of_the_answer(models, tmp_path):
     table = pd.read_csv(out / "table.csv")
     teacher = table[table["arm"] == "teacher"].set_index("task")["mean"]
     alive = ["kdb_fact_qa", "kdb_induction", "kdb_fact_negation", "kdb_agreement"]
-    assert teacher[OVERALL] == pytest.approx(np.mean([teacher[t] for t in alive]))  # context_qa left out
+    assert teacher[OVERALL] == pytest.approx(np.mean([teacher[t] for t in alive]))  # context_recall left out
     assert teacher[kind_group("skill")] == pytest.approx(teacher["kdb_induction"])
     assert teacher[kind_group("knowledge")] == pytest.approx((teacher["kdb_fact_qa"] + teacher["kdb_fact_negation"]) / 2)
     chance = table[table["arm"] == "chance"].set_index("task")["mean"]
     assert chance[OVERALL] == pytest.approx(np.mean([25, 25, 50, 50]))
 
     comparisons = pd.read_csv(out / "comparison.csv")
-    dead = comparisons[comparisons["task"] == "kdb_context_qa"]
+    dead = comparisons[comparisons["task"] == "kdb_context_recall"]
     assert set(dead["role"]) == {"dead"} and dead["p_adj"].isna().all()
     assert (comparisons["role"] == "secondary").sum() == 2 * (len(alive) + 1 + 3) - 1  # tasks, overall, 3 kinds
 
     headline = (out / "headline.txt").read_text()
-    assert "Left out of overall (the teacher is at chance): context_qa." in headline
+    assert "Left out of overall (the teacher is at chance): context_recall." in headline
     assert "4 task families" in headline
     assert "significantly below chance on fact_negation" in headline
     assert "Per task kind (logit_hidden - logit" in headline and "knowledge +" in headline and "syntax +" in headline
     wide = (out / "table.md").read_text()
-    assert "context_qa (dead)" in wide and "fact_negation (below chance)" in wide and "overall: skill" in wide
-    assert "context_qa (dead)" in (out / "comparison.md").read_text()
+    assert "context_recall (dead)" in wide and "fact_negation (below chance)" in wide and "overall: skill" in wide
+    assert "context_recall (dead)" in (out / "comparison.md").read_text()
 
 
 def test_include_dead_puts_it_back(models, tmp_path):
@@ -113,9 +113,9 @@ def test_include_dead_puts_it_back(models, tmp_path):
     teacher = pd.read_csv(out / "table.csv").query("arm == 'teacher'").set_index("task")["mean"]
     assert teacher[OVERALL] == pytest.approx(np.mean([teacher[t] for t in CHOICES]))
     headline = (out / "headline.txt").read_text()
-    assert "Kept in overall although the teacher is at chance (stats.include_dead): context_qa." in headline
+    assert "Kept in overall although the teacher is at chance (stats.include_dead): context_recall." in headline
     assert "5 task families" in headline
-    assert set(pd.read_csv(out / "comparison.csv").query("task == 'kdb_context_qa'")["role"]) == {"secondary"}
+    assert set(pd.read_csv(out / "comparison.csv").query("task == 'kdb_context_recall'")["role"]) == {"secondary"}
 
 
 def test_lm_eval_kinds_are_a_setting_and_checked(models, tmp_path):

@@ -34,11 +34,29 @@ def test_default_dry_run_has_every_arm_and_seed(tmp_path):
     counts = job_counts(out.stdout)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     seeds, controls = len(config["seeds"]), len(config["controls"]["random_teacher"])
-    assert counts["train_student"] == (len(config["arms"]) + controls) * seeds
-    assert counts["train_teacher"] == counts["cache_teacher"] == 1
+    arms = config.get("run_arms") or config["arms"]
     assert counts["train_curve"] == 3 * seeds  # reference, candidate and ce: one run each, a branch per budget
+    # the main budget is on the grid: the curve arms' main students are their branches there
+    assert config["student"]["train"]["tokens"] in config["analysis"]["budgets"]
+    assert counts["train_student"] == (len(arms) + controls) * seeds - counts["train_curve"]
+    assert counts["train_teacher"] == counts["cache_teacher"] == 1
     branches = counts["train_curve"] * len(config["analysis"]["budgets"])
     assert counts["evaluate_model"] == 1 + 3 + counts["train_student"] + branches
+
+
+def test_the_main_students_are_branches_only_where_every_seed_is_on_the_curves():
+    from kdbench.schema.experiment import budget_model, load_experiment
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    main = config["student"]["train"]["tokens"]
+
+    def path(**analysis):
+        return budget_model(load_experiment({**config, "analysis": {**config["analysis"], **analysis}}), main, "logit", 2)
+
+    assert path() == "students/logit/seed2"  # merged: the branch at the main budget is the main student
+    assert path(budget_seeds=2) == f"budgets/b{main}/students/logit/seed2"  # seed 2 has no curve run
+    assert path(curves="separate") == "students/logit/seed2"  # separate runs reuse the main (cosine) students
+    assert path(budgets=[main // 2, main * 2]) == f"budgets/b{main}/students/logit/seed2"
 
 
 def test_tuning_adds_one_search_per_arm(tmp_path):
@@ -112,7 +130,7 @@ def test_smoke_run_produces_tables_figures_and_provenance(smoke):
     arms = {r["arm"] for r in rows}
     assert {"teacher", "init", "ce", "logit", "logit_hidden"} <= arms
     tasks = {r["task"] for r in rows}
-    assert len(tasks) >= 6
+    assert len(tasks) >= 5
     assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows)
     assert "logit_hidden" in (smoke / "table.md").read_text()
     for fig in ("accuracy", "paired", "curves"):
@@ -157,7 +175,7 @@ def test_smoke_run_produces_every_analysis(smoke):
     assert read_json(smoke / "students" / "ce" / "seed0" / "train.json")["flops"]["teacher_forward"] == 0
     assert "<p" in (smoke / "landing" / "why.html").read_text()
     for record in ("analysis/why.md", "analysis/probes/kl.csv", "controls/teacher", "controls/cache",
-                   "budgets/b5000/students/logit/seed0"):  # a curve job's record: beside its first budget
+                   "students/logit/seed0"):  # a curve job's record: beside its first output, the main student
         assert read_json(smoke / f"{record}.prov.json")["outputs"], record
 
 
@@ -237,9 +255,9 @@ def test_html_report_builds(smoke):
 
 @pytest.mark.slow
 def test_branch_benchmark_compares_branches_with_separate_runs(smoke, tmp_path):
-    """`kdbench.bench branches` on the smoke run: separate cosine runs at a curve budget (trained here, with the
-    run's tuned settings) and at the main budget (the main students), against the branches of the same length."""
-    from kdbench.bench import bench_branches
+    """`kdbench.bench branches` on the smoke run: separate cosine runs (trained here, with the run's tuned settings)
+    against the branches of the same length, the main budget's being the main students."""
+    from kdbench.tools.retrain import bench_branches
 
     result = bench_branches(smoke, [10000, 20000], SMOKE, tmp_path)
     for budget in ("10000", "20000"):
@@ -251,4 +269,5 @@ def test_branch_benchmark_compares_branches_with_separate_runs(smoke, tmp_path):
     trained = read_json(tmp_path / "b10000" / "logit" / "seed0" / "train.json")
     assert trained["config"]["tokens"] == 10000 and trained["config"]["lr"] == read_json(
         smoke / "tuning" / "logit" / "tuning.json")["lr"]
-    assert not (tmp_path / "b20000").exists()  # the main budget's separate runs are the main students
+    main = read_json(tmp_path / "b20000" / "logit" / "seed0" / "train.json")  # a cosine run, not the branch
+    assert "branch" not in main and "branch" in read_json(smoke / "students" / "logit" / "seed0" / "train.json")

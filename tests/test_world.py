@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,11 @@ def _load(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def default(tmp_path_factory) -> dict:
-    """The default world, at full size (~1M tokens), generated once for the module."""
+    """The default world with fact_negation and its documents put back, at full size (~1M tokens), generated
+    once for the module."""
     root = tmp_path_factory.mktemp("default")
-    generate_world(WorldConfig(), root)
+    base = WorldConfig()
+    generate_world(replace(base, families=(*base.families, "fact_negation"), mix={**base.mix, "negation": 0.08}), root)
     return _load(root)
 
 
@@ -56,7 +59,7 @@ def test_more_items_leave_the_corpus_unchanged(tmp_path):
 
 
 def test_item_schema_and_suite(default):
-    assert set(default["suite"]) == set(WorldConfig().families)
+    assert set(default["suite"]) == {*WorldConfig().families, "fact_negation"}
     for family, items in default["items"].items():
         meta = default["suite"][family]
         assert meta["n_items"] == len(items) >= 200, family
@@ -139,19 +142,17 @@ def test_held_out_paraphrases_are_stated_only_for_the_qa_half(default):
     assert set(said) == set(world["qa_train"]) and min(said.values()) > 20
 
 
-def test_context_names_in_items_never_occur_in_the_corpus(default):
+def test_recall_keys_of_items_are_never_paired_in_the_corpus(default):
     world = default["world"]
-    test_pool, corpus_pool = set(world["nonce_names"]["test"]), set(world["nonce_names"]["corpus"])
+    test_pool, corpus_pool = set(world["recall_keys"]["test"]), set(world["recall_keys"]["corpus"])
     assert not test_pool & corpus_pool
-    corpus_words = set(re.findall(r"[A-Za-z]+", default["text"]))
-    for it in default["items"]["context_qa"]:
-        passage = it["context"].split("\nQ:")[0]
-        names = set(re.findall(r"(?:^|\. )([A-Z][a-z]+)", passage))
-        assert names and names <= test_pool, it
-        assert not names & corpus_words, it
-        asked = re.search(r"Q: \w+ \w+ (?:\w+ )?([A-Z][a-z]+)", it["context"]).group(1)
-        value = re.search(rf"{asked}\W[^.]*?(\w+)\.", it["context"]).group(1)
-        assert it["choices"][it["label"]] == f" {value}", it
+    paired = set(re.findall(r"(?:: |, )([a-z]{2}) [A-Za-z]+(?=[,.])", default["text"]))  # "city: ki Oslo, ta Rome."
+    assert paired and paired <= corpus_pool
+    for it in default["items"]["context_recall"]:
+        passage, asked = re.fullmatch(r"(\w+: .*\.)\nRecall: ([a-z]{2})", it["context"]).groups()
+        pairs = dict(re.findall(r"([a-z]{2}) ([A-Za-z]+)", passage.split(": ", 1)[1]))
+        assert set(pairs) <= test_pool and asked in pairs, it
+        assert it["choices"][it["label"]] == f" {pairs[asked]}", it
 
 
 def test_in_context_answers_are_correct(default):
@@ -160,8 +161,8 @@ def test_in_context_answers_are_correct(default):
         seq, prefix = seq.split(), prefix.split()
         assert seq[:len(prefix)] == prefix and it["choices"][it["label"]] == f" {seq[len(prefix)]}"
         assert len({c.strip() for c in it["choices"]} & set(seq)) == 2  # the answer and one lure from the sequence
-    for it in default["items"]["context_qa"]:
-        passage = it["context"].split("\nQ:")[0]
+    for it in default["items"]["context_recall"]:
+        passage = it["context"].split("\nRecall:")[0]
         assert sum(bool(re.search(rf"\b{c.strip()}\b", passage)) for c in it["choices"]) == 2, it  # answer + lure
 
 
@@ -250,9 +251,9 @@ def _copy_from_context(it: dict) -> int:
 
 def test_copying_from_the_context_reaches_half_at_most(every_family):
     """A model that copies a choice from the context, without binding or order, scores chance on the families
-    whose choices the context does not hold, and 50 on context_qa and induction (one lure from the context,
+    whose choices the context does not hold, and 50 on context_recall and induction (one lure from the context,
     two from outside): their skill is the part above 50."""
     for family, items in every_family["items"].items():
         acc = sum(_copy_from_context(it) == it["label"] for it in items) / len(items)
-        expected = 0.5 if family in ("context_qa", "induction") else every_family["suite"][family]["chance"]
+        expected = 0.5 if family in ("context_recall", "induction") else every_family["suite"][family]["chance"]
         assert abs(acc - expected) < 3.5 * (expected * (1 - expected) / len(items)) ** 0.5, (family, acc)

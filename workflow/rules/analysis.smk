@@ -49,7 +49,7 @@ if CONTROLS:
             "../scripts/cache_teacher.py"
 
 
-if BUDGET_ONLY and BRANCHES:
+if CURVE_ARMS:
 
     rule train_curve:
         """One run per arm and seed to the largest budget, a warmup-stable-decay schedule that branches a decay at
@@ -63,6 +63,8 @@ if BUDGET_ONLY and BRANCHES:
             tuned=tuned,
         output:
             BRANCH_OUTPUTS,
+        wildcard_constraints:
+            arm="|".join(CURVE_ARMS),
         conda:
             ENV
         log:
@@ -72,7 +74,7 @@ if BUDGET_ONLY and BRANCHES:
         params:
             arm=lambda w: config["arms"][w.arm],
             train=lambda w: {**config["student"]["train"], "tokens": BUDGETS[-1]},
-            budgets=BUDGETS,
+            budgets=CURVE_BUDGETS,  # in the order of the outputs
             decay=EXP.analysis.decay,
             work=lambda w: f"{WORK}/curves/{w.arm}/seed{w.seed}",
             online=ONLINE_SPEC,
@@ -107,6 +109,8 @@ if BUDGET_ONLY and not BRANCHES:
             train=lambda w: {**config["student"]["train"], "tokens": int(w.budget)},
             work=lambda w: f"{WORK}/budgets/b{w.budget}/{w.arm}/seed{w.seed}",
             online=ONLINE_SPEC,
+            budgets=[],  # one cosine run
+            decay=0.0,
         threads: 1
         resources:
             gpu=GPUS,

@@ -4,7 +4,8 @@ from snakemake.utils import validate
 
 from kdbench.schema.claim import claim, lost_outputs, stamp_config
 from kdbench.schema.checks import check_config_files, check_models, check_paths, check_tasks, student_depth
-from kdbench.schema.experiment import budget_arms, cached_tokens, capture_spec, chosen_arms, control_arms, load_experiment
+from kdbench.schema.experiment import (budget_arms, budget_model, cached_tokens, capture_spec, chosen_arms,
+                                       control_arms, load_experiment, merged_main)
 from kdbench.schema.plan import teacher_mode
 
 
@@ -44,23 +45,20 @@ MODELS = ["teacher", *FLOORS, *STUDENTS]
 CONTROLS = control_arms(EXP)  # twin -> the arm it copies
 CONTROL_STUDENTS = [f"students/{arm}/seed{seed}" for arm in CONTROLS for seed in SEEDS]
 # Budget curves: reference, candidate, ce (and analysis.budget_arms) at each budget. "branch": one run per arm
-# and seed branches a student at every budget (train_curve); "separate": a run per budget (train_budget), the
-# main budget reusing the main students.
+# and seed branches a student at every budget (train_curve), its branch at the main budget being the main student
+# where every seed is on the curves (merged_main); "separate": a run per budget (train_budget), the main budget
+# reusing the main students.
 BUDGETS = sorted(EXP.analysis.budgets)
 BRANCHES = EXP.analysis.curves == "branch"
-
-
-def budget_model(budget, arm, seed):
-    if budget == EXP.student.train.tokens and not BRANCHES:
-        return f"students/{arm}/seed{seed}"
-    return f"budgets/b{budget}/students/{arm}/seed{seed}"
-
-
 BUDGET_SEEDS = SEEDS[: EXP.analysis.budget_seeds]  # None: all
-BUDGET_MODELS = {b: [budget_model(b, a, s) for a in budget_arms(EXP) for s in BUDGET_SEEDS] for b in BUDGETS}
+BUDGET_MODELS = {b: [budget_model(EXP, b, a, s) for a in budget_arms(EXP) for s in BUDGET_SEEDS] for b in BUDGETS}
 BUDGET_ONLY = sorted({m for ms in BUDGET_MODELS.values() for m in ms if m.startswith("budgets/")})
-# the outputs of train_curve, one student per budget in the order of BUDGETS
-BRANCH_OUTPUTS = [directory(f"{R}/budgets/b{b}/students/{{arm}}/seed{{seed}}") for b in BUDGETS]
+# the outputs of train_curve, one student per budget, the main student first where it is one of them (its
+# record then sits beside it)
+CURVE_BUDGETS = sorted(BUDGETS, key=lambda b: not (merged_main(EXP) and b == EXP.student.train.tokens))
+BRANCH_OUTPUTS = [directory(f"{R}/{budget_model(EXP, b, '{arm}', '{seed}')}") for b in CURVE_BUDGETS]
+CURVE_ARMS = budget_arms(EXP) if BRANCHES else []
+MAIN_ARMS = [a for a in [*ARMS, *CONTROLS] if not (merged_main(EXP) and a in CURVE_ARMS)]  # train_student's
 A = f"{R}/analysis"  # the why analyses (rules/analysis.smk)
 PROBES = EXP.analysis.fidelity or EXP.analysis.cka
 ANALYSIS = PROBES or bool(CONTROLS) or bool(BUDGETS)

@@ -59,6 +59,8 @@ rule train_student:
         tuned=tuned,
     output:
         directory(f"{R}/students/{{arm}}/seed{{seed}}"),
+    wildcard_constraints:
+        arm="|".join(MAIN_ARMS),  # the curve arms' main students are branches of train_curve where merged_main
     conda:
         ENV
     log:
@@ -70,6 +72,8 @@ rule train_student:
         train=config["student"]["train"],
         work=lambda w: f"{WORK}/students/{w.arm}/seed{w.seed}",
         online=ONLINE_SPEC,
+        budgets=[EXP.student.train.tokens] if BRANCHES else [],  # the curves' schedule: a run of one branch
+        decay=EXP.analysis.decay,
     threads: 1
     resources:
         gpu=GPUS,

@@ -4,7 +4,7 @@ The benchmark must run offline and its tasks must probe distinct skills with exa
 answers and known chance levels, so the data is generated: invented people with a few
 attributes, stated many times in paraphrased biographies, plus document types that
 teach in-context skills. Each task family holds out exactly what it tests (the Q/A
-format, one paraphrase and negation for half the people, unseen nonce names, unseen
+format, one paraphrase and negation for half the people, keys never paired in training, unseen
 sequences and sentences), and no test item's text occurs verbatim in the corpus.
 Every component draws from its own seeded stream, so e.g. more test items never
 change the corpus.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, get_args
@@ -90,20 +89,15 @@ SKILLS = {
     "fact_qa": "recall a person's attribute learned from biographies, asked in a Q/A format seen only for others",
     "fact_paraphrase": "complete a statement of a person's attribute in a phrasing the corpus uses only for others",
     "fact_negation": "complete a negated statement with a false value instead of the person's true one",
-    "context_qa": "answer about unseen nonce names from facts stated earlier in the same passage",
+    "context_recall": "recall the value paired with a key in a list earlier in the passage, keys never paired in training",
     "induction": "continue copying a novel syllable sequence shown earlier in the context",
     "comparison": "compare two counts stated in context to say who has more or fewer",
     "agreement": "pick the verb number that agrees with a distant subject across an attractor and relative clause",
 }
 # What a family needs: facts seen in training (knowledge), the context alone (skill), or grammar (syntax).
 KINDS: dict[str, TaskKind] = {"fact_qa": "knowledge", "fact_paraphrase": "knowledge", "fact_negation": "knowledge",
-                              "context_qa": "skill", "induction": "skill", "comparison": "skill", "agreement": "syntax"}
-N_CHOICES = {"fact_qa": 4, "fact_paraphrase": 4, "fact_negation": 2, "context_qa": 4, "induction": 4, "comparison": 2, "agreement": 2}
-_STATIC_WORDS = {w.lower() for w in re.findall(r"[A-Za-z]+", json.dumps(
-    [NAMES, OBJECTS, SUBJECTS, PLACES, PREPOSITIONS, ADJECTIVES, REL_VERBS, VERBS, PREDICATES,
-     [as_dict(a) for a in ATTRIBUTES], "Q A Sequence Repeat Who has more fewer The the that"]))}
-
-
+                              "context_recall": "skill", "induction": "skill", "comparison": "skill", "agreement": "syntax"}
+N_CHOICES = {"fact_qa": 4, "fact_paraphrase": 4, "fact_negation": 2, "context_recall": 4, "induction": 4, "comparison": 2, "agreement": 2}
 @dataclass(frozen=True)
 class World:
     """Ground truth shared by the corpus and the tasks."""
@@ -111,8 +105,8 @@ class World:
     people: dict[str, dict[str, str]]  # name -> attribute -> value
     qa_train: tuple[str, ...]  # people whose Q/A and negated statements are in the corpus
     qa_test: tuple[str, ...]  # people only described by biographies; the fact families ask about them
-    nonce_corpus: tuple[str, ...]  # invented names used by context documents
-    nonce_test: tuple[str, ...]  # disjoint invented names used only by context_qa items
+    keys_corpus: tuple[str, ...]  # the syllables that name the pairs of context documents
+    keys_test: tuple[str, ...]  # the other syllables: keys only context_recall items pair with values
 
 
 def generate_world(cfg: WorldConfig, out_dir: Path) -> None:
@@ -133,7 +127,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path) -> None:
         "config": as_dict(cfg), "doc_counts": counts,
         "attributes": {a.name: list(a.values) for a in ATTRIBUTES},
         "people": world.people, "qa_train": world.qa_train, "qa_test": world.qa_test,
-        "nonce_names": {"corpus": world.nonce_corpus, "test": world.nonce_test}})
+        "recall_keys": {"corpus": world.keys_corpus, "test": world.keys_test}})
 
 
 def _rng(cfg: WorldConfig, component: str) -> random.Random:
@@ -164,11 +158,10 @@ def _make_world(cfg: WorldConfig) -> World:
     columns = {a.name: list(itertools.islice(_deck(rng, a.values), cfg.n_entities)) for a in ATTRIBUTES}
     people = {n: {a: columns[a][i] for a in columns} for i, n in enumerate(names)}
     half = cfg.n_entities // 2
-    nonce = [a.capitalize() + b for a in SYLLABLES for b in SYLLABLES if a != b]
-    nonce = [w for w in nonce if w.lower() not in _STATIC_WORDS]
-    _rng(cfg, "nonce").shuffle(nonce)
-    n_test = len(nonce) // 5
-    return World(people, tuple(names[:half]), tuple(names[half:]), tuple(nonce[n_test:]), tuple(nonce[:n_test]))
+    keys = list(SYLLABLES)  # one token each: a key is found by its own token, as induction finds a syllable
+    _rng(cfg, "keys").shuffle(keys)
+    n_test = len(keys) // 5
+    return World(people, tuple(names[:half]), tuple(names[half:]), tuple(keys[n_test:]), tuple(keys[:n_test]))
 
 
 # ---- corpus ---------------------------------------------------------------------------------------------------
@@ -220,20 +213,24 @@ def _other_value(rng: random.Random, attr: Attribute, value: str) -> str:
     return rng.choice([v for v in attr.values if v != value])
 
 
-def _context_passage(rng: random.Random, names: tuple[str, ...]) -> tuple[Attribute, list[str], list[str], str]:
-    """2-3 nonce people with one attribute each, in its plain statement form (so the value sits at a fixed
-    place after the name); returns (attribute, names, values, passage)."""
+RECALL = "Recall:"  # before a recalled key: " key" then takes the same token as in the list
+
+
+def _context_passage(rng: random.Random, keys: tuple[str, ...]) -> tuple[Attribute, list[str], list[str], str]:
+    """2-4 distinct syllable keys, each paired with one value of one attribute in a list ("city: ki Oslo, ta
+    Rome."); returns (attribute, keys, values, passage)."""
     attr = rng.choice(ATTRIBUTES)
-    who = rng.sample(names, rng.choice((2, 3)))
+    who = rng.sample(keys, rng.randint(2, 4))
     values = rng.sample(attr.values, len(who))
-    return attr, who, values, " ".join(attr.statements[0].format(n=n, v=v) for n, v in zip(who, values))
+    return attr, who, values, f"{attr.name}: " + ", ".join(f"{k} {v}" for k, v in zip(who, values)) + "."
 
 
 def _context_docs(rng: random.Random, world: World) -> Iterator[str]:
+    """A passage, then one or more of its keys in a shuffled order, each followed by its value."""
     while True:
-        attr, who, values, passage = _context_passage(rng, world.nonce_corpus)
-        asked = rng.sample(range(len(who)), rng.choice((1, 2)))
-        yield passage + "".join(f"\nQ: {attr.question.format(n=who[i])}\nA: {values[i]}" for i in asked)
+        _, who, values, passage = _context_passage(rng, world.keys_corpus)
+        recalled = rng.sample(range(len(who)), rng.randint(1, len(who)))
+        yield passage + "".join(f"\n{RECALL} {who[i]} {values[i]}" for i in recalled)
 
 
 def _sequence(rng: random.Random) -> list[str]:
@@ -347,13 +344,13 @@ def _fact_negation(rng: random.Random, world: World) -> Iterator[Candidate]:
         yield head, f" {_other_value(rng, attr, value)}{tail}", [f" {value}{tail}"]
 
 
-def _context_qa(rng: random.Random, world: World) -> Iterator[Candidate]:
+def _context_recall(rng: random.Random, world: World) -> Iterator[Candidate]:
     while True:
-        attr, who, values, passage = _context_passage(rng, world.nonce_test)
+        attr, who, values, passage = _context_passage(rng, world.keys_test)
         i = rng.randrange(len(who))
-        lure = rng.choice([v for v in values if v != values[i]])  # in the passage, bound to another name
+        lure = rng.choice([v for v in values if v != values[i]])  # in the passage, paired with another key
         others = [lure, *rng.sample([v for v in attr.values if v not in values], 2)]
-        yield f"{passage}\nQ: {attr.question.format(n=who[i])}\nA:", f" {values[i]}", [f" {v}" for v in others]
+        yield f"{passage}\n{RECALL} {who[i]}", f" {values[i]}", [f" {v}" for v in others]
 
 
 def _induction(rng: random.Random, world: World) -> Iterator[Candidate]:
@@ -378,7 +375,7 @@ def _agreement_items(rng: random.Random, world: World) -> Iterator[Candidate]:
 
 
 _CANDIDATES: dict[str, Callable[[random.Random, World], Iterator[Candidate]]] = {
-    "fact_qa": _fact_qa, "fact_paraphrase": _fact_paraphrase, "fact_negation": _fact_negation, "context_qa": _context_qa, "induction": _induction,
+    "fact_qa": _fact_qa, "fact_paraphrase": _fact_paraphrase, "fact_negation": _fact_negation, "context_recall": _context_recall, "induction": _induction,
     "comparison": _comparison_items, "agreement": _agreement_items}
 
 

@@ -127,6 +127,21 @@ def budget_arms(exp: Experiment) -> list[str]:
     return list(dict.fromkeys((exp.stats.reference_arm, exp.stats.candidate_arm, *floor, *exp.analysis.budget_arms)))
 
 
+def merged_main(exp: Experiment) -> bool:
+    """Branched curves through the main budget, on every seed: the curve runs' branch at the main budget is the
+    main student of each curve arm (no second run of it), and every other student trains on the same schedule."""
+    return (exp.analysis.curves == "branch" and exp.student.train.tokens in exp.analysis.budgets
+            and (exp.analysis.budget_seeds or len(exp.seeds)) >= len(exp.seeds))
+
+
+def budget_model(exp: Experiment, budget: int, arm: str, seed: int) -> str:
+    """The model folder of one point of the budget curves: the main student at the main budget where it is that
+    point (separate cosine runs, or `merged_main`), else "budgets/b<N>/students/<arm>/seed<S>"."""
+    if budget == exp.student.train.tokens and (exp.analysis.curves == "separate" or merged_main(exp)):
+        return f"students/{arm}/seed{seed}"
+    return f"budgets/b{budget}/students/{arm}/seed{seed}"
+
+
 def cached_tokens(exp: Experiment) -> int:
     """Student tokens the real teacher's cache must cover: the main budget or the largest budget curve's."""
     return max((exp.student.train.tokens, *exp.analysis.budgets))
