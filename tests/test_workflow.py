@@ -168,6 +168,9 @@ def test_smoke_run_produces_every_analysis(smoke):
     assert (smoke / "efficiency.md").is_file() and "<img" in (smoke / "landing" / "learning.html").read_text()
     branch = read_json(smoke / "budgets" / "b10000" / "students" / "logit" / "seed0" / "train.json")
     assert branch["config"]["tokens"] == 10000 and branch["branch"]["decay_steps"] > 0
+    other = read_json(smoke / "students" / "logit_hidden_attn" / "seed0" / "train.json")  # no curve: the same schedule
+    assert other["branch"]["decay_steps"] == read_json(smoke / "students" / "logit" / "seed0" / "train.json")[
+        "branch"]["decay_steps"] > 0
     control = read_json(smoke / "controls" / "cache" / "manifest.json")
     assert control["teacher_sha256"] != read_json(smoke / "cache" / "manifest.json")["teacher_sha256"]
     train = read_json(smoke / "students" / "logit_hidden@random" / "seed0" / "train.json")

@@ -72,7 +72,7 @@ rule train_student:
         train=config["student"]["train"],
         work=lambda w: f"{WORK}/students/{w.arm}/seed{w.seed}",
         online=ONLINE_SPEC,
-        budgets=[EXP.student.train.tokens] if BRANCHES else [],  # the curves' schedule: a run of one branch
+        budgets=[EXP.student.train.tokens] if CURVE_ARMS else [],  # branched curves' schedule: a one-branch run
         decay=EXP.analysis.decay,
     threads: 1
     resources:
