@@ -4,8 +4,8 @@ The benchmark must run offline and its tasks must probe distinct skills with exa
 answers and known chance levels, so the data is generated: invented people with a few
 attributes, stated many times in paraphrased biographies, plus document types that
 teach in-context skills. Each task family holds out exactly what it tests (the Q/A
-format, one paraphrase and negation for half the people, keys never paired in training, unseen
-sequences and sentences), and no test item's text occurs verbatim in the corpus.
+format, one paraphrase and negation for half the people, recall keys never paired in
+training, unseen sequences and sentences), and no test item's text occurs verbatim in the corpus.
 Every component draws from its own seeded stream, so e.g. more test items never
 change the corpus.
 """
@@ -98,6 +98,8 @@ SKILLS = {
 KINDS: dict[str, TaskKind] = {"fact_qa": "knowledge", "fact_paraphrase": "knowledge", "fact_negation": "knowledge",
                               "context_recall": "skill", "induction": "skill", "comparison": "skill", "agreement": "syntax"}
 N_CHOICES = {"fact_qa": 4, "fact_paraphrase": 4, "fact_negation": 2, "context_recall": 4, "induction": 4, "comparison": 2, "agreement": 2}
+
+
 @dataclass(frozen=True)
 class World:
     """Ground truth shared by the corpus and the tasks."""

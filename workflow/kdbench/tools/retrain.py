@@ -87,8 +87,8 @@ def bench_branches(results: Path, budgets: list[int], preset: Path | None, work:
     paired seeds (mean, t interval), beside the separate runs' own seed interval (half-width of their mean).
 
     `results` is a finished run of config/config.yaml (with `preset` merged over it, as --configfile does). The
-    separate runs of the main budget are the run's main students; other budgets are trained here from the run's
-    initialisations and cache and evaluated on its suite, into `work`.
+    separate runs are trained here, at every budget, from the run's initialisations and cache and evaluated on its
+    suite, into `work` (at the main budget the branch is the run's main student, `budget_model`).
     """
     from scipy import stats as sps
 
