@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,7 @@ def test_direct_writer_reports_a_short_write(tmp_path, monkeypatch):
 
 _STEPS = """
 import resource, sys, torch
+torch.set_num_threads(1)  # one arena: other threads' arenas add faults that vary from run to run
 from kdbench.memory import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     sys.exit(3)
@@ -79,6 +81,7 @@ ids = torch.randint(1024, (32, 64))
 def step():
     model(input_ids=ids).logits.logsumexp(-1).sum().backward()
 step()
+step()  # a second warm step: the allocator has seen every size
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
     step()
@@ -89,7 +92,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.slow  # runs training steps in two subprocesses
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_keep_freed_memory_cuts_page_faults_of_training_steps():
-    """Training steps reuse freed memory instead of faulting fresh pages in (measured: 6,500 -> 1,800 per step)."""
+    """Training steps reuse freed memory instead of faulting fresh pages in (measured on one thread: 3,000-8,000 -> under 500 per step)."""
     def faults(mode: str) -> int:
         done = subprocess.run([sys.executable, "-c", _STEPS, mode], capture_output=True, text=True, timeout=300)
         if done.returncode == 3:
@@ -97,7 +100,7 @@ def test_keep_freed_memory_cuts_page_faults_of_training_steps():
         assert done.returncode == 0, done.stderr[-2000:]
         return int(done.stdout.split()[-1])
 
-    default, keep = (min(faults(mode) for _ in range(2)) for mode in ("default", "keep"))  # the quieter of two runs
+    default, keep = (statistics.median([faults(mode) for _ in range(3)]) for mode in ("default", "keep"))
     assert keep < 0.5 * default or default < 1000  # (huge pages: few faults either way, nothing to cut)
 
 
