@@ -40,8 +40,8 @@ def test_default_dry_run_has_every_arm_and_seed(tmp_path):
     assert config["student"]["train"]["tokens"] in config["analysis"]["budgets"]
     assert counts["train_student"] == (len(arms) + controls) * seeds - counts["train_curve"]
     assert counts["train_teacher"] == counts["cache_teacher"] == 1
-    branches = counts["train_curve"] * len(config["analysis"]["budgets"])
-    assert counts["evaluate_model"] == 1 + 3 + counts["train_student"] + branches
+    assert counts["evaluate_model"] == 1 + 3 + counts["train_student"]  # the teacher, the floors, the students
+    assert counts["evaluate_curve"] == counts["train_curve"]  # a curve run's branches in one job
 
 
 def test_the_main_students_are_branches_only_where_every_seed_is_on_the_curves():

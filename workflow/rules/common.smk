@@ -56,7 +56,8 @@ BUDGET_ONLY = sorted({m for ms in BUDGET_MODELS.values() for m in ms if m.starts
 # the outputs of train_curve, one student per budget, the main student first where it is one of them (its
 # record then sits beside it)
 CURVE_BUDGETS = sorted(BUDGETS, key=lambda b: not (merged_main(EXP) and b == EXP.student.train.tokens))
-BRANCH_OUTPUTS = [directory(f"{R}/{budget_model(EXP, b, '{arm}', '{seed}')}") for b in CURVE_BUDGETS]
+BRANCH_MODELS = [budget_model(EXP, b, "{arm}", "{seed}") for b in CURVE_BUDGETS]  # patterns in {arm} and {seed}
+BRANCH_OUTPUTS = [directory(f"{R}/{m}") for m in BRANCH_MODELS]
 CURVE_ARMS = budget_arms(EXP) if BRANCHES else []
 MAIN_ARMS = [a for a in [*ARMS, *CONTROLS] if not (merged_main(EXP) and a in CURVE_ARMS)]  # train_student's
 A = f"{R}/analysis"  # the why analyses (rules/analysis.smk)
