@@ -18,8 +18,7 @@ from conftest import REPO, snakemake
 
 
 def experiment(**sections) -> object:
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg.update(sections)
+    cfg = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), "run_arms": [], **sections}
     return load_experiment(cfg)
 
 

@@ -19,7 +19,8 @@ DEFAULT = REPO / "config" / "config.yaml"
 
 
 def experiment(tmp_path, override: dict):
-    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    """config/config.yaml with every configured arm running (its run_arms cleared), then `override`."""
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump({"run_arms": [], **override}))
     return load_experiment(load_config([DEFAULT, tmp_path / "override.yaml"]))
 
 
@@ -61,7 +62,8 @@ def test_the_plan_counts_only_the_arms_that_run(tmp_path):
 
 
 def test_the_dag_runs_only_the_chosen_arms(tmp_path):
-    (tmp_path / "drop.yaml").write_text(yaml.safe_dump({"arms": {"logit_relation": None, "logit_hidden_attn": None}}))
+    (tmp_path / "drop.yaml").write_text(yaml.safe_dump({"run_arms": [], "arms": {"logit_relation": None,
+                                                                               "logit_hidden_attn": None}}))
     out = snakemake("-n", "--configfile", str(tmp_path / "drop.yaml"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "students/logit_relation" not in out.stdout and "students/hidden/seed2" in out.stdout

@@ -34,7 +34,7 @@ ENTITIES = (8, 96)  # both Q/A halves need 4 people; names come from a fixed lis
 @dataclass(frozen=True)
 class WorldConfig:
     seed: int = 1234  # one seed fixes the whole world; components derive named sub-seeds from it
-    n_entities: int = 64  # few enough that each fact is stated 80+ times in biographies of a 1M-token corpus
+    n_entities: int = 32  # few enough that each fact is stated 160+ times in biographies of a 1M-token corpus
     n_docs: int = 20000  # about 1.0M tokens with the default 1024-token BPE
     items_per_task: int = 300  # per family; the fact families are capped by the held-out facts (224 by default)
     # The families of the suite. Left out of the default: fact_negation (the teacher answers the true value after
