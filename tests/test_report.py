@@ -245,6 +245,35 @@ def test_budget_curves_open_the_headline_on_tokens_to_the_teacher(models, tmp_pa
     assert page.index("> Student tokens") < page.index("![Learning curves](figures/learning.png)") < page.index("| ce | >=")
 
 
+def test_the_answer_gives_tokens_to_the_teacher_per_task_kind(models, tmp_path):
+    """kdb_alpha a knowledge task, kdb_beta a skill task: logit learns the knowledge at 4x logit_hidden's tokens and
+    never the skill, so the knowledge ratio is finite and the skill ratio is censored on logit's side."""
+    rng = np.random.default_rng(13)
+    learns = {"logit_hidden": [(0.0, 1.0, 1.0, 1.0)] * 2, "logit": [(0.0, 0.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0)],
+              "ce": [(0.0, 0.0, 0.0, 0.0)] * 2}  # per arm, per task: share of the teacher's gain at each budget
+    budgets = {}
+    for b, budget in enumerate(BUDGETS):
+        budgets[budget] = []
+        for arm, per_task in learns.items():
+            rates = tuple(i + f[b] * (t - i) for i, t, f in zip(RATES["init"], RATES["teacher"], per_task))
+            for seed in range(3):
+                m = ModelEval(f"budgets/b{budget}/students/{arm}/seed{seed}", arm, seed, tmp_path / f"{arm}{seed}b{b}.json")
+                _fake_eval(m.eval_path, rates, rng)
+                budgets[budget].append(m)
+    cfg = StatsConfig(kinds={"kdb_alpha": "knowledge", "kdb_beta": "skill"})
+    aggregate(models, cfg, tmp_path / "out", budgets=budgets)
+    headline = (tmp_path / "out" / "headline.txt").read_text()
+    sentence = headline[headline.index("Per task kind (tokens to 90% of the teacher's gain on that kind's tasks): "):]
+    knowledge, skill = sentence.split("; on skill, ")
+    assert re.search(r"on knowledge, logit needs \d\.\d\dx \(95% CI \[[\d.]+, [\d.]+\], 3 paired seeds\) the tokens "
+                     r"of logit_hidden \(logit_hidden \d+k, logit \d+k\)$", knowledge), knowledge
+    assert "(logit_hidden 3k, logit >=64k; flagged: seeds censored" in skill, skill
+    eff = pd.read_csv(tmp_path / "out" / "efficiency.csv")
+    assert set(eff["kind"]) == {"overall", "knowledge", "skill"}
+    per_kind = eff[eff["arm"] == "logit"].set_index("kind")["censored_90"]
+    assert not per_kind["knowledge"].any() and per_kind["skill"].all()
+
+
 def test_seeds_in_different_regimes_flag_the_comparison(models, tmp_path):
     """One logit seed at the floor, two trained: the primary comparison is flagged in the tables and headline."""
     rng = np.random.default_rng(12)

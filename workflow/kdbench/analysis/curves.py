@@ -198,9 +198,9 @@ def _tokens(v: float) -> str:
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
 
 
-def arm_tokens(eff: pd.DataFrame, arm: str, share: float) -> str:
+def arm_tokens(eff: pd.DataFrame, arm: str, share: float, per_seed: bool = True) -> str:
     """"180k (per seed 150k, 190k, >=1.60M)": the geometric mean over seeds (">=" with a censored seed, "<="
-    reached at the first budget), then each seed's tokens."""
+    reached at the first budget), then (`per_seed`) each seed's tokens."""
     p = round(100 * share)
     rows = eff[eff["arm"] == arm].sort_values("seed")
     if rows.empty:
@@ -209,7 +209,7 @@ def arm_tokens(eff: pd.DataFrame, arm: str, share: float) -> str:
              for t, c, f in zip(rows[f"tokens_{p}"], rows[f"censored_{p}"], rows[f"at_first_{p}"])]
     mean = float(np.exp(np.log(rows[f"tokens_{p}"]).mean()))
     bound = ">=" if rows[f"censored_{p}"].any() else "<=" if rows[f"at_first_{p}"].all() else ""
-    return f"{bound}{_tokens(mean)} (per seed {', '.join(seeds)})"
+    return f"{bound}{_tokens(mean)}" + (f" (per seed {', '.join(seeds)})" if per_seed else "")
 
 
 def ratio_text(r: dict | None, ci: float) -> str:

@@ -9,9 +9,10 @@ Outputs in `out_dir` (all written atomically, identical on rerun):
   the role of each test (one primary, the rest one Holm-adjusted secondary family), CI
   half-width and minimal detectable difference.
 - ``headline.txt``: the answer to the research question in one paragraph; with budget curves it opens on the
-  budget-resolved answer (tokens to 90% of the teacher's gain, their ratio, the difference at the largest budget).
+  budget-resolved answer (tokens to 90% of the teacher's gain, their ratio, the difference at the largest budget),
+  then the same ratio per task kind where the answered tasks hold several kinds.
 - ``efficiency.{md,csv,tex}`` (budget curves only): tokens to 50% and 90% of the teacher's gain per arm and seed,
-  the area under the curve, the token ratio (`kdbench.analysis.curves`).
+  the area under the curve, the token ratio (`kdbench.analysis.curves`); the CSV also per task kind.
 - ``figures/{accuracy,paired,curves,learning}.{png,pdf}`` (curves only when training curves are given, learning
   with budget curves).
 
@@ -104,7 +105,8 @@ def aggregate(models: Sequence[ModelEval], cfg: StatsConfig, out_dir: Path, tuni
                                                             suite), regimes)
     headline = stats.headline(comparisons, cfg, **_training_conditions(models, cfg), suite=suite)
     if budgets:
-        answer = budget_answer(budgets, items, cfg, out_dir, chance[OVERALL], suite.answered)
+        kinds = {k: [t for t in suite.answered if suite.kinds[t] == k] for k in suite.kind_names}
+        answer = budget_answer(budgets, items, cfg, out_dir, chance[OVERALL], suite.answered, kinds)
         headline = f"{answer} At the main budget: {headline}"
     sensitivity = tuning_sensitivity(tuning, cfg, suite) if tuning is not None else None
     if sensitivity is not None:
@@ -210,18 +212,47 @@ def budget_tables(budgets: Mapping[int, Sequence[ModelEval]], cfg: StatsConfig, 
     return table, pd.concat(diffs, ignore_index=True)
 
 
-def budget_answer(budgets: Mapping[int, Sequence[ModelEval]], items: pd.DataFrame, cfg: StatsConfig, out_dir: Path,
-                  chance: float, tasks: Sequence[str] | None = None) -> str:
-    """Write efficiency.{csv,md,tex} and figures/learning.{png,pdf}; returns the budget-resolved answer.
-
-    `items`: the main run's item scores, whose `init` and `teacher` models anchor the targets; `tasks`: the
-    task families to average over (None: all).
-    """
+def _efficiency(by_budget: Mapping[int, pd.DataFrame], items: pd.DataFrame, tasks: Sequence[str] | None) -> pd.DataFrame:
+    """`curves.efficiency` over `tasks`, anchored on the main run's floor and teacher (`items`)."""
     base = curves.anchors(items, tasks)
     if base is None:
         raise KdbenchError("budget curves: the untrained floor (init) and the teacher must be evaluated")
+    if tasks is not None:
+        by_budget = {b: it[it["task"].isin(tasks)] for b, it in by_budget.items()}
+    return curves.efficiency(curves.seed_curves(by_budget, tasks), base)
+
+
+def kind_answer(by_budget: Mapping[int, pd.DataFrame], items: pd.DataFrame, cfg: StatsConfig,
+                kinds: Mapping[str, Sequence[str]]) -> tuple[str, pd.DataFrame]:
+    """Per task kind (kind -> its answered tasks): the headline pair's tokens to 90% of the teacher's gain on that
+    kind's tasks and their ratio; returns the sentence and the per-kind efficiency rows (column "kind")."""
+    ref, cand, share = cfg.reference_arm, cfg.candidate_arm, curves.TARGETS[-1]
+    parts, frames = [], []
+    for kind, tasks in kinds.items():
+        eff = _efficiency(by_budget, items, tasks)
+        ratio = curves.token_ratio(eff, ref, cand, share, cfg.ci)
+        text = curves.ratio_text(ratio, cfg.ci)
+        ratio_part = f"{ref} needs {text} the tokens of {cand}" if ratio and ratio["ratio"] else f"{ref} / {cand}: {text}"
+        detail = "; ".join(filter(None, [", ".join(f"{a} {curves.arm_tokens(eff, a, share, per_seed=False)}"
+                                                   for a in (cand, ref)), curves.ratio_flag(ratio)]))
+        parts.append(f"on {kind}, {ratio_part} ({detail})")
+        frames.append(eff.assign(kind=kind))
+    sentence = f"Per task kind (tokens to {share:.0%} of the teacher's gain on that kind's tasks): {'; '.join(parts)}."
+    return sentence, pd.concat(frames, ignore_index=True)
+
+
+def budget_answer(budgets: Mapping[int, Sequence[ModelEval]], items: pd.DataFrame, cfg: StatsConfig, out_dir: Path,
+                  chance: float, tasks: Sequence[str] | None = None,
+                  kinds: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Write efficiency.{csv,md,tex} and figures/learning.{png,pdf}; returns the budget-resolved answer.
+
+    `items`: the main run's item scores, whose `init` and `teacher` models anchor the targets; `tasks`: the
+    task families to average over (None: all); `kinds`: kind -> its tasks, for the per-kind sentence and the
+    per-kind rows of efficiency.csv (two kinds or more).
+    """
     by_budget = budget_items(budgets, cfg, tasks)
-    eff = curves.efficiency(curves.seed_curves(by_budget, tasks), base)
+    eff = _efficiency(by_budget, items, tasks)
+    base = curves.anchors(items, tasks)
     ref, cand = cfg.reference_arm, cfg.candidate_arm
     ratios = {s: curves.token_ratio(eff, ref, cand, s, cfg.ci) for s in curves.TARGETS}
     auc = curves.auc_items(by_budget)
@@ -235,6 +266,14 @@ def budget_answer(budgets: Mapping[int, Sequence[ModelEval]], items: pd.DataFram
                f"<= reached at the first), the area under the accuracy-vs-log-tokens curve (points, {cfg.ci:.0%} CI "
                f"over seeds and items) and its difference from {ref}, and {ref}'s tokens over the candidate's "
                f"({cfg.ci:.0%} t interval over paired seeds).")
+    last = diffs.iloc[-1] if len(diffs) else None
+    answer = curves.answer(eff, ratios[curves.TARGETS[-1]], last, ref, cand, cfg.ci,
+                           flag_last=last["flag"] if last is not None else "")
+    eff = eff.assign(kind=OVERALL)
+    if kinds is not None and len(kinds) > 1:
+        sentence, per_kind = kind_answer(by_budget, items, cfg, kinds)
+        answer, eff = f"{answer} {sentence}", pd.concat([eff, per_kind], ignore_index=True)
+        caption += " efficiency.csv also holds the rows of each task kind (column kind)."
     _write_csv(out_dir / "efficiency.csv", eff)
     _write_text(out_dir / "efficiency.md", f"{caption}\n\n{_markdown(summary)}")
     _write_text(out_dir / "efficiency.tex", f"% {caption}\n{_latex(summary)}")
@@ -242,9 +281,7 @@ def budget_answer(budgets: Mapping[int, Sequence[ModelEval]], items: pd.DataFram
     plots.budget_figure(table, arms, out_dir / "figures" / "learning",
                         lines={"teacher": 100 * teacher, "chance": 100 * chance},
                         title="Learning curves: accuracy against student tokens and training FLOPs")
-    last = diffs.iloc[-1] if len(diffs) else None
-    return curves.answer(eff, ratios[curves.TARGETS[-1]], last, ref, cand, cfg.ci,
-                         flag_last=last["flag"] if last is not None else "")
+    return answer
 
 
 def budget_models(results_dir: Path, budgets: Mapping[int, Sequence[str]]) -> dict[int, list[ModelEval]]:
