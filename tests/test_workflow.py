@@ -65,20 +65,21 @@ def test_tuning_adds_one_search_per_arm(tmp_path):
     out = snakemake("-n", "--cores", "2", "--configfile", str(preset), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    assert job_counts(out.stdout)["tune_arm"] == len(config["arms"])  # ce tunes its learning rate too
+    assert job_counts(out.stdout)["tune_arm"] == len(config["run_arms"] or config["arms"])  # ce's lr too
 
 
 def test_controls_and_separate_budget_runs_add_their_jobs(tmp_path):
     preset = tmp_path / "why.yaml"
-    preset.write_text("controls: {random_teacher: [logit, logit_hidden]}\n"
-                      "analysis: {budgets: [100000, 400000, 1600000], curves: separate, budget_arms: [hidden]}\n")
+    preset.write_text("run_arms: []\n"  # every configured arm: hidden is a budget arm
+                      "controls: {random_teacher: [logit, logit_hidden]}\n"
+                      "analysis: {budgets: [100000, 800000, 1600000], curves: separate, budget_arms: [hidden]}\n")
     out = snakemake("-n", "--cores", "2", "--configfile", str(preset), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     counts = job_counts(out.stdout)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     seeds = len(config["seeds"])
     assert counts["train_student"] == (len(config["arms"]) + 2) * seeds  # + logit@random, logit_hidden@random
-    assert counts["train_budget"] == 2 * 4 * seeds  # 400000 is the main budget: its students are reused
+    assert counts["train_budget"] == 2 * 4 * seeds  # 800000 is the main budget: its students are reused
     assert "train_curve" not in counts
     assert counts["init_random_teacher"] == counts["cache_control"] == counts["probe_models"] == counts["analyze"] == 1
     from kdbench.schema.experiment import cached_tokens, load_experiment

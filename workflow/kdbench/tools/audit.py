@@ -315,27 +315,35 @@ class _Auditor:
             return None  # its hash check already failed
 
     def check_evaluated_weights(self, rec: Record) -> None:
-        """An evaluation scored the weights (and tokenizer) that are in its input model folder now."""
-        out = next(iter(rec.outputs))
+        """Each evaluation ("eval/<model>/results.json") scored the weights (and tokenizer) that are in its input
+        model folder ("<model>") now; a job may evaluate several models (rule evaluate_curve)."""
+        inputs = rec.data.get("inputs", {})
+        models = {self.show(m): m for m in (*inputs.get("models", {}), *inputs.get("model", {}))}
+        for out in rec.outputs:
+            model = models.get(self.show(out).removeprefix("eval/").removesuffix("/results.json"))
+            if model is not None:
+                self.check_scored(model, out)
+
+    def check_scored(self, model: str, out: str) -> None:
+        """The evaluation `out` scored the weights (and tokenizer) now in `model`."""
         result = self.json_of(self.local(out))
         if result is None or result.get("format") != EVAL_FORMAT:
             return
-        for model in rec.data.get("inputs", {}).get("model", {}):
-            local = self.local(model)
-            shipped = self.artifacts.get(self.show(model))
-            if local is None or not local.is_dir() or shipped is not None and shipped.sha256 is None:
-                continue  # absent, or shipped without its weights
-            try:
-                weights, tokenizer = model_hashes(local)
-            except KdbenchError as e:
-                self.mismatch(model, str(e))
-                continue
-            if weights != result.get("model_sha256"):
-                self.mismatch(model, f"weights hash {short(weights)}, but {self.show(out)} scored "
-                                    f"{short(result.get('model_sha256'))}")
-            if tokenizer != result.get("tokenizer_json_sha256"):
-                self.mismatch(model, f"tokenizer.json hash {short(tokenizer)}, but {self.show(out)} used "
-                                    f"{short(result.get('tokenizer_json_sha256'))}")
+        local = self.local(model)
+        shipped = self.artifacts.get(self.show(model))
+        if local is None or not local.is_dir() or shipped is not None and shipped.sha256 is None:
+            return  # absent, or shipped without its weights
+        try:
+            weights, tokenizer = model_hashes(local)
+        except KdbenchError as e:
+            self.mismatch(model, str(e))
+            return
+        if weights != result.get("model_sha256"):
+            self.mismatch(model, f"weights hash {short(weights)}, but {self.show(out)} scored "
+                                f"{short(result.get('model_sha256'))}")
+        if tokenizer != result.get("tokenizer_json_sha256"):
+            self.mismatch(model, f"tokenizer.json hash {short(tokenizer)}, but {self.show(out)} used "
+                                f"{short(result.get('tokenizer_json_sha256'))}")
 
     def check_states(self, rec: Record) -> None:
         """Each JSON output says about how it was made what its record says it must (the record's `states`)."""
