@@ -71,4 +71,4 @@ def test_the_dag_runs_only_the_chosen_arms(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     trained = {line.split("students/")[1].split("/")[0] for line in out.stdout.splitlines()
                if "output:" in line and "/students/" in line and "/init/" not in line}
-    assert trained == {"logit", "logit_hidden", "logit@random", "logit_hidden@random"}  # and the default's controls
+    assert trained == {"logit", "logit_hidden", "logit_hidden@random"}  # and the default's control
