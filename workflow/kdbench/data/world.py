@@ -70,6 +70,9 @@ NAMES: tuple[str, ...] = tuple(
     "Kyle Lucy Mike Owen Ryan Sarah Ursula Vincent Will Zoe Adam Beth Colin Diana Edward Flora Hugo Iris James Kate "
     "Liam Mia Noah Olga Rita Sofia Tara Greg Heidi Ingrid Jonas Lena Marco Nadia Pablo Rachel Steve Theo Wanda".split())
 SYLLABLES: tuple[str, ...] = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
+# What induction documents copy: syllables and the attribute values context_recall asks for, so that copying
+# is learnt for the tokens the recall items need (a teacher that copied only syllables never recalled a value).
+COPY_TOKENS: tuple[str, ...] = SYLLABLES + tuple(v for a in ATTRIBUTES for v in a.values)
 OBJECTS = ("apples", "coins", "books", "stamps", "marbles", "shells", "pencils", "cards")
 # Agreement grammar: (singular, plural) nouns, so the attractor can carry the opposite number.
 SUBJECTS = (("key", "keys"), ("box", "boxes"), ("book", "books"), ("chair", "chairs"), ("lamp", "lamps"),
@@ -228,22 +231,23 @@ def _context_passage(rng: random.Random, keys: tuple[str, ...]) -> tuple[Attribu
 
 
 def _context_docs(rng: random.Random, world: World) -> Iterator[str]:
-    """A passage, then one or more of its keys in a shuffled order, each followed by its value."""
+    """A passage, then every one of its keys in a shuffled order, each followed by its value."""
     while True:
         _, who, values, passage = _context_passage(rng, world.keys_corpus)
-        recalled = rng.sample(range(len(who)), rng.randint(1, len(who)))
-        yield passage + "".join(f"\n{RECALL} {who[i]} {values[i]}" for i in recalled)
+        yield passage + "".join(f"\n{RECALL} {who[i]} {values[i]}" for i in rng.sample(range(len(who)), len(who)))
 
 
-def _sequence(rng: random.Random) -> list[str]:
-    return rng.sample(SYLLABLES, rng.randint(5, 8))
+def _sequence(rng: random.Random, tokens: tuple[str, ...] = SYLLABLES) -> list[str]:
+    return rng.sample(tokens, rng.randint(5, 8))
 
 
 def _induction_docs(rng: random.Random, world: World) -> Iterator[str]:
-    """Each sequence is repeated one to three times: most tokens are copy targets, the signal induction needs."""
+    """Each sequence is repeated one to three times, each time from a random start: most tokens are copy targets,
+    found by the content of the token before them, not by their position (which recall cannot use)."""
     while True:
-        yield "\n".join(f"Sequence: {' '.join(s)}." + f" Repeat: {' '.join(s)}." * rng.randint(1, 3)
-                        for s in (_sequence(rng) for _ in range(rng.randint(2, 4))))
+        yield "\n".join(f"Sequence: {' '.join(s)}." + "".join(f" Repeat: {' '.join(s[rng.randrange(len(s) - 2):])}."
+                                                        for _ in range(rng.randint(1, 3)))
+                        for s in (_sequence(rng, COPY_TOKENS) for _ in range(rng.randint(2, 4))))
 
 
 def _comparison(rng: random.Random, world: World) -> tuple[str, str, str]:
