@@ -88,6 +88,17 @@ def test_controls_and_separate_budget_runs_add_their_jobs(tmp_path):
     assert cached_tokens(load_experiment(merged)) == 1600000  # the real teacher's cache covers the largest budget
 
 
+def test_without_controls_every_student_is_a_curve_branch(tmp_path):
+    preset = tmp_path / "bare.yaml"  # no twins: train_student has no arm left, and must not claim the curves'
+    preset.write_text("controls: {random_teacher: []}\n")
+    out = snakemake("-n", "--cores", "2", "--configfile", str(preset), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    counts = job_counts(out.stdout)
+    assert "train_student" not in counts and "init_random_teacher" not in counts
+    seeds = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["seeds"]
+    assert counts["train_curve"] == counts["evaluate_curve"] == 3 * len(seeds)  # ce and the headline pair
+
+
 def test_parsing_the_workflow_imports_no_heavy_library():
     """The Snakefile's own imports (config schema, arms, registry) load without torch, transformers, pandas, seaborn."""
     import subprocess

@@ -64,7 +64,7 @@ if CURVE_ARMS:
         output:
             BRANCH_OUTPUTS,
         wildcard_constraints:
-            arm="|".join(CURVE_ARMS),
+            arm=one_of(CURVE_ARMS),
         conda:
             ENV
         log:

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -65,8 +66,13 @@ PROBES = EXP.analysis.fidelity or EXP.analysis.cka
 ANALYSIS = PROBES or bool(CONTROLS) or bool(BUDGETS)
 
 
+def one_of(names):
+    """A wildcard constraint matching exactly these names (none: a pattern nothing matches)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
 wildcard_constraints:
-    arm="|".join([*ARMS, *CONTROLS]),
+    arm=one_of([*ARMS, *CONTROLS]),
     seed=r"\d+",
     budget=r"\d+",
     model=r"teacher|(budgets/b\d+/)?students/[A-Za-z0-9_.@-]+/seed\d+",

@@ -46,7 +46,7 @@ if CURVE_ARMS:
         output:
             [f"{R}/eval/{m}/results.json" for m in BRANCH_MODELS],
         wildcard_constraints:
-            arm="|".join(CURVE_ARMS),
+            arm=one_of(CURVE_ARMS),
         conda:
             ENV
         log:

@@ -60,7 +60,7 @@ rule train_student:
     output:
         directory(f"{R}/students/{{arm}}/seed{{seed}}"),
     wildcard_constraints:
-        arm="|".join(MAIN_ARMS),  # the curve arms' main students are branches of train_curve where merged_main
+        arm=one_of(MAIN_ARMS),  # the curve arms' main students are branches of train_curve where merged_main
     conda:
         ENV
     log:
