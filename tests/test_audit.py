@@ -14,10 +14,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,9 +28,9 @@ import pytest
 
 from kdbench import KdbenchError
 from kdbench.tools.audit import audit
-from kdbench.io import read_json, sha256_file, sha256_path, write_json
+from kdbench.io import read_json, sha256_file, sha256_path, tree_hashes, write_json
 from conftest import SmokeRun, flip_byte
-from kdbench.provenance import job_seed, tree_hashes, write_record
+from kdbench.provenance import job_seed, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -278,3 +280,33 @@ def test_record_holds_seed_torch_version_and_per_file_hashes(tmp_path):
     assert record["outputs"]["0"][str(out)] == sha256_path(out)
     assert job_seed({}, {"teacher": {"arch": {"n_layer": 2}, "seed": 5}}) == 5
     assert job_seed({}, {"evaluation": {"limit": 20}}) is None
+
+
+def test_an_input_hash_comes_from_its_producers_record_until_a_file_changes(tmp_path, monkeypatch):
+    import kdbench.provenance as provenance
+
+    cache, weights = tmp_path / "cache", tmp_path / "weights.bin"
+    (cache / "sub").mkdir(parents=True)
+    (cache / "a-b.npy").write_bytes(b"x" * 100)
+    (cache / "sub" / "a.npy").write_bytes(b"y" * 100)  # "a-b" sorts after "a" by path parts, before it as a string
+    weights.write_bytes(b"w")
+    for f in (cache / "a-b.npy", cache / "sub" / "a.npy", weights):  # written well before the records (a coarse
+        os.utime(f, ns=(time.time_ns() - 10**9,) * 2)              # clock may stamp both in one tick)
+    for output in (cache, weights):  # a record sits beside its job's first output
+        write_record({"0": [output]}, rule="made", params={}, wildcards={}, inputs={}, started=datetime.now(timezone.utc))
+    truth = {str(cache): sha256_path(cache), str(weights): sha256_file(weights)}
+
+    def consumed() -> dict:
+        return provenance.input_hashes({"cache": [cache], "weights": [weights]})
+
+    reads = []
+    monkeypatch.setattr(provenance, "sha256_path", lambda p: reads.append(p) or sha256_path(p))
+    assert consumed() == {"cache": {str(cache): truth[str(cache)]}, "weights": {str(weights): truth[str(weights)]}}
+    assert reads == []  # neither input was read again
+    (cache / "sub" / "a.npy").write_bytes(b"z" * 100)  # changed after the record: hashed again, the new content
+    (cache / "extra.npy").write_bytes(b"e")  # a file the record does not list
+    weights.write_bytes(b"v")
+    now = consumed()
+    assert now["cache"][str(cache)] == sha256_path(cache) != truth[str(cache)]
+    assert now["weights"][str(weights)] == sha256_file(weights) != truth[str(weights)]
+    assert reads == [cache, weights]

@@ -12,7 +12,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 _CHUNK = 1 << 20
 
@@ -30,12 +30,29 @@ def sha256_file(path: Path) -> str:
 IGNORED = {".snakemake_timestamp"}
 
 
+def tree_files(directory: Path) -> dict[str, Path]:
+    """{relative path: path} of every file below `directory` (Snakemake's markers left out), in sorted order."""
+    directory = Path(directory)
+    return {f.relative_to(directory).as_posix(): f
+            for f in sorted(directory.rglob("*")) if f.is_file() and f.name not in IGNORED}
+
+
+def tree_hashes(directory: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file below `directory` (`tree_files`)."""
+    return {name: sha256_file(f) for name, f in tree_files(directory).items()}
+
+
+def digest(hashes: Mapping[str, str]) -> str:
+    """One sha256 over {relative path: sha256} in path order: a directory's hash from its files' hashes."""
+    h = hashlib.sha256()
+    for name in sorted(hashes, key=lambda n: n.split("/")):
+        h.update(f"{name}\0{hashes[name]}\n".encode())
+    return h.hexdigest()
+
+
 def sha256_dir(path: Path) -> str:
     """Hex sha256 over (relative path, file hash) of every file below `path`, in sorted order."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name not in IGNORED):
-        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
-    return h.hexdigest()
+    return digest(tree_hashes(path))
 
 
 def sha256_path(path: Path) -> str:

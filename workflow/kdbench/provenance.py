@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from kdbench import KdbenchError
-from kdbench.io import IGNORED, sha256_file, sha256_path, write_json
+from kdbench.io import digest, read_json, sha256_file, sha256_path, tree_files, tree_hashes, write_json
 
 PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "lm_eval", "snakemake", "numpy", "pandas",
             "scipy", "seaborn", "datasets")
@@ -99,22 +99,32 @@ def weights_sha256(model_dir: Path) -> str:
     weights = sorted({p for g in WEIGHT_GLOBS for p in model_dir.glob(g)})
     if not weights:
         raise KdbenchError(f"model directory {model_dir} has no weight files (*.safetensors or pytorch_model*.bin)")
-    h = hashlib.sha256()
-    for f in weights:
-        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
-    return h.hexdigest()
+    return digest({f.name: sha256_file(f) for f in weights})
 
 
-def hash_files(paths: Mapping[str, Sequence[Path]]) -> dict[str, dict[str, str]]:
-    """{name: {path: sha256}} for files and directories (a directory hashes its whole tree)."""
-    return {name: {str(p): sha256_path(Path(p)) for p in ps} for name, ps in paths.items()}
+def recorded_hash(path: Path) -> str | None:
+    """`path`'s sha256 as its producer's record states it, where that still holds by the file system: the record
+    lists exactly the files there now and none is newer than the record (a finished job renames its outputs into
+    place before it writes the record); else None. Spares every consumer job a read of a large input (a teacher
+    cache of tens of GB); `kdbench audit` rereads everything, and the cache checks its shards' crc32 on first read."""
+    record = record_path(path)
+    if not record.is_file():
+        return None
+    written = record.stat().st_mtime_ns
+    data = read_json(record)
+    if Path(path).is_dir():
+        listed, files = data.get("files", {}).get(str(path)), tree_files(path)
+        if listed is None or set(listed) != set(files):
+            return None
+        return digest(listed) if all(f.stat().st_mtime_ns < written for f in files.values()) else None
+    hashes = [group[str(path)] for group in data.get("outputs", {}).values() if str(path) in group]
+    return hashes[0] if hashes and Path(path).stat().st_mtime_ns < written else None
 
 
-def tree_hashes(directory: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file below `directory` that `io.sha256_dir` counts."""
-    directory = Path(directory)
-    return {f.relative_to(directory).as_posix(): sha256_file(f)
-            for f in sorted(directory.rglob("*")) if f.is_file() and f.name not in IGNORED}
+def input_hashes(paths: Mapping[str, Sequence[Path]]) -> dict[str, dict[str, str]]:
+    """{name: {path: sha256}} of a job's inputs (a directory: over its whole tree), each from its producer's
+    record where that still holds (`recorded_hash`)."""
+    return {name: {str(p): recorded_hash(Path(p)) or sha256_path(Path(p)) for p in ps} for name, ps in paths.items()}
 
 
 def job_seed(wildcards: Mapping[str, str], params: Mapping[str, Any]) -> int | None:
@@ -140,10 +150,13 @@ def write_record(outputs: Mapping[str, Sequence[Path]], *, rule: str, params: Ma
     (e.g. a student's train.json: its arm and training settings); the audit checks it.
     """
     first = next(p for ps in outputs.values() for p in ps)
+    files = {str(p): tree_hashes(Path(p)) for ps in outputs.values() for p in ps if Path(p).is_dir()}  # read once
     record = {
         "rule": rule, "wildcards": dict(wildcards), "params": dict(params), "seed": job_seed(wildcards, params),
-        "inputs": hash_files(inputs), "outputs": hash_files(outputs),
-        "files": {str(p): tree_hashes(Path(p)) for ps in outputs.values() for p in ps if Path(p).is_dir()},
+        "inputs": input_hashes(inputs),
+        "outputs": {name: {str(p): digest(files[str(p)]) if str(p) in files else sha256_file(Path(p)) for p in ps}
+                    for name, ps in outputs.items()},
+        "files": files,
         "states": {str(p): dict(s) for p, s in (states or {}).items()},
         "code": code_version(), "environment": environment(),
         "started": started.isoformat(), "ended": datetime.now(timezone.utc).isoformat(),

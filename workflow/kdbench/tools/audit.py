@@ -32,8 +32,8 @@ from typing import Any
 
 from kdbench import KdbenchError
 from kdbench.evaluate import FORMAT as EVAL_FORMAT, model_hashes
-from kdbench.io import read_json, sha256_path
-from kdbench.provenance import RECORD_SUFFIX, record_path, tree_hashes
+from kdbench.io import read_json, sha256_path, tree_hashes
+from kdbench.provenance import RECORD_SUFFIX, record_path
 
 SUMMARY = "summary.csv"
 CODE = "(code)"  # the pseudo-path that code-version problems are filed under
