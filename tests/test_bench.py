@@ -75,9 +75,11 @@ def test_fidelity_sweep_prices_and_measures_every_option():
     tokens = np.random.default_rng(0).integers(0, 100, size=(16, 16))
     cfg = CacheConfig(batch_size=8, layer_rank=128)  # a compact preset still gets its uncompacted options measured
     result = bench._sweep(teacher, tokens, cfg, Capture(hidden=(1, 2), attentions=(2,), qkv=(2,)), 8)
-    assert list(result) == ["bfloat16", "int8", *(f"rank{r}" for r in bench.RANKS)]
+    assert list(result) == ["bfloat16", "int8", *(f"rank{r}" for r in bench.RANKS), "per_component"]
     size = {name: r["layer_bytes_per_token"] for name, r in result.items()}
     assert size["rank16"] == 2 * 20 + 20 + 20 and size["rank256"] == 2 * 36 + 68 + 100  # L (min(r, width) + 4)
+    assert size["per_component"] == sum(n * (min(bench.PER_COMPONENT[c], w) + 4) for c, n, w in
+                                         (("hidden", 2, 32), ("attention_qk", 1, 64), ("qkv", 1, 96)))
     assert size["bfloat16"] == 2 * 64 + 128 + 192 and size["int8"] == 2 * 36 + 128 + 192
     for component in ("hidden", "attention_qk", "qkv"):
         low, full = result["rank16"]["layers"][component], result["rank256"]["layers"][component]

@@ -344,7 +344,9 @@ def test_hidden_scale_is_read_only_with_the_hidden_states(tmp_path, tokens):
         cache.batch(np.array([first]))
 
 
-@pytest.mark.parametrize("cfg", [CFG, INT8, dataclasses.replace(CFG, layer_rank=6)], ids=["bfloat16", "int8", "compact"])
+@pytest.mark.parametrize("cfg", [CFG, INT8, dataclasses.replace(CFG, layer_rank=6),
+                                 dataclasses.replace(INT8, layer_rank={"attention_qk": 6, "qkv": 9})],
+                         ids=["bfloat16", "int8", "compact", "compact q/k/v, int8 hidden"])
 @pytest.mark.parametrize("idx", [[3, 4, 5], [7, 2, 9, 0]], ids=["writer's batch", "a training batch"])
 def test_online_teacher_gives_the_cached_targets_and_losses(tmp_path, tokens, idx, cfg):
     """Online targets are the cache's: bit-equal on the batch the writer ran, and on any other batch within

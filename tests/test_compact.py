@@ -140,6 +140,25 @@ def test_resume_in_other_bases_starts_over(tmp_path, tokens, monkeypatch):
     TeacherCache(tmp_path / "cache", verify=True)
 
 
-def test_negative_rank_is_refused():
-    with pytest.raises(ConfigError, match=r"cache.layer_rank: -1 must be >= 0"):
+def test_negative_rank_or_an_unknown_component_is_refused():
+    with pytest.raises(ConfigError, match=r"cache.layer_rank: -1 for hidden must be >= 0"):
         build(CacheConfig, {"layer_rank": -1}, "cache")
+    with pytest.raises(ConfigError, match=r"cache.layer_rank: -2 for qkv must be >= 0"):
+        build(CacheConfig, {"layer_rank": {"qkv": -2}}, "cache")
+    with pytest.raises(ConfigError, match=r"^cache.layer_rank: unknown component 'attentions'; allowed: hidden, "
+                                          r"attention_qk, qkv$"):
+        build(CacheConfig, {"layer_rank": {"attentions": 8}}, "cache")
+
+
+def test_per_component_ranks_compact_only_the_named_components(tmp_path, tokens):
+    m = write(tmp_path, tokens, dataclasses.replace(CFG, layer_rank={"hidden": 4, "qkv": 9}))
+    assert set(m["bases"]) == {"hidden", "qkv"}
+    assert m["bases"]["hidden"]["shape"] == [2, 1 + 4, 16] and m["bases"]["qkv"]["shape"] == [1, 1 + 9, 48]
+    files = m["shards"][0]["files"]
+    assert files["hidden"]["dtype"] == files["qkv"]["dtype"] == "int8" and files["attention_qk"]["dtype"] == "float16"
+    assert "attention_qk_scale" not in files
+    fidelity = read_json(tmp_path / "cache" / "fidelity.json")
+    assert set(fidelity["explained_variance"]) == {"hidden", "qkv"}
+    assert fidelity["layers"]["attention_qk"]["loss_rel_err"] < 1e-3  # float16: exact up to rounding
+    batch = TeacherCache(tmp_path / "cache", verify=True).batch(np.array([1, 8]))
+    assert batch.hidden.shape == (2, 2, T, 16) and batch.attentions.shape == (2, 2, 2, T, T)

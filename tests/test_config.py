@@ -111,3 +111,16 @@ def test_schema_rejects_unknown_top_level_key():
     cfg["bogus"] = 1
     with pytest.raises(WorkflowError):
         validate(cfg, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+
+
+def test_schema_takes_a_rank_per_layered_component():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    cfg = copy.deepcopy(default())
+    cfg["cache"]["layer_rank"] = {"hidden": 64, "attention_qk": 256}
+    validate(cfg, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    assert [load_experiment(cfg).cache.rank(c) for c in ("hidden", "attention_qk", "qkv")] == [64, 256, 0]
+    cfg["cache"]["layer_rank"] = {"logits": 8}
+    with pytest.raises(WorkflowError):
+        validate(cfg, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))

@@ -32,17 +32,22 @@ IDENTITY = {"teacher_sha256": "t" * 64, "vocabulary_sha256": "k" * 64, "tokens_s
 
 
 @pytest.mark.parametrize("vocab, hidden_dtype, rank", [(V, "bfloat16", 0), (V, "int8", 0), (70_000, "int8", 0),
-                                                       (V, "bfloat16", 5), (V, "bfloat16", 40)])
+                                                       (V, "bfloat16", 5), (V, "bfloat16", 40),
+                                                       (V, "int8", {"hidden": 5, "qkv": 40})])
 def test_planned_bytes_match_a_written_cache(tmp_path, vocab, hidden_dtype, rank):
     exp = load_experiment({**CONFIG, "tokenizer": {"vocab_size": vocab},
                            "cache": {**CONFIG["cache"], "hidden_dtype": hidden_dtype, "layer_rank": rank}})
     p = plan(exp, {})
+    ranks = {name: exp.cache.rank(name) for name in ("hidden", "attention_qk", "qkv")}
     assert p.n_seqs == 10 and p.layers == {"hidden": 2, "attention_qk": 2, "qkv": 1}
-    assert ("hidden_scale" in p.bytes_per_token) == (hidden_dtype == "int8" or rank > 0)
-    assert ("qkv_scale" in p.bytes_per_token) == (rank > 0) and (p.basis_bytes > 0) == (rank > 0)
-    if rank:  # L (min(rank, width) + 4): widths 16 (hidden), 32 (q|k), 48 (q|k|v)
-        assert p.bytes_per_token["hidden"] + p.bytes_per_token["hidden_scale"] == 2 * (min(rank, 16) + 4)
-        assert p.bytes_per_token["qkv"] == min(rank, 48)
+    assert ("hidden_scale" in p.bytes_per_token) == (hidden_dtype == "int8" or ranks["hidden"] > 0)
+    assert ("qkv_scale" in p.bytes_per_token) == (ranks["qkv"] > 0) and (p.basis_bytes > 0) == any(ranks.values())
+    if ranks["hidden"]:  # L (min(rank, width) + 4): widths 16 (hidden), 32 (q|k), 48 (q|k|v)
+        assert p.bytes_per_token["hidden"] + p.bytes_per_token["hidden_scale"] == 2 * (min(ranks["hidden"], 16) + 4)
+    if ranks["qkv"]:
+        assert p.bytes_per_token["qkv"] == min(ranks["qkv"], 48)
+    if not ranks["attention_qk"]:  # stored exact, float16
+        assert p.bytes_per_token["attention_qk"] == 2 * 32 * 2 and "attention_qk_scale" not in p.bytes_per_token
     teacher = build_model(exp.teacher.arch, vocab, T, 0, seed=0)
     tokens = np.random.default_rng(0).integers(0, vocab, size=(p.n_seqs, T)).astype(np.uint32)
     manifest = write_teacher_cache(teacher, tokens, IDENTITY, exp.cache, capture_for(exp.arms, 2, 3),

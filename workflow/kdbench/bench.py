@@ -226,12 +226,13 @@ def _preset(preset: Path):
     return exp, AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()  # as load_model loads
 
 
-RANKS = (16, 32, 64, 128, 256)  # `fidelity`'s compact options
+RANKS = (16, 32, 64, 128, 256)  # `fidelity`'s compact options: one rank for every component, and per component
+PER_COMPONENT = {"hidden": 128, "attention_qk": 256, "qkv": 256}
 
 
 def _sweep(teacher, tokens: np.ndarray, cfg: CacheConfig, capture: Capture, batch: int) -> dict:
     """`layer_fidelity` of every layer-target option (the stored dtypes, int8 hidden states, compact at each of
-    `RANKS`) on tokens[batch : 2 batch], with bases fitted on tokens[:batch] as a cache job fits them (once, at the
+    `RANKS`, and `PER_COMPONENT`) on tokens[batch : 2 batch], with bases fitted on tokens[:batch] as a cache job fits them (once, at the
     largest rank: a smaller rank's basis is its leading rows)."""
     cfg = replace(cfg, forward_dtype="float32")
     seqs = tokens[batch : 2 * batch]
@@ -239,9 +240,10 @@ def _sweep(teacher, tokens: np.ndarray, cfg: CacheConfig, capture: Capture, batc
     full = fit_bases(teacher_taps(teacher, tokens[:batch], cfg, capture, "cpu"), replace(cfg, layer_rank=max(RANKS)))
     options = {"bfloat16": replace(cfg, hidden_dtype="bfloat16", layer_rank=0),
                "int8": replace(cfg, hidden_dtype="int8", layer_rank=0),
-               **{f"rank{r}": replace(cfg, layer_rank=r) for r in RANKS}}
-    return {name: layer_fidelity(taps, seqs, option, {n: b[:, : 1 + option.layer_rank] for n, b in full.items()}
-                                 if option.layer_rank else {}) for name, option in options.items()}
+               **{f"rank{r}": replace(cfg, layer_rank=r) for r in RANKS},
+               "per_component": replace(cfg, layer_rank=PER_COMPONENT)}
+    return {name: layer_fidelity(taps, seqs, option, {n: b[:, : 1 + option.rank(n)] for n, b in full.items()
+                                                      if option.rank(n)}) for name, option in options.items()}
 
 
 def bench_fidelity(teacher_path: Path | None, data_dir: Path | None, preset: Path, seqs: int) -> dict:

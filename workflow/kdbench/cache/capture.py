@@ -23,7 +23,7 @@ from kdbench.models.attention import Heads
 from kdbench.cache import compact
 from kdbench.cache.compact import encode, fit, quantise
 from kdbench.cache.store import TORCH_DTYPES, converted, stored, stored_ids, to_targets, write_cache
-from kdbench.schema.config import CacheConfig
+from kdbench.schema.config import LAYERED, CacheConfig
 from kdbench.data.tokens import load_tokens
 from kdbench.devices import bf16_autocast, device_for_rank, world
 from kdbench.losses import Targets, flat_ids, zero_at
@@ -106,47 +106,53 @@ def _gathered(layers: list[tuple[torch.Tensor, ...]], dtype: torch.dtype) -> tor
     return out
 
 
-def _vectors(taps: Taps, dtype: torch.dtype, hidden_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The layered components (B, L, T, width) in `dtype` (hidden states in `hidden_dtype`, default `dtype`): hidden
-    states, and q|k and q|k|v side by side (the layout of `Recorded.packed`), as the cache stores them."""
-    out = {"hidden": _gathered([(x,) for x in taps.hidden], hidden_dtype or dtype)} if taps.hidden else {}
+def _vectors(taps: Taps, dtype: torch.dtype, dtypes: dict[str, torch.dtype] | None = None) -> dict[str, torch.Tensor]:
+    """The layered components (B, L, T, width) in `dtype`, or a component's own in `dtypes`: hidden states, and
+    q|k and q|k|v side by side (the layout of `Recorded.packed`), as the cache stores them."""
+    dtypes = dtypes or {}
+    out = {"hidden": _gathered([(x,) for x in taps.hidden], dtypes.get("hidden", dtype))} if taps.hidden else {}
     for name, recorded, parts in (("attention_qk", taps.attentions, "qk"), ("qkv", taps.qkv, "qkv")):
         if recorded:
-            out[name] = _gathered([tuple(getattr(r, p).transpose(1, 2) for p in parts) for r in recorded], dtype)
+            out[name] = _gathered([tuple(getattr(r, p).transpose(1, 2) for p in parts) for r in recorded],
+                                  dtypes.get(name, dtype))
     return out
 
 
 def _layered(taps: Taps, cfg: CacheConfig, bases: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, str]]:
-    """The layered components as stored: with `bases`, int8 coefficients (`compact.encode`) and their
-    `<name>_scale`; else q/k/v in float16 and hidden states in `cache.hidden_dtype` (int8 with `hidden_scale`)."""
-    if bases:
-        out = {}
-        for name, x in _vectors(taps, torch.float32).items():
+    """The layered components as stored: one with a basis in `bases` as int8 coefficients (`compact.encode`) and
+    their `<name>_scale`; the others q/k/v in float16, hidden states in `cache.hidden_dtype` (int8 with
+    `hidden_scale`)."""
+    int8 = cfg.hidden_dtype == "int8"
+    hidden = torch.float32 if int8 else TORCH_DTYPES[cfg.hidden_dtype]
+    out = {}
+    for name, x in _vectors(taps, torch.float16, {"hidden": hidden} | {name: torch.float32 for name in bases}).items():
+        if name in bases:
             values, scale = encode(x, bases[name])
             out |= {name: (values, "int8"), f"{name}_scale": (scale, "float32")}
-        return out
-    int8 = cfg.hidden_dtype == "int8"
-    vectors = _vectors(taps, torch.float16, torch.float32 if int8 else TORCH_DTYPES[cfg.hidden_dtype])
-    out = {name: (x, "float16") for name, x in vectors.items()}
-    if "hidden" in vectors and int8:
-        values, scale = quantise(vectors["hidden"])
-        out |= {"hidden": (values, "int8"), "hidden_scale": (scale, "float32")}
-    elif "hidden" in vectors:
-        out["hidden"] = (vectors["hidden"], cfg.hidden_dtype)
+        elif name == "hidden" and int8:
+            values, scale = quantise(x)
+            out |= {"hidden": (values, "int8"), "hidden_scale": (scale, "float32")}
+        else:
+            out[name] = (x, cfg.hidden_dtype if name == "hidden" else "float16")
     return out
 
 
 def fit_bases(taps: Taps, cfg: CacheConfig) -> dict[str, torch.Tensor]:
-    """With `cache.layer_rank` r > 0, each layered component's per-layer basis (`compact.fit`) on the sample batch
-    `taps`; {} without compaction."""
-    if not cfg.layer_rank:
+    """Each layered component's per-layer basis (`compact.fit`) at its `cache.layer_rank` on the sample batch
+    `taps`; none for a component of rank 0."""
+    if not compacted(cfg):
         return {}
-    return {name: fit(x, cfg.layer_rank) for name, x in _vectors(taps, torch.float32).items()}
+    return {name: fit(x, cfg.rank(name)) for name, x in _vectors(taps, torch.float32).items() if cfg.rank(name)}
+
+
+def compacted(cfg: CacheConfig) -> bool:
+    """Whether `cache.layer_rank` compacts any layered component."""
+    return any(cfg.rank(name) for name in LAYERED)
 
 
 def sample_bases(teacher, tokens: np.ndarray, cfg: CacheConfig, capture: Capture, device: str) -> dict[str, torch.Tensor]:
     """The compact bases of the cache job and of the online teacher alike: fitted on the first batch of `tokens`."""
-    return fit_bases(teacher_taps(teacher, tokens[: cfg.batch_size], cfg, capture, device), cfg) if cfg.layer_rank else {}
+    return fit_bases(teacher_taps(teacher, tokens[: cfg.batch_size], cfg, capture, device), cfg) if compacted(cfg) else {}
 
 
 def teacher_tensors(teacher, seqs: np.ndarray, k: int, cfg: CacheConfig, capture: Capture, device: str,
@@ -221,9 +227,9 @@ def layer_fidelity(taps: Taps, seqs: np.ndarray, cfg: CacheConfig, bases: dict[s
            "layers": compact.fidelity(exact, read, heads, torch.from_numpy(seqs.astype(np.int64)).to(taps.logits.device))}
     if bases:
         out |= {"layer_rank": cfg.layer_rank,
-                "explained_variance": {name: compact.explained(x, bases[name]) for name, x in exact.items()}}
+                "explained_variance": {name: compact.explained(exact[name], b) for name, b in bases.items()}}
     if "hidden" in exact:
-        out |= {"hidden_dtype": "int8 coefficients" if bases else cfg.hidden_dtype,
+        out |= {"hidden_dtype": "int8 coefficients" if "hidden" in bases else cfg.hidden_dtype,
                 "hidden_rel_rmse": out["layers"]["hidden"]["rel_rmse"],
                 "hidden_max_abs_err": float((read["hidden"] - exact["hidden"]).abs().max())}
     return out

@@ -1,7 +1,8 @@
 """Compact layer targets: a cached layer vector as int8 coefficients in a per-layer basis, and what that loses.
 
-With `cache.layer_rank` r > 0 every layered component (hidden states, attention q|k, q|k|v) stores,
-per token and layer, r int8 coefficients and one float32 scale: r + 4 bytes instead of 2 D. A
+With `cache.layer_rank` r > 0 (one rank for all, or per component) a layered component (hidden states,
+attention q|k, q|k|v) stores, per token and layer, r int8 coefficients and one float32 scale: r + 4 bytes
+instead of 2 D. A
 layer's basis is the mean and the r leading principal directions of that layer's vectors on the
 first teacher batch (`fit`), kept beside the shards as `<component>.basis.npy`; the reader and the
 online teacher decode mean + coefficients x scale @ directions (`decode`), so every loss reads vectors

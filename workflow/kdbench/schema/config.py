@@ -28,6 +28,7 @@ WorldFamily = Literal["fact_qa", "fact_paraphrase", "fact_negation", "context_re
                       "agreement"]
 TaskKind = Literal["knowledge", "skill", "syntax"]  # facts seen in training; the context alone; grammar
 DocType = Literal["bio", "qa", "negation", "context", "induction", "comparison", "agreement"]
+LAYERED = ("hidden", "attention_qk", "qkv")  # the cache's layered components (what cache.layer_rank compacts)
 ENTITIES = (8, 96)  # both Q/A halves need 4 people; names come from a fixed list of 96
 
 
@@ -138,12 +139,13 @@ class CacheConfig:
     # their row's absmax / 127, the scale kept as float32; 0.8% relative RMS error vs 0.17% for bf16 on the paper
     # preset's teacher (fidelity.json reports it for the dtype in use). q/k/v stay bf16 under int8.
     hidden_dtype: Literal["bfloat16", "float16", "int8"] = "bfloat16"
-    # Compaction of every layered component (hidden states, attention q/k, q/k/v): 0 is off; r > 0 stores each
+    # Compaction of the layered components (hidden states, attention q/k, q/k/v): 0 is off; r > 0 stores each
     # teacher layer's vector as r int8 coefficients plus a float32 scale (r + 4 bytes per token and layer, against
-    # 2 x width) in a basis fitted by PCA on the first teacher batch (hidden_dtype is then unused). Choose r by the
+    # 2 x width) in a basis fitted by PCA on the first teacher batch (compacted hidden states ignore hidden_dtype). One
+    # rank for all, or per component ({hidden: 64, attention_qk: 256}; one left out is stored exact). Choose r by the
     # explained variance and loss/gradient errors in fidelity.json: at 128, 18.6 kB/token of the pythia preset's
     # layer targets become 0.8 kB.
-    layer_rank: int = 0
+    layer_rank: int | dict[str, int] = 0
     shard_seqs: int = 256           # sequences per shard: the unit of resume and of checksums
     batch_size: int = 32            # teacher forward batch
     forward_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 autocast on GPUs
@@ -153,7 +155,17 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_gb > 0, f"cache.max_gb: {self.max_gb} must be a positive number of GB")
-        _check(self.layer_rank >= 0, f"cache.layer_rank: {self.layer_rank} must be >= 0 (0: layer targets not compacted)")
+        ranks = self.layer_rank if isinstance(self.layer_rank, dict) else {}
+        unknown = sorted(set(ranks) - set(LAYERED))
+        if unknown:
+            raise ConfigError(f"cache.layer_rank: unknown component {unknown[0]!r}; allowed: {', '.join(LAYERED)}")
+        for name in LAYERED:
+            _check(self.rank(name) >= 0,
+                   f"cache.layer_rank: {self.rank(name)} for {name} must be >= 0 (0: not compacted)")
+
+    def rank(self, component: str) -> int:
+        """The compaction rank of a layered component (`LAYERED`); 0: stored exact."""
+        return self.layer_rank.get(component, 0) if isinstance(self.layer_rank, dict) else self.layer_rank
 
 
 @dataclass(frozen=True)

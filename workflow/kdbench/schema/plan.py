@@ -115,8 +115,9 @@ def plan(exp, described: dict[str, dict | None]) -> Plan:
     k = min(exp.cache.top_k, teacher.vocab_size)
     qk = teacher.heads + teacher.kv_heads  # query heads, then key heads, of head_dim each
     widths = {"hidden": teacher.width, "attentions": qk * teacher.head_dim, "qkv": (qk + teacher.kv_heads) * teacher.head_dim}
-    rank = exp.cache.layer_rank  # compact: int8 coefficients and a float32 scale per token and layer
-    int8 = {name: bool(rank) or (name == "hidden" and exp.cache.hidden_dtype == "int8") for name in widths}
+    # compact: int8 coefficients and a float32 scale per token and layer
+    ranks = {name: exp.cache.rank(STORED_AS.get(name, name)) for name in widths}
+    int8 = {name: bool(ranks[name]) or (name == "hidden" and exp.cache.hidden_dtype == "int8") for name in widths}
     per_token = {"input_ids": id_bytes(teacher.vocab_size), "topk_logprobs": k * _FP16,
                  "topk_ids": k * id_bytes(teacher.vocab_size), "tail_logprob": _FP32}
     layers, basis_bytes = {}, 0.0
@@ -125,6 +126,7 @@ def plan(exp, described: dict[str, dict | None]) -> Plan:
         if not n:
             continue
         layers[stored] = n
+        rank = ranks[name]
         per_token[stored] = n * (min(rank, w) if rank else w * (1 if int8[name] else _FP16))
         if int8[name]:
             per_token[f"{stored}_scale"] = n * _FP32
