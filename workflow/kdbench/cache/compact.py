@@ -2,9 +2,8 @@
 
 With `cache.layer_rank` r > 0 (one rank for all, or per component) a layered component (hidden states,
 attention q|k, q|k|v) stores, per token and layer, r int8 coefficients and one float32 scale: r + 4 bytes
-instead of 2 D. A
-layer's basis is the mean and the r leading principal directions of that layer's vectors on the
-first teacher batch (`fit`), kept beside the shards as `<component>.basis.npy`; the reader and the
+instead of 2 D. A layer's basis is the mean and the r leading principal directions of that layer's vectors
+on the first teacher batch (`fit`), kept beside the shards as `<component>.basis.npy`; the reader and the
 online teacher decode mean + coefficients x scale @ directions (`decode`), so every loss reads vectors
 of the teacher's width and no loss knows about the basis. `fidelity` measures the cost where it
 matters: each component's loss value and its gradient with respect to the student's activations,
