@@ -177,13 +177,16 @@ def test_training_conditions_come_from_train_json(models, tmp_path):
     for m in models:
         if m.arm in ("logit", "logit_hidden"):
             train = tmp_path / f"{m.arm}{m.seed}-train.json"
-            write_json(train, {"tokens": 397312, "config": {"tokens": 400000, "lr": 0.003 if m.arm == "logit" else 0.001}})
+            branch = {"decay": 0.2, "branch": {"decay_start": 310, "decay_steps": 78}} if m.arm == "logit" else {}
+            write_json(train, {"tokens": 397312, "config": {"tokens": 400000, "lr": 0.003 if m.arm == "logit" else 0.001},
+                               **branch})
             m = ModelEval(m.model, m.arm, m.seed, m.eval_path, m.curve_path, train)
         with_train.append(m)
     aggregate(with_train, StatsConfig(), tmp_path / "out")
     headline = (tmp_path / "out/headline.txt").read_text()
     # the tokens trained (whole batches), not the configured budget
-    assert "student tokens 397,312; learning rate 0.003 (logit), 0.001 (logit_hidden)" in headline
+    assert ("student tokens 397,312; learning rate 0.003 (logit), 0.001 (logit_hidden); schedule "
+            "warmup-stable-decay (20% decay) (logit), cosine (logit_hidden))") in headline  # a branch, a cosine run
 
 
 def test_sensitivity_sentence_counts_intervals_that_exclude_zero():

@@ -391,13 +391,20 @@ def _wide_table(means: pd.DataFrame, chance: dict, arms: list[str], suite: Suite
     return pd.DataFrame(rows, columns=["arm", "seeds", "trained seeds"] + [suite.label(t) for t in columns])
 
 
-def _training_conditions(models: Sequence[ModelEval], cfg: StatsConfig) -> dict[str, dict[str, float] | None]:
-    """Tokens trained and learning rate per headline arm, from train.json; None where unknown or seeds disagree."""
+def _schedule(record: dict) -> str:
+    """A student's learning-rate schedule, from its train.json: a branch of a curve run, or a cosine run."""
+    return f"warmup-stable-decay ({record['decay']:.0%} decay)" if "branch" in record else "cosine"
+
+
+def _training_conditions(models: Sequence[ModelEval], cfg: StatsConfig) -> dict[str, dict | None]:
+    """Tokens trained, learning rate and schedule per headline arm, from train.json; None where unknown or seeds
+    disagree."""
     arms = (cfg.reference_arm, cfg.candidate_arm)
-    configs = {arm: [{**(j := read_json(m.train_path)).get("config", {}), "tokens": j.get("tokens")}
+    configs = {arm: [{**(j := read_json(m.train_path)).get("config", {}), "tokens": j.get("tokens"),
+                      "schedule": _schedule(j)}
                      for m in models if m.arm == arm and m.train_path] for arm in arms}
     out = {}
-    for key in ("tokens", "lr"):
+    for key in ("tokens", "lr", "schedule"):
         values = {arm: {c.get(key) for c in configs[arm]} for arm in arms}
         known = all(len(v) == 1 and None not in v for v in values.values())
         out[key] = {arm: v.pop() for arm, v in values.items()} if known else None

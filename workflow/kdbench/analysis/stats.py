@@ -239,14 +239,15 @@ def paired_comparisons(items: pd.DataFrame, arms: Sequence[str], cfg: StatsConfi
 
 
 def headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None = None,
-             lr: Mapping[str, float] | None = None, suite: Suite | None = None) -> str:
+             lr: Mapping[str, float] | None = None, suite: Suite | None = None,
+             schedule: Mapping[str, str] | None = None) -> str:
     """One paragraph answering: does Experiment 2 beat Experiment 1 on the unseen tasks?
 
-    `tokens` and `lr` (per arm, from the students' train.json) state the training conditions
+    `tokens`, `lr` and `schedule` (per arm, from the students' train.json) state the training conditions
     the answer holds at; absent, they are left out. `suite` adds the answer per task kind and
     names the tasks left out (teacher at chance) or below chance.
     """
-    parts = [_headline(comparisons, cfg, tokens, lr)]
+    parts = [_headline(comparisons, cfg, tokens, lr, schedule)]
     if suite is not None:
         parts += [kind_sentence(comparisons, cfg), suite.left_out_sentence(), suite.below_sentence()]
     return " ".join(p for p in parts if p)
@@ -281,7 +282,7 @@ def budget_differences(items_by_budget: Mapping[int, pd.DataFrame], cfg: StatsCo
 
 
 def _headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, float] | None,
-              lr: Mapping[str, float] | None) -> str:
+              lr: Mapping[str, float] | None, schedule: Mapping[str, str] | None) -> str:
     """The primary test and the significant secondary ones; a "flag" column (`report.flag_comparisons`) on
     the primary row is stated after the primary test."""
     exp1, exp2 = f"Experiment 1 ({cfg.reference_arm})", f"Experiment 2 ({cfg.candidate_arm})"
@@ -295,7 +296,8 @@ def _headline(comparisons: pd.DataFrame, cfg: StatsConfig, tokens: Mapping[str, 
     secondary = comparisons[comparisons["role"] == SECONDARY]
     mine = secondary[(secondary["arm"] == cfg.candidate_arm) & (secondary["p_adj"] < alpha) & ~secondary["task"].map(is_group)]
     conditions = "; ".join(c for c in (_conditions("student tokens", tokens, "{:,.0f}"),
-                                       _conditions("learning rate", lr, "{:g}")) if c)
+                                       _conditions("learning rate", lr, "{:g}"),
+                                       _conditions("schedule", schedule, "{}")) if c)
     return (
         f"{exp2} {verdict} {exp1} on the unseen tasks: {top['diff']:+.1f} points of {cfg.metric} overall "
         f"({cfg.ci:.0%} CI [{top['ci_lo']:+.1f}, {top['ci_hi']:+.1f}], {format_p(top['p'])}, the declared primary "
