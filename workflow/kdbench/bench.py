@@ -232,8 +232,8 @@ PER_COMPONENT = {"hidden": 128, "attention_qk": 256, "qkv": 256}
 
 def _sweep(teacher, tokens: np.ndarray, cfg: CacheConfig, capture: Capture, batch: int) -> dict:
     """`layer_fidelity` of every layer-target option (the stored dtypes, int8 hidden states, compact at each of
-    `RANKS`, and `PER_COMPONENT`) on tokens[batch : 2 batch], with bases fitted on tokens[:batch] as a cache job fits them (once, at the
-    largest rank: a smaller rank's basis is its leading rows)."""
+    `RANKS` and at `PER_COMPONENT`) on tokens[batch : 2 batch], with bases fitted on tokens[:batch] as a cache job
+    fits them (once, at the largest rank: a smaller rank's basis is its leading rows)."""
     cfg = replace(cfg, forward_dtype="float32")
     seqs = tokens[batch : 2 * batch]
     taps = teacher_taps(teacher, seqs, cfg, capture, "cpu")

@@ -125,7 +125,7 @@ def _layered(taps: Taps, cfg: CacheConfig, bases: dict[str, torch.Tensor]) -> di
     int8 = cfg.hidden_dtype == "int8"
     hidden = torch.float32 if int8 else TORCH_DTYPES[cfg.hidden_dtype]
     out = {}
-    for name, x in _vectors(taps, torch.float16, {"hidden": hidden} | {name: torch.float32 for name in bases}).items():
+    for name, x in _vectors(taps, torch.float16, {"hidden": hidden} | dict.fromkeys(bases, torch.float32)).items():
         if name in bases:
             values, scale = encode(x, bases[name])
             out |= {name: (values, "int8"), f"{name}_scale": (scale, "float32")}
